@@ -1,0 +1,110 @@
+//! Heads on top of the body: the unembedding (LM head) and a scalar head (reward / value), and the
+//! two models they make: [`CausalLm`] (SFT, actor, reference) and [`RewardModel`] (RM, critic).
+
+use burn::module::{Module, Param};
+use burn::tensor::{backend::Backend, Distribution, Int, Tensor};
+
+use crate::cache::KvCache;
+use crate::config::TransformerConfig;
+use crate::error::Result;
+use crate::transformer::Transformer;
+
+/// Transformer body + unembedding. `lm_head` is None when tied to `model.embed_tokens`.
+#[derive(Module, Debug)]
+pub struct CausalLm<B: Backend> {
+    pub model: Transformer<B>,
+    /// [vocab, hidden], as `lm_head.weight` in HF checkpoints.
+    pub lm_head: Option<Param<Tensor<B, 2>>>,
+}
+
+impl<B: Backend> CausalLm<B> {
+    pub fn config(&self) -> &TransformerConfig {
+        &self.model.config
+    }
+
+    /// The unembedding matrix [vocab, hidden].
+    fn unembedding(&self) -> Tensor<B, 2> {
+        match &self.lm_head {
+            Some(w) => w.val(),
+            None => self.model.embed_tokens.val(),
+        }
+    }
+
+    /// Logits for the given hidden states.
+    ///
+    /// # Shapes
+    /// - `hidden`: [batch, seq, hidden] → [batch, seq, vocab]
+    pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        hidden.matmul(self.unembedding().transpose().unsqueeze::<3>())
+    }
+
+    /// Logits at every position (see [`Transformer::forward`] for the mask convention).
+    ///
+    /// # Shapes
+    /// - `input_ids`: [batch, seq]; `attention_mask`: [batch, past + seq] → [batch, seq, vocab]
+    pub fn forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Int>,
+        cache: Option<&mut [KvCache<B>]>,
+    ) -> Result<Tensor<B, 3>> {
+        Ok(self.logits(self.model.forward(input_ids, attention_mask, cache)?))
+    }
+}
+
+/// A linear map from the hidden state to one number.
+#[derive(Module, Debug)]
+pub struct ScalarHead<B: Backend> {
+    /// [1, hidden], as a PyTorch `nn.Linear(hidden, 1)` weight.
+    pub weight: Param<Tensor<B, 2>>,
+    /// [1]
+    pub bias: Param<Tensor<B, 1>>,
+}
+
+impl<B: Backend> ScalarHead<B> {
+    /// Weight ~ N(0, 1/(hidden+1)), bias 0 (ColossalChat's reward-model head init).
+    pub fn init(hidden: usize, device: &B::Device) -> Self {
+        let std = (1.0 / (hidden as f64 + 1.0)).sqrt();
+        Self {
+            weight: Param::from_tensor(Tensor::random([1, hidden], Distribution::Normal(0.0, std), device)),
+            bias: Param::from_tensor(Tensor::zeros([1], device)),
+        }
+    }
+
+    /// # Shapes
+    /// - `hidden`: [batch, seq, hidden] → [batch, seq]
+    pub fn forward(&self, hidden: Tensor<B, 3>) -> Tensor<B, 2> {
+        let [batch, seq, _] = hidden.dims();
+        let out = hidden.matmul(self.weight.val().transpose().unsqueeze::<3>()) + self.bias.val().unsqueeze::<3>();
+        out.reshape([batch, seq])
+    }
+}
+
+/// Transformer body (no unembedding) + scalar head: the reward model and the PPO critic.
+#[derive(Module, Debug)]
+pub struct RewardModel<B: Backend> {
+    pub model: Transformer<B>,
+    pub head: ScalarHead<B>,
+}
+
+impl<B: Backend> RewardModel<B> {
+    /// A scalar for every position.
+    ///
+    /// # Shapes
+    /// - `input_ids`: [batch, seq]; `attention_mask`: [batch, seq] → [batch, seq]
+    pub fn forward(&self, input_ids: Tensor<B, 2, Int>, attention_mask: Tensor<B, 2, Int>) -> Result<Tensor<B, 2>> {
+        Ok(self.head.forward(self.model.forward(input_ids, attention_mask, None)?))
+    }
+}
+
+/// The value at the last real token (the last position whose mask is 1) of each row, for left or
+/// right padding alike.
+///
+/// # Shapes
+/// - `values`, `attention_mask`: [batch, seq] → [batch]
+pub fn at_last_token<B: Backend>(values: Tensor<B, 2>, attention_mask: Tensor<B, 2, Int>) -> Tensor<B, 1> {
+    let [batch, seq] = values.dims();
+    let index = Tensor::<B, 1, Int>::arange(0..seq as i64, &values.device()).reshape([1, seq]).expand([batch, seq]);
+    let last = (index * attention_mask).max_dim(1); // [batch, 1]
+    values.gather(1, last).reshape([batch])
+}

@@ -1,0 +1,508 @@
+//! Hugging Face folders in and out: `config.json` + `model.safetensors` (or a sharded
+//! `model.safetensors.index.json`), f32 / f16 / bf16. Only safetensors: never unpickle.
+//!
+//! Every tensor the architecture needs is checked by name and shape; a missing, misshapen or
+//! unexpected tensor is an error naming it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use burn::module::Param;
+use burn::nn::Linear;
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype, Metadata, SafeTensors, TensorView};
+
+use crate::config::{Arch, TransformerConfig};
+use crate::error::{ModelError, Result};
+use crate::heads::CausalLm;
+use crate::rope::Rope;
+use crate::transformer::{Attention, Block, Mlp, Norm, Transformer};
+
+/// Tokenizer and generation files copied next to an exported model.
+pub const TOKENIZER_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "vocab.json",
+    "merges.txt",
+];
+
+/// A tensor on the host, in row-major f32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl HostTensor {
+    pub fn from_tensor<B: Backend, const D: usize>(t: Tensor<B, D>) -> Self {
+        let shape = t.dims().to_vec();
+        let data = t.into_data().convert::<f32>().to_vec::<f32>().expect("f32 data after convert");
+        Self { shape, data }
+    }
+
+    pub fn to_tensor<B: Backend, const D: usize>(&self, device: &B::Device) -> Tensor<B, D> {
+        Tensor::from_data(TensorData::new(self.data.clone(), self.shape.clone()), device)
+    }
+
+    /// Transpose of a matrix (HF `nn.Linear` stores [out, in]; burn's `Linear` [in, out]).
+    pub fn transposed(&self) -> Self {
+        let (rows, cols) = (self.shape[0], self.shape[1]);
+        let mut data = vec![0.0; self.data.len()];
+        for r in 0..rows {
+            for c in 0..cols {
+                data[c * rows + r] = self.data[r * cols + c];
+            }
+        }
+        Self { shape: vec![cols, rows], data }
+    }
+
+    /// Columns `start..end` of a matrix.
+    fn columns(&self, start: usize, end: usize) -> Self {
+        let (rows, cols) = (self.shape[0], self.shape[1]);
+        let data = (0..rows).flat_map(|r| self.data[r * cols + start..r * cols + end].iter().copied()).collect();
+        Self { shape: vec![rows, end - start], data }
+    }
+
+    fn concat_columns(parts: &[HostTensor]) -> Self {
+        let rows = parts[0].shape[0];
+        let cols: usize = parts.iter().map(|p| p.shape[1]).sum();
+        let mut data = Vec::with_capacity(rows * cols);
+        for r in 0..rows {
+            for p in parts {
+                let w = p.shape[1];
+                data.extend_from_slice(&p.data[r * w..(r + 1) * w]);
+            }
+        }
+        Self { shape: vec![rows, cols], data }
+    }
+}
+
+/// The safetensors files of one checkpoint, memory-mapped, with their validated headers.
+pub struct SafetensorsFiles {
+    files: Vec<(PathBuf, Mmap, usize, Metadata)>,
+    /// tensor name → index into `files`
+    index: BTreeMap<String, usize>,
+    taken: BTreeSet<String>,
+}
+
+impl SafetensorsFiles {
+    /// Opens `DIR/model.safetensors`, or the shards listed in `DIR/model.safetensors.index.json`.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let single = dir.join("model.safetensors");
+        let index_path = dir.join("model.safetensors.index.json");
+        let paths = if single.exists() {
+            vec![single]
+        } else if index_path.exists() {
+            let text = std::fs::read_to_string(&index_path).map_err(|e| ModelError::io(&index_path, e))?;
+            let bad = |message: String| ModelError::Config { path: index_path.clone(), message };
+            let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+            let map = json
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| bad("missing object `weight_map`".into()))?;
+            let mut shards = BTreeSet::new();
+            for (name, file) in map {
+                let file = file.as_str().ok_or_else(|| bad(format!("weight_map[{name:?}] is not a string")))?;
+                if file.contains('/') || file.contains('\\') || file.starts_with('.') {
+                    return Err(bad(format!("weight_map[{name:?}]: shard {file:?} is outside the folder")));
+                }
+                shards.insert(dir.join(file));
+            }
+            shards.into_iter().collect()
+        } else {
+            return Err(ModelError::Config {
+                path: dir.to_path_buf(),
+                message: "no model.safetensors or model.safetensors.index.json (only safetensors are loaded)".into(),
+            });
+        };
+        Self::open(&paths)
+    }
+
+    pub fn open(paths: &[PathBuf]) -> Result<Self> {
+        let mut files = Vec::new();
+        let mut index = BTreeMap::new();
+        for path in paths {
+            let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
+            // SAFETY: read-only map of a checkpoint file; we never write through it.
+            let map = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
+            // Validates header length, JSON, dtypes and that offsets tile the data exactly.
+            let (header_len, metadata) = SafeTensors::read_metadata(&map).map_err(|e| ModelError::Safetensors {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            for name in metadata.tensors().keys() {
+                if index.insert(name.clone(), files.len()).is_some() {
+                    return Err(ModelError::Safetensors {
+                        path: path.clone(),
+                        message: format!("tensor {name:?} appears in two shards"),
+                    });
+                }
+            }
+            files.push((path.clone(), map, header_len, metadata));
+        }
+        Ok(Self { files, index, taken: BTreeSet::new() })
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    /// Names in the checkpoint not taken so far.
+    pub fn untaken(&self) -> Vec<String> {
+        self.index.keys().filter(|n| !self.taken.contains(*n)).cloned().collect()
+    }
+
+    /// Reads a tensor as f32, checking its shape.
+    pub fn take(&mut self, name: &str, expected: &[usize]) -> Result<HostTensor> {
+        let Some(&file) = self.index.get(name) else {
+            return Err(ModelError::MissingTensor { name: name.into(), expected: expected.to_vec() });
+        };
+        let (path, map, header_len, metadata) = &self.files[file];
+        let info = metadata.info(name).expect("indexed name has info");
+        if info.shape != expected {
+            return Err(ModelError::ShapeMismatch {
+                name: name.into(),
+                expected: expected.to_vec(),
+                found: info.shape.clone(),
+            });
+        }
+        let start = 8 + header_len + info.data_offsets.0;
+        let end = 8 + header_len + info.data_offsets.1;
+        let bytes = &map[start..end]; // in bounds: read_metadata checked the offsets against the file size
+        let data: Vec<f32> = match info.dtype {
+            Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            other => {
+                return Err(ModelError::Safetensors {
+                    path: path.clone(),
+                    message: format!("tensor {name:?} has dtype {other:?} (f32, f16 or bf16 expected)"),
+                })
+            }
+        };
+        self.taken.insert(name.to_string());
+        Ok(HostTensor { shape: info.shape.clone(), data })
+    }
+}
+
+/// Where the body's tensors live in a checkpoint: LLaMA `model.layers.{i}.…`, GPT-2
+/// `transformer.h.{i}.…` (or without the `transformer.` prefix in the original OpenAI export).
+struct KeyScheme {
+    arch: Arch,
+    prefix: &'static str,
+}
+
+impl KeyScheme {
+    fn detect(cfg: &TransformerConfig, files: &SafetensorsFiles) -> Self {
+        let prefix = match cfg.arch {
+            Arch::Gpt2 if !files.contains("transformer.wte.weight") && files.contains("wte.weight") => "",
+            Arch::Gpt2 => "transformer.",
+            _ => "model.",
+        };
+        Self { arch: cfg.arch, prefix }
+    }
+
+    fn embed(&self) -> String {
+        match self.arch {
+            Arch::Gpt2 => format!("{}wte.weight", self.prefix),
+            _ => format!("{}embed_tokens.weight", self.prefix),
+        }
+    }
+
+    fn final_norm(&self) -> String {
+        match self.arch {
+            Arch::Gpt2 => format!("{}ln_f", self.prefix),
+            _ => format!("{}norm", self.prefix),
+        }
+    }
+
+    fn layer(&self, i: usize, key: &str) -> String {
+        match self.arch {
+            Arch::Gpt2 => format!("{}h.{i}.{key}", self.prefix),
+            _ => format!("{}layers.{i}.{key}", self.prefix),
+        }
+    }
+}
+
+/// Buffers some checkpoints carry that are not parameters.
+fn is_ignorable(name: &str) -> bool {
+    name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias") || name.ends_with("rotary_emb.inv_freq")
+}
+
+fn param<B: Backend, const D: usize>(t: HostTensor, device: &B::Device) -> Param<Tensor<B, D>> {
+    Param::from_tensor(t.to_tensor(device))
+}
+
+impl<B: Backend> Transformer<B> {
+    /// Builds the body from checkpoint tensors (checked by name and shape).
+    pub fn from_safetensors(cfg: &TransformerConfig, files: &mut SafetensorsFiles, device: &B::Device) -> Result<Self> {
+        let keys = KeyScheme::detect(cfg, files);
+        let d = cfg.hidden_size;
+        let (q_dim, kv_dim, ff) = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size);
+        let gpt2 = cfg.arch == Arch::Gpt2;
+
+        let norm = |files: &mut SafetensorsFiles, name: String| -> Result<Norm<B>> {
+            Ok(Norm {
+                weight: param(files.take(&format!("{name}.weight"), &[d])?, device),
+                bias: if gpt2 { Some(param(files.take(&format!("{name}.bias"), &[d])?, device)) } else { None },
+                eps: cfg.norm_eps,
+                centered: gpt2,
+            })
+        };
+        // HF nn.Linear: weight [out, in] → burn [in, out].
+        let hf_linear = |files: &mut SafetensorsFiles, name: String, d_in: usize, d_out: usize, bias: bool| -> Result<Linear<B>> {
+            Ok(Linear {
+                weight: param(files.take(&format!("{name}.weight"), &[d_out, d_in])?.transposed(), device),
+                bias: if bias { Some(param(files.take(&format!("{name}.bias"), &[d_out])?, device)) } else { None },
+            })
+        };
+        // GPT-2 Conv1D: weight already [in, out].
+        let conv1d = |files: &mut SafetensorsFiles, name: String, d_in: usize, d_out: usize| -> Result<Linear<B>> {
+            Ok(Linear {
+                weight: param(files.take(&format!("{name}.weight"), &[d_in, d_out])?, device),
+                bias: Some(param(files.take(&format!("{name}.bias"), &[d_out])?, device)),
+            })
+        };
+        let host_linear = |w: HostTensor, b: HostTensor| Linear { weight: param(w, device), bias: Some(param(b, device)) };
+
+        let embed_tokens = param(files.take(&keys.embed(), &[cfg.vocab_size, d])?, device);
+        let embed_positions = if gpt2 {
+            let name = format!("{}wpe.weight", keys.prefix);
+            Some(param(files.take(&name, &[cfg.max_position_embeddings, d])?, device))
+        } else {
+            None
+        };
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let at = |key: &str| keys.layer(i, key);
+            let block = if gpt2 {
+                let w = files.take(&at("attn.c_attn.weight"), &[d, 3 * d])?;
+                let b = files.take(&at("attn.c_attn.bias"), &[3 * d])?;
+                let part = |k: usize| {
+                    let bias = HostTensor { shape: vec![d], data: b.data[k * d..(k + 1) * d].to_vec() };
+                    host_linear(w.columns(k * d, (k + 1) * d), bias)
+                };
+                Block {
+                    input_layernorm: norm(files, at("ln_1"))?,
+                    self_attn: Attention {
+                        q_proj: part(0),
+                        k_proj: part(1),
+                        v_proj: part(2),
+                        o_proj: conv1d(files, at("attn.c_proj"), d, d)?,
+                        num_heads: cfg.num_heads,
+                        num_kv_heads: cfg.num_kv_heads,
+                        head_dim: cfg.head_dim,
+                    },
+                    post_attention_layernorm: norm(files, at("ln_2"))?,
+                    mlp: Mlp {
+                        gate_proj: None,
+                        up_proj: conv1d(files, at("mlp.c_fc"), d, ff)?,
+                        down_proj: conv1d(files, at("mlp.c_proj"), ff, d)?,
+                    },
+                }
+            } else {
+                Block {
+                    input_layernorm: norm(files, at("input_layernorm"))?,
+                    self_attn: Attention {
+                        q_proj: hf_linear(files, at("self_attn.q_proj"), d, q_dim, cfg.qkv_bias)?,
+                        k_proj: hf_linear(files, at("self_attn.k_proj"), d, kv_dim, cfg.qkv_bias)?,
+                        v_proj: hf_linear(files, at("self_attn.v_proj"), d, kv_dim, cfg.qkv_bias)?,
+                        o_proj: hf_linear(files, at("self_attn.o_proj"), q_dim, d, cfg.out_bias)?,
+                        num_heads: cfg.num_heads,
+                        num_kv_heads: cfg.num_kv_heads,
+                        head_dim: cfg.head_dim,
+                    },
+                    post_attention_layernorm: norm(files, at("post_attention_layernorm"))?,
+                    mlp: Mlp {
+                        gate_proj: Some(hf_linear(files, at("mlp.gate_proj"), d, ff, cfg.out_bias)?),
+                        up_proj: hf_linear(files, at("mlp.up_proj"), d, ff, cfg.out_bias)?,
+                        down_proj: hf_linear(files, at("mlp.down_proj"), ff, d, cfg.out_bias)?,
+                    },
+                }
+            };
+            layers.push(block);
+        }
+        let norm = norm(files, keys.final_norm())?;
+        Ok(Transformer {
+            embed_tokens,
+            embed_positions,
+            layers,
+            norm,
+            rope: (!gpt2).then(|| Rope::new(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, device)),
+            config: cfg.clone(),
+        })
+    }
+
+    /// The body's tensors under their checkpoint names and layouts (inverse of `from_safetensors`).
+    pub fn hf_tensors(&self) -> Vec<(String, HostTensor)> {
+        let cfg = &self.config;
+        let gpt2 = cfg.arch == Arch::Gpt2;
+        let keys = KeyScheme { arch: cfg.arch, prefix: if gpt2 { "transformer." } else { "model." } };
+        let mut out = Vec::new();
+        let host = |p: &Param<Tensor<B, 1>>| HostTensor::from_tensor(p.val());
+        let push_norm = |out: &mut Vec<(String, HostTensor)>, name: String, n: &Norm<B>| {
+            out.push((format!("{name}.weight"), host(&n.weight)));
+            if let Some(b) = &n.bias {
+                out.push((format!("{name}.bias"), host(b)));
+            }
+        };
+        let push_linear = |out: &mut Vec<(String, HostTensor)>, name: String, l: &Linear<B>| {
+            let w = HostTensor::from_tensor(l.weight.val());
+            out.push((format!("{name}.weight"), if gpt2 { w } else { w.transposed() }));
+            if let Some(b) = &l.bias {
+                out.push((format!("{name}.bias"), host(b)));
+            }
+        };
+        out.push((keys.embed(), HostTensor::from_tensor(self.embed_tokens.val())));
+        if let Some(wpe) = &self.embed_positions {
+            out.push((format!("{}wpe.weight", keys.prefix), HostTensor::from_tensor(wpe.val())));
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            let at = |key: &str| keys.layer(i, key);
+            let attn = &layer.self_attn;
+            if gpt2 {
+                push_norm(&mut out, at("ln_1"), &layer.input_layernorm);
+                let qkv = [&attn.q_proj, &attn.k_proj, &attn.v_proj];
+                let w: Vec<HostTensor> = qkv.iter().map(|l| HostTensor::from_tensor(l.weight.val())).collect();
+                out.push((at("attn.c_attn.weight"), HostTensor::concat_columns(&w)));
+                let b: Vec<f32> = qkv
+                    .iter()
+                    .flat_map(|l| host(l.bias.as_ref().expect("GPT-2 q/k/v have biases")).data)
+                    .collect();
+                out.push((at("attn.c_attn.bias"), HostTensor { shape: vec![b.len()], data: b }));
+                push_linear(&mut out, at("attn.c_proj"), &attn.o_proj);
+                push_norm(&mut out, at("ln_2"), &layer.post_attention_layernorm);
+                push_linear(&mut out, at("mlp.c_fc"), &layer.mlp.up_proj);
+                push_linear(&mut out, at("mlp.c_proj"), &layer.mlp.down_proj);
+            } else {
+                push_norm(&mut out, at("input_layernorm"), &layer.input_layernorm);
+                push_linear(&mut out, at("self_attn.q_proj"), &attn.q_proj);
+                push_linear(&mut out, at("self_attn.k_proj"), &attn.k_proj);
+                push_linear(&mut out, at("self_attn.v_proj"), &attn.v_proj);
+                push_linear(&mut out, at("self_attn.o_proj"), &attn.o_proj);
+                push_norm(&mut out, at("post_attention_layernorm"), &layer.post_attention_layernorm);
+                if let Some(gate) = &layer.mlp.gate_proj {
+                    push_linear(&mut out, at("mlp.gate_proj"), gate);
+                }
+                push_linear(&mut out, at("mlp.up_proj"), &layer.mlp.up_proj);
+                push_linear(&mut out, at("mlp.down_proj"), &layer.mlp.down_proj);
+            }
+        }
+        push_norm(&mut out, keys.final_norm(), &self.norm);
+        out
+    }
+}
+
+impl<B: Backend> CausalLm<B> {
+    /// Loads a Hugging Face causal-LM folder.
+    pub fn from_hf_dir(dir: &Path, device: &B::Device) -> Result<Self> {
+        let cfg = TransformerConfig::from_hf_dir(dir)?;
+        let mut files = SafetensorsFiles::open_dir(dir)?;
+        let model = Transformer::from_safetensors(&cfg, &mut files, device)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(param(files.take("lm_head.weight", &[cfg.vocab_size, cfg.hidden_size])?, device))
+        };
+        // A tied checkpoint may still carry a copy of the head.
+        let unexpected: Vec<String> = files
+            .untaken()
+            .into_iter()
+            .filter(|n| !is_ignorable(n) && !(cfg.tie_word_embeddings && n == "lm_head.weight"))
+            .collect();
+        if !unexpected.is_empty() {
+            return Err(ModelError::UnexpectedTensors { names: unexpected });
+        }
+        Ok(CausalLm { model, lm_head })
+    }
+
+    /// All tensors under their HF names.
+    pub fn hf_tensors(&self) -> Vec<(String, HostTensor)> {
+        let mut out = self.model.hf_tensors();
+        if let Some(w) = &self.lm_head {
+            out.push(("lm_head.weight".into(), HostTensor::from_tensor(w.val())));
+        }
+        out
+    }
+
+    /// Writes a Hugging Face folder (config.json, model.safetensors in f32, and the tokenizer files
+    /// found in `tokenizer_from`) that transformers loads as-is. The folder is written under a
+    /// temporary name and renamed into place, so a crash never leaves a half-written model.
+    pub fn save_hf_dir(&self, out: &Path, tokenizer_from: Option<&Path>) -> Result<()> {
+        write_hf_dir(out, &self.config().to_hf_json(), &self.hf_tensors(), tokenizer_from)
+    }
+}
+
+/// Writes `tensors` as an f32 safetensors file.
+pub fn write_safetensors(path: &Path, tensors: &[(String, HostTensor)]) -> Result<()> {
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+        .iter()
+        .map(|(name, t)| (name.clone(), t.data.iter().flat_map(|x| x.to_le_bytes()).collect(), t.shape.clone()))
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(name, data, shape)| {
+            TensorView::new(Dtype::F32, shape.clone(), data).map(|v| (name.clone(), v)).map_err(|e| {
+                ModelError::Safetensors { path: path.to_path_buf(), message: e.to_string() }
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut metadata = std::collections::HashMap::new();
+    metadata.insert("format".to_string(), "pt".to_string());
+    safetensors::serialize_to_file(views, Some(metadata), path)
+        .map_err(|e| ModelError::Safetensors { path: path.to_path_buf(), message: e.to_string() })
+}
+
+/// Writes a model folder atomically: everything goes to `OUT.tmp`, which then replaces `OUT`.
+pub fn write_hf_dir(
+    out: &Path,
+    config: &serde_json::Value,
+    tensors: &[(String, HostTensor)],
+    tokenizer_from: Option<&Path>,
+) -> Result<()> {
+    let tmp = sibling(out, "tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
+    let config_path = tmp.join("config.json");
+    let text = serde_json::to_string_pretty(config).expect("JSON value serialises");
+    std::fs::write(&config_path, text).map_err(|e| ModelError::io(&config_path, e))?;
+    write_safetensors(&tmp.join("model.safetensors"), tensors)?;
+    if let Some(src) = tokenizer_from {
+        for name in TOKENIZER_FILES {
+            let from = src.join(name);
+            if from.exists() {
+                std::fs::copy(&from, tmp.join(name)).map_err(|e| ModelError::io(&from, e))?;
+            }
+        }
+    }
+    replace_dir(&tmp, out)
+}
+
+/// `OUT` with a suffix on its last component (`final` → `final.tmp`).
+pub fn sibling(out: &Path, suffix: &str) -> PathBuf {
+    let mut name = out.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(format!(".{suffix}"));
+    out.with_file_name(name)
+}
+
+/// Moves a finished `tmp` folder to `out`, replacing any previous one.
+pub fn replace_dir(tmp: &Path, out: &Path) -> Result<()> {
+    if out.exists() {
+        let old = sibling(out, "old");
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(|e| ModelError::io(&old, e))?;
+        }
+        std::fs::rename(out, &old).map_err(|e| ModelError::io(out, e))?;
+        std::fs::rename(tmp, out).map_err(|e| ModelError::io(out, e))?;
+        std::fs::remove_dir_all(&old).map_err(|e| ModelError::io(&old, e))?;
+    } else {
+        std::fs::rename(tmp, out).map_err(|e| ModelError::io(out, e))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,28 @@
+//! One decoder for every stage: LLaMA-family and GPT-2 transformers on burn, generic over the
+//! backend, loaded from and saved to Hugging Face folders, with batched KV-cache generation.
+//!
+//! The body ([`Transformer`]) returns hidden states; [`CausalLm`] adds the unembedding and
+//! [`RewardModel`] a scalar head.
+
+pub mod backend;
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod heads;
+pub mod hf;
+pub mod rope;
+pub mod sampling;
+pub mod transformer;
+
+pub use cache::KvCache;
+pub use config::{Arch, HfConfig, TransformerConfig};
+pub use error::{ModelError, Result};
+pub use generate::{generate, GenerateConfig, Generation, GenerationBatch};
+pub use heads::{at_last_token, CausalLm, RewardModel, ScalarHead};
+pub use sampling::Sampler;
+pub use transformer::Transformer;
+
+/// The backend unit tests run on.
+#[cfg(test)]
+pub type TestBackend = burn::backend::NdArray<f32>;

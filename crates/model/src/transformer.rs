@@ -1,0 +1,307 @@
+//! The decoder body shared by every stage: embeddings → blocks → final norm → hidden states.
+//! Heads (unembedding, scalar) live in `heads.rs`.
+//!
+//! Field names follow Hugging Face LLaMA keys (`embed_tokens`, `q_proj`, `input_layernorm`…), so the
+//! module tree reads like the checkpoint. GPT-2 maps onto the same tree (see `hf.rs`).
+
+use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::{backend::Backend, Distribution, Int, Tensor, TensorData};
+
+use crate::cache::KvCache;
+use crate::config::{Arch, TransformerConfig};
+use crate::error::{ModelError, Result};
+use crate::rope::{apply_rotary, Rope};
+
+/// Additive bias for masked attention scores: large but finite, so a query with no visible key
+/// (a left-padding position) gets a uniform softmax instead of NaN.
+const MASKED: f32 = -1.0e9;
+
+/// RMSNorm (LLaMA) or LayerNorm (GPT-2).
+#[derive(Module, Debug)]
+pub struct Norm<B: Backend> {
+    /// [hidden]
+    pub weight: Param<Tensor<B, 1>>,
+    /// [hidden]; LayerNorm only.
+    pub bias: Option<Param<Tensor<B, 1>>>,
+    /// Added to the variance.
+    pub eps: f64,
+    /// Subtract the mean first (LayerNorm) or not (RMSNorm).
+    pub centered: bool,
+}
+
+impl<B: Backend> Norm<B> {
+    /// # Shapes
+    /// - `x`: [batch, seq, hidden] → same
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let x = if self.centered {
+            let mean = x.clone().mean_dim(2);
+            x - mean
+        } else {
+            x
+        };
+        let scale = (x.clone().square().mean_dim(2) + self.eps).sqrt().recip();
+        let y = x * scale * self.weight.val().unsqueeze::<3>();
+        match &self.bias {
+            Some(b) => y + b.val().unsqueeze::<3>(),
+            None => y,
+        }
+    }
+}
+
+/// Multi-head attention with grouped key/value heads.
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    pub q_proj: Linear<B>,
+    pub k_proj: Linear<B>,
+    pub v_proj: Linear<B>,
+    pub o_proj: Linear<B>,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl<B: Backend> Attention<B> {
+    /// # Shapes
+    /// - `x`: [batch, seq, hidden]
+    /// - `rotary`: cos/sin [batch, 1, seq, head_dim] (None for learned positions)
+    /// - `bias`: [batch, 1, 1, seq, past + seq] additive mask
+    /// - returns [batch, seq, hidden]
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rotary: Option<&(Tensor<B, 4>, Tensor<B, 4>)>,
+        bias: Tensor<B, 5>,
+        cache: Option<&mut KvCache<B>>,
+    ) -> Result<Tensor<B, 3>> {
+        let [batch, seq, _] = x.dims();
+        let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let rep = h / kvh;
+        // [batch, heads, seq, head_dim]
+        let split = |t: Tensor<B, 3>, heads: usize| t.reshape([batch, seq, heads, hd]).swap_dims(1, 2);
+        let mut q = split(self.q_proj.forward(x.clone()), h);
+        let mut k = split(self.k_proj.forward(x.clone()), kvh);
+        let v = split(self.v_proj.forward(x), kvh);
+        if let Some((cos, sin)) = rotary {
+            q = apply_rotary(q, cos.clone(), sin.clone());
+            k = apply_rotary(k, cos.clone(), sin.clone());
+        }
+        // [batch, kv_heads, past + seq, head_dim]
+        let (k, v) = match cache {
+            Some(cache) => cache.append(k, v)?,
+            None => (k, v),
+        };
+        let keys = k.dims()[2];
+        // Query heads sharing a kv head are stacked along the sequence axis, so K and V are
+        // never copied `rep` times: [batch, kv_heads, rep * seq, head_dim].
+        let q = q.reshape([batch, kvh, rep * seq, hd]);
+        let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
+        // [batch, kv_heads, rep, seq, keys]
+        let scores = scores.reshape([batch, kvh, rep, seq, keys]) + bias;
+        let probs = softmax(scores, 4).reshape([batch, kvh, rep * seq, keys]);
+        // [batch, heads, seq, head_dim] → [batch, seq, heads * head_dim]
+        let out = probs.matmul(v).reshape([batch, h, seq, hd]).swap_dims(1, 2).reshape([batch, seq, h * hd]);
+        Ok(self.o_proj.forward(out))
+    }
+}
+
+/// SwiGLU (`down(silu(gate(x)) · up(x))`, LLaMA) when `gate_proj` is present, otherwise
+/// `down(gelu_tanh(up(x)))` (GPT-2's `c_fc` → `c_proj`).
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    pub gate_proj: Option<Linear<B>>,
+    pub up_proj: Linear<B>,
+    pub down_proj: Linear<B>,
+}
+
+impl<B: Backend> Mlp<B> {
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let inner = match &self.gate_proj {
+            Some(gate) => silu(gate.forward(x.clone())) * self.up_proj.forward(x),
+            None => gelu_tanh(self.up_proj.forward(x)),
+        };
+        self.down_proj.forward(inner)
+    }
+}
+
+/// GELU with the tanh approximation (HF `gelu_new`): 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
+pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let c = (2.0f64 / std::f64::consts::PI).sqrt();
+    let inner = (x.clone() + x.clone().powi_scalar(3) * 0.044715) * c;
+    x.clone() * 0.5 * (inner.tanh() + 1.0)
+}
+
+/// Pre-norm decoder block: x + attn(norm(x)), then x + mlp(norm(x)).
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    pub input_layernorm: Norm<B>,
+    pub self_attn: Attention<B>,
+    pub post_attention_layernorm: Norm<B>,
+    pub mlp: Mlp<B>,
+}
+
+impl<B: Backend> Block<B> {
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rotary: Option<&(Tensor<B, 4>, Tensor<B, 4>)>,
+        bias: Tensor<B, 5>,
+        cache: Option<&mut KvCache<B>>,
+    ) -> Result<Tensor<B, 3>> {
+        let attn = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rotary, bias, cache)?;
+        let x = x + attn;
+        Ok(x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x)))
+    }
+}
+
+/// The decoder body. `forward` returns hidden states after the final norm.
+#[derive(Module, Debug)]
+pub struct Transformer<B: Backend> {
+    /// [vocab, hidden]
+    pub embed_tokens: Param<Tensor<B, 2>>,
+    /// [max_positions, hidden]; GPT-2's learned positions.
+    pub embed_positions: Option<Param<Tensor<B, 2>>>,
+    pub layers: Vec<Block<B>>,
+    pub norm: Norm<B>,
+    /// Rotary tables (LLaMA family).
+    pub rope: Option<Rope<B>>,
+    #[module(skip)]
+    pub config: TransformerConfig,
+}
+
+impl<B: Backend> Transformer<B> {
+    /// Hidden states for every position.
+    ///
+    /// `attention_mask` covers the cached tokens *and* the new ones (1 = real token, 0 = padding),
+    /// as in transformers. Positions follow the mask (`cumsum(mask) − 1`), so left- or right-padded
+    /// sequences get the same outputs as when run alone.
+    ///
+    /// # Shapes
+    /// - `input_ids`: [batch, seq]
+    /// - `attention_mask`: [batch, past + seq], where past = tokens already in `cache`
+    /// - `cache`: one [`KvCache`] per layer, or None
+    /// - returns [batch, seq, hidden]
+    pub fn forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Int>,
+        mut cache: Option<&mut [KvCache<B>]>,
+    ) -> Result<Tensor<B, 3>> {
+        let [batch, seq] = input_ids.dims();
+        let [mask_batch, total] = attention_mask.dims();
+        let past = cache.as_ref().map_or(0, |c| c.first().map_or(0, KvCache::len));
+        if mask_batch != batch || total != past + seq {
+            return Err(ModelError::Invalid(format!(
+                "attention_mask is [{mask_batch}, {total}], expected [{batch}, {}] (cached {past} + new {seq})",
+                past + seq
+            )));
+        }
+        if let Some(c) = cache.as_ref() {
+            if c.len() != self.layers.len() {
+                return Err(ModelError::Invalid(format!(
+                    "{} KV caches for {} layers",
+                    c.len(),
+                    self.layers.len()
+                )));
+            }
+        }
+        if total > self.config.max_position_embeddings {
+            return Err(ModelError::Invalid(format!(
+                "sequence of {total} tokens exceeds the model's {} positions",
+                self.config.max_position_embeddings
+            )));
+        }
+        let device = input_ids.device();
+        // [batch, seq]: position of each new token among the real tokens of its row.
+        let positions = (attention_mask.clone().cumsum(1) - 1).clamp_min(0).slice([0..batch, past..total]);
+
+        let mut x = burn::tensor::module::embedding(self.embed_tokens.val(), input_ids);
+        if let Some(wpe) = &self.embed_positions {
+            x = x + burn::tensor::module::embedding(wpe.val(), positions.clone());
+        }
+        let rotary = self.rope.as_ref().map(|r| r.tables(positions));
+        let bias = attention_bias::<B>(attention_mask, past, seq, &device);
+
+        for (i, layer) in self.layers.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c[i]);
+            x = layer.forward(x, rotary.as_ref(), bias.clone(), layer_cache)?;
+        }
+        Ok(self.norm.forward(x))
+    }
+
+    /// One preallocated cache per layer, for `batch` rows of up to `max_len` tokens.
+    pub fn new_cache(&self, batch: usize, max_len: usize, device: &B::Device) -> Vec<KvCache<B>> {
+        let c = &self.config;
+        (0..c.num_layers).map(|_| KvCache::new(batch, c.num_kv_heads, max_len, c.head_dim, device)).collect()
+    }
+}
+
+/// Causal + padding mask as an additive bias.
+///
+/// # Shapes
+/// - `attention_mask`: [batch, keys] with keys = past + seq
+/// - returns [batch, 1, 1, seq, keys]: query i (absolute position past + i) sees key j iff
+///   j ≤ past + i and mask[j] = 1.
+fn attention_bias<B: Backend>(
+    attention_mask: Tensor<B, 2, Int>,
+    past: usize,
+    seq: usize,
+    device: &B::Device,
+) -> Tensor<B, 5> {
+    let [batch, keys] = attention_mask.dims();
+    let causal: Vec<f32> = (0..seq)
+        .flat_map(|i| (0..keys).map(move |j| if j <= past + i { 0.0 } else { MASKED }))
+        .collect();
+    let causal = Tensor::<B, 2>::from_data(TensorData::new(causal, [seq, keys]), device);
+    let padding = (attention_mask.float().neg() + 1.0) * MASKED; // [batch, keys]
+    causal.reshape([1, 1, 1, seq, keys]) + padding.reshape([batch, 1, 1, 1, keys])
+}
+
+impl TransformerConfig {
+    /// A randomly initialised body (weights ~ N(0, 0.02), norms at 1), as transformers' `_init_weights`.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Transformer<B> {
+        let d = self.hidden_size;
+        let normal = |shape: [usize; 2]| Param::from_tensor(Tensor::random(shape, Distribution::Normal(0.0, 0.02), device));
+        let linear = |d_in: usize, d_out: usize, bias: bool| Linear {
+            weight: normal([d_in, d_out]),
+            bias: bias.then(|| Param::from_tensor(Tensor::zeros([d_out], device))),
+        };
+        let gpt2 = self.arch == Arch::Gpt2;
+        let norm = || Norm {
+            weight: Param::from_tensor(Tensor::ones([d], device)),
+            bias: gpt2.then(|| Param::from_tensor(Tensor::zeros([d], device))),
+            eps: self.norm_eps,
+            centered: gpt2,
+        };
+        let (q, kv) = (self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim);
+        let layers = (0..self.num_layers)
+            .map(|_| Block {
+                input_layernorm: norm(),
+                self_attn: Attention {
+                    q_proj: linear(d, q, self.qkv_bias),
+                    k_proj: linear(d, kv, self.qkv_bias),
+                    v_proj: linear(d, kv, self.qkv_bias),
+                    o_proj: linear(q, d, self.out_bias),
+                    num_heads: self.num_heads,
+                    num_kv_heads: self.num_kv_heads,
+                    head_dim: self.head_dim,
+                },
+                post_attention_layernorm: norm(),
+                mlp: Mlp {
+                    gate_proj: (!gpt2).then(|| linear(d, self.intermediate_size, self.out_bias)),
+                    up_proj: linear(d, self.intermediate_size, self.out_bias),
+                    down_proj: linear(self.intermediate_size, d, self.out_bias),
+                },
+            })
+            .collect();
+        Transformer {
+            embed_tokens: normal([self.vocab_size, d]),
+            embed_positions: gpt2.then(|| normal([self.max_position_embeddings, d])),
+            layers,
+            norm: norm(),
+            rope: (!gpt2).then(|| Rope::new(self.head_dim, self.max_position_embeddings, self.rope_theta, device)),
+            config: self.clone(),
+        }
+    }
+}

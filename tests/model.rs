@@ -1,0 +1,333 @@
+//! The shared transformer against transformers' outputs (fixtures made with random weights), and the
+//! properties the stages rely on: padding invariance, KV cache = recomputation, export round-trip,
+//! hostile checkpoints.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Int, Tensor, TensorData};
+use rlhf_model::backend::Cpu;
+use rlhf_model::generate::left_pad;
+use rlhf_model::{generate, CausalLm, GenerateConfig, Sampler, TransformerConfig};
+use safetensors::SafeTensors;
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn device() -> burn::backend::ndarray::NdArrayDevice {
+    Default::default()
+}
+
+fn ints(t: &safetensors::tensor::TensorView) -> Vec<i64> {
+    t.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect()
+}
+
+fn floats(t: &safetensors::tensor::TensorView) -> Vec<f32> {
+    t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+}
+
+fn int_tensor(data: Vec<i64>, shape: [usize; 2]) -> Tensor<Cpu, 2, Int> {
+    Tensor::from_data(TensorData::new(data, shape), &device())
+}
+
+fn to_vec(t: Tensor<Cpu, 3>) -> Vec<f32> {
+    t.into_data().to_vec::<f32>().unwrap()
+}
+
+/// Max |ours − transformers| over positions where the mask is 1.
+fn logits_diff(dir: &Path) -> f32 {
+    let model = CausalLm::<Cpu>::from_hf_dir(dir, &device()).unwrap();
+    let bytes = std::fs::read(dir.join("expected.safetensors")).unwrap();
+    let expected = SafeTensors::deserialize(&bytes).unwrap();
+    let ids = expected.tensor("input_ids").unwrap();
+    let [b, t] = [ids.shape()[0], ids.shape()[1]];
+    let mask = ints(&expected.tensor("attention_mask").unwrap());
+    let want = floats(&expected.tensor("logits").unwrap());
+    let got = to_vec(model.forward(int_tensor(ints(&ids), [b, t]), int_tensor(mask.clone(), [b, t]), None).unwrap());
+    let v = want.len() / (b * t);
+    assert_eq!(got.len(), want.len());
+    let mut max = 0.0f32;
+    for (pos, &m) in mask.iter().enumerate() {
+        if m == 1 {
+            let mut pm = 0.0f32;
+            for i in pos * v..(pos + 1) * v {
+                pm = pm.max((got[i] - want[i]).abs());
+            }
+            max = max.max(pm);
+        }
+    }
+    max
+}
+
+fn expected_json(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap()
+}
+
+fn ids_of(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn greedy(model: &CausalLm<Cpu>, prompts: &[Vec<u32>], n: usize) -> Vec<rlhf_model::Generation> {
+    let cfg = GenerateConfig { max_new_tokens: n, sampler: Sampler::Greedy, stop_ids: vec![], pad_id: 0, seed: None };
+    generate(model, prompts, &cfg, &device()).unwrap().to_host()
+}
+
+fn check_greedy(dir: &Path) {
+    let expected = expected_json(dir);
+    let model = CausalLm::<Cpu>::from_hf_dir(dir, &device()).unwrap();
+    let prompt = ids_of(&expected["greedy_prompt_ids"]);
+    let want = ids_of(&expected["greedy_new_ids"]);
+    let got = greedy(&model, &[prompt], want.len());
+    assert_eq!(got[0].new_ids, want);
+}
+
+#[test]
+fn llama_logits_match_transformers() {
+    let diff = logits_diff(&fixture("hf-tiny-llama"));
+    eprintln!("llama max |Δlogits| = {diff:e}");
+    assert!(diff < 1e-4, "max abs diff {diff}");
+}
+
+#[test]
+fn llama_greedy_generation_matches_transformers() {
+    check_greedy(&fixture("hf-tiny-llama"));
+}
+
+#[test]
+fn qwen2_bf16_tied_logits_and_greedy_match_transformers() {
+    let dir = fixture("hf-tiny-qwen2");
+    let diff = logits_diff(&dir);
+    eprintln!("qwen2 max |Δlogits| = {diff:e}");
+    assert!(diff < 1e-4, "max abs diff {diff}");
+    check_greedy(&dir);
+}
+
+#[test]
+fn gpt2_logits_and_greedy_match_transformers() {
+    let dir = fixture("hf-tiny-gpt2");
+    let diff = logits_diff(&dir);
+    eprintln!("gpt2 max |Δlogits| = {diff:e}");
+    assert!(diff < 1e-4, "max abs diff {diff}");
+    check_greedy(&dir);
+}
+
+/// Every row of a left-padded batch gives the logits it gives alone.
+#[test]
+fn left_padded_batch_equals_each_sequence_alone() {
+    for name in ["hf-tiny-llama", "hf-tiny-gpt2"] {
+        let model = CausalLm::<Cpu>::from_hf_dir(&fixture(name), &device()).unwrap();
+        let prompts = vec![vec![5u32, 17, 99, 3, 42, 8, 61], vec![12u32, 7, 300], vec![1u32, 2, 3, 4, 5]];
+        let (ids, mask) = left_pad::<Cpu>(&prompts, 0, &device());
+        let batch = to_vec(model.forward(ids, mask, None).unwrap());
+        let (len, v) = (7, model.config().vocab_size);
+        for (row, p) in prompts.iter().enumerate() {
+            let (ids, mask) = left_pad::<Cpu>(std::slice::from_ref(p), 0, &device());
+            let alone = to_vec(model.forward(ids, mask, None).unwrap());
+            let pad = len - p.len();
+            let batched = &batch[(row * len + pad) * v..(row + 1) * len * v];
+            let max = batched.iter().zip(&alone).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(max < 1e-4, "{name} row {row}: max diff {max}");
+        }
+    }
+}
+
+/// Right padding too: the real positions do not see the padding after them.
+#[test]
+fn right_padding_leaves_real_positions_unchanged() {
+    let model = CausalLm::<Cpu>::from_hf_dir(&fixture("hf-tiny-llama"), &device()).unwrap();
+    let alone = to_vec(model.forward(int_tensor(vec![4, 8, 15], [1, 3]), int_tensor(vec![1, 1, 1], [1, 3]), None).unwrap());
+    let padded = to_vec(
+        model.forward(int_tensor(vec![4, 8, 15, 0, 0], [1, 5]), int_tensor(vec![1, 1, 1, 0, 0], [1, 5]), None).unwrap(),
+    );
+    let max = alone.iter().zip(&padded).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(max < 1e-5, "max diff {max}");
+}
+
+/// Generation with the KV cache gives the tokens and log-probs that recomputing the whole
+/// sequence without a cache gives, for a batch of prompts of different lengths.
+#[test]
+fn kv_cache_generation_equals_recomputation() {
+    for name in ["hf-tiny-llama", "hf-tiny-gpt2"] {
+        let model = CausalLm::<Cpu>::from_hf_dir(&fixture(name), &device()).unwrap();
+        let prompts = vec![vec![10u32, 20, 30, 40, 50], vec![7u32, 9]];
+        let n = 6;
+        let out = greedy(&model, &prompts, n);
+        for (p, g) in prompts.iter().zip(&out) {
+            assert_eq!(g.new_ids.len(), n);
+            let mut seq = p.clone();
+            for (step, (&tok, &lp)) in g.new_ids.iter().zip(&g.logprobs).enumerate() {
+                let len = seq.len();
+                let ids = int_tensor(seq.iter().map(|&t| t as i64).collect(), [1, len]);
+                let logits = model.forward(ids, int_tensor(vec![1; len], [1, len]), None).unwrap();
+                let v = model.config().vocab_size;
+                let last = logits.slice([0..1, len - 1..len, 0..v]).reshape([1, v]);
+                let logp = log_softmax(last.clone(), 1).into_data().to_vec::<f32>().unwrap();
+                let argmax = last.argmax(1).into_data().convert::<i64>().to_vec::<i64>().unwrap()[0] as u32;
+                assert_eq!(tok, argmax, "{name} step {step}");
+                assert!((lp - logp[tok as usize]).abs() < 1e-4, "{name} step {step}: {lp} vs {}", logp[tok as usize]);
+                seq.push(tok);
+            }
+        }
+    }
+}
+
+#[test]
+fn generation_stops_at_stop_ids_and_pads_after() {
+    let model = CausalLm::<Cpu>::from_hf_dir(&fixture("hf-tiny-llama"), &device()).unwrap();
+    let prompts = vec![vec![10u32, 20, 30], vec![44u32, 55]];
+    let free = greedy(&model, &prompts, 10);
+    // Stop at the third token the first row produces.
+    let stop = free[0].new_ids[2];
+    let cfg = GenerateConfig { max_new_tokens: 10, sampler: Sampler::Greedy, stop_ids: vec![stop], pad_id: 0, seed: None };
+    let batch = generate(&model, &prompts, &cfg, &device()).unwrap();
+    let out = batch.to_host();
+    let first_stop = free[0].new_ids.iter().position(|&t| t == stop).unwrap();
+    assert_eq!(out[0].new_ids, free[0].new_ids[..=first_stop].to_vec());
+    let mask = batch.new_mask.into_data().convert::<i64>().to_vec::<i64>().unwrap();
+    let steps = mask.len() / 2;
+    assert!(mask[first_stop + 1..steps].iter().all(|&m| m == 0));
+}
+
+#[test]
+fn seeded_sampling_is_reproducible() {
+    let model = CausalLm::<Cpu>::from_hf_dir(&fixture("hf-tiny-llama"), &device()).unwrap();
+    let prompts = vec![vec![10u32, 20, 30], vec![44u32, 55]];
+    let sampler = Sampler::Sample { temperature: 1.0, top_k: Some(50), top_p: Some(0.9) };
+    let run = |seed| {
+        let cfg = GenerateConfig { max_new_tokens: 8, sampler: sampler.clone(), stop_ids: vec![], pad_id: 0, seed: Some(seed) };
+        generate(&model, &prompts, &cfg, &device()).unwrap().to_host()
+    };
+    assert_eq!(run(1), run(1));
+    assert_ne!(run(1), run(2));
+}
+
+#[test]
+fn export_then_load_gives_identical_logits() {
+    for name in ["hf-tiny-llama", "hf-tiny-qwen2", "hf-tiny-gpt2"] {
+        let src = fixture(name);
+        let model = CausalLm::<Cpu>::from_hf_dir(&src, &device()).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("final");
+        model.save_hf_dir(&out, Some(&src)).unwrap();
+        assert!(out.join("tokenizer.json").exists());
+        let again = CausalLm::<Cpu>::from_hf_dir(&out, &device()).unwrap();
+        assert_eq!(again.config(), model.config());
+        let ids = int_tensor(vec![3, 1, 4, 1, 5, 9, 2, 6], [2, 4]);
+        let mask = int_tensor(vec![1, 1, 1, 1, 0, 1, 1, 1], [2, 4]);
+        let a = to_vec(model.forward(ids.clone(), mask.clone(), None).unwrap());
+        let b = to_vec(again.forward(ids, mask, None).unwrap());
+        assert_eq!(a, b, "{name}");
+    }
+}
+
+/// Copies a fixture folder so a test can damage it.
+fn scratch_copy(name: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture(name)).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), tmp.path().join(entry.file_name())).unwrap();
+    }
+    tmp
+}
+
+fn load_err(dir: &Path) -> String {
+    match CausalLm::<Cpu>::from_hf_dir(dir, &device()) {
+        Ok(_) => panic!("loading {} should fail", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn hostile_safetensors_give_errors_not_panics() {
+    let tmp = scratch_copy("hf-tiny-llama");
+    let path = tmp.path().join("model.safetensors");
+    let good = std::fs::read(&path).unwrap();
+
+    // Header length claims the whole address space.
+    let mut bad = good.clone();
+    bad[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+    std::fs::write(&path, &bad).unwrap();
+    assert!(load_err(tmp.path()).contains("invalid safetensors"));
+
+    // Header length past the end of the file.
+    let mut bad = good.clone();
+    bad[..8].copy_from_slice(&(good.len() as u64).to_le_bytes());
+    std::fs::write(&path, &bad).unwrap();
+    assert!(load_err(tmp.path()).contains("invalid safetensors"));
+
+    // Data truncated: offsets point past the end.
+    std::fs::write(&path, &good[..good.len() - 100]).unwrap();
+    assert!(load_err(tmp.path()).contains("invalid safetensors"));
+
+    // Shorter than the 8-byte length prefix.
+    std::fs::write(&path, [1u8, 2, 3]).unwrap();
+    assert!(load_err(tmp.path()).contains("invalid safetensors"));
+}
+
+#[test]
+fn missing_or_misshapen_tensors_are_named() {
+    let src = fixture("hf-tiny-llama");
+    let model = CausalLm::<Cpu>::from_hf_dir(&src, &device()).unwrap();
+    let mut tensors = model.hf_tensors();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let config = model.config().to_hf_json();
+    let dropped: Vec<_> = tensors.iter().filter(|(n, _)| n != "model.layers.1.mlp.up_proj.weight").cloned().collect();
+    rlhf_model::hf::write_hf_dir(&tmp.path().join("a"), &config, &dropped, None).unwrap();
+    let e = load_err(&tmp.path().join("a"));
+    assert!(e.contains("missing tensor \"model.layers.1.mlp.up_proj.weight\"") && e.contains("[176, 64]"), "{e}");
+
+    let k = tensors.iter().position(|(n, _)| n == "model.layers.0.self_attn.k_proj.weight").unwrap();
+    tensors[k].1.shape = vec![64, 32];
+    rlhf_model::hf::write_hf_dir(&tmp.path().join("b"), &config, &tensors, None).unwrap();
+    let e = load_err(&tmp.path().join("b"));
+    assert!(e.contains("model.layers.0.self_attn.k_proj.weight") && e.contains("[32, 64]") && e.contains("[64, 32]"), "{e}");
+
+    let mut cfg = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    cfg["model_type"] = "mamba".into();
+    let c = scratch_copy("hf-tiny-llama");
+    std::fs::write(c.path().join("config.json"), cfg.to_string()).unwrap();
+    assert!(load_err(c.path()).contains("unsupported architecture \"mamba\""));
+}
+
+#[test]
+fn sharded_checkpoints_load() {
+    let src = fixture("hf-tiny-llama");
+    let model = CausalLm::<Cpu>::from_hf_dir(&src, &device()).unwrap();
+    let tensors = model.hf_tensors();
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = tensors.split_at(tensors.len() / 2);
+    rlhf_model::hf::write_safetensors(&tmp.path().join("model-00001-of-00002.safetensors"), a).unwrap();
+    rlhf_model::hf::write_safetensors(&tmp.path().join("model-00002-of-00002.safetensors"), b).unwrap();
+    let mut map = serde_json::Map::new();
+    for (name, _) in a {
+        map.insert(name.clone(), "model-00001-of-00002.safetensors".into());
+    }
+    for (name, _) in b {
+        map.insert(name.clone(), "model-00002-of-00002.safetensors".into());
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": map });
+    std::fs::write(tmp.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+    std::fs::copy(src.join("config.json"), tmp.path().join("config.json")).unwrap();
+    let sharded = CausalLm::<Cpu>::from_hf_dir(tmp.path(), &device()).unwrap();
+    assert_eq!(sharded.hf_tensors(), tensors);
+}
+
+#[test]
+fn fresh_models_run_and_count_parameters() {
+    let hf: rlhf_model::HfConfig = serde_json::from_str(
+        r#"{"model_type":"llama","vocab_size":50,"hidden_size":32,"intermediate_size":64,
+            "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"max_position_embeddings":64}"#,
+    )
+    .unwrap();
+    let cfg: TransformerConfig = hf.resolve(Path::new("config.json")).unwrap();
+    let body = cfg.init::<Cpu>(&device());
+    let model = CausalLm { lm_head: None, model: body };
+    let tensors = model.hf_tensors();
+    let counted: usize = tensors.iter().map(|(_, t)| t.data.len()).sum();
+    // untied config without an lm_head tensor: count the head separately
+    assert_eq!(counted + cfg.vocab_size * cfg.hidden_size, cfg.num_params());
+    let logits = model.forward(int_tensor(vec![1, 2, 3], [1, 3]), int_tensor(vec![1, 1, 1], [1, 3]), None).unwrap();
+    assert_eq!(logits.dims(), [1, 3, 50]);
+}

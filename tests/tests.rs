@@ -1,0 +1,3 @@
+//! Integration tests, one module per feature (ripgrep's layout).
+
+mod model;
