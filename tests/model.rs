@@ -15,7 +15,7 @@ pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
-fn device() -> burn::backend::ndarray::NdArrayDevice {
+fn device() -> <Cpu as burn::tensor::backend::BackendTypes>::Device {
     Default::default()
 }
 

@@ -1,3 +1,4 @@
 //! Integration tests, one module per feature (ripgrep's layout).
 
+mod cli;
 mod model;

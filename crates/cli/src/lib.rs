@@ -1,1 +1,73 @@
-//! The `rlhf` command line.
+//! The `rlhf` command line: model inspection, logits, generation and benchmarks.
+
+mod bench;
+mod generate;
+mod model;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use rlhf_model::backend::DeviceSpec;
+
+#[derive(Debug, Parser)]
+#[command(name = "rlhf", version, about = "Three-stage RLHF (SFT → reward model → PPO-ptx) on burn")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Inspect or run a Hugging Face model folder.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+    /// Generate text from a model folder (batched, KV-cached).
+    Generate(generate::GenerateArgs),
+    /// Throughput benchmarks (tokens/s).
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelCommand {
+    /// Architecture, parameter count, dtype, vocabulary and context length.
+    Info {
+        #[arg(long)]
+        model: PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Logits for int64 `input_ids` / `attention_mask` [B, T] read from a safetensors file.
+    Logits {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+        #[arg(long, default_value = "cpu")]
+        device: DeviceSpec,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Generation tokens/s of a randomly initialised LLaMA.
+    Generate(bench::GenerateBench),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Model { command: ModelCommand::Info { model, json } } => model::info(&model, json),
+        Command::Model { command: ModelCommand::Logits { model, input, output, device } } => {
+            model::logits(&model, &input, &output, device)
+        }
+        Command::Generate(args) => generate::run(args),
+        Command::Bench { command: BenchCommand::Generate(args) } => bench::run_generate(args),
+    }
+}

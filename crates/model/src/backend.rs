@@ -1,4 +1,8 @@
-//! Backends and `--device` selection: NdArray on CPU, burn-cuda (feature `cuda`) on NVIDIA GPUs.
+//! Backends and `--device` selection: burn-flex on CPU, burn-cuda (feature `cuda`) on NVIDIA GPUs.
+//!
+//! Flex over NdArray, measured here (2 cores, `rlhf bench generate`): 2016 vs 1353 tokens/s.
+//! NdArray's reshape copies every standard-layout input of a matmul (weights included), and its
+//! `simd` feature uses approximate math that moved fixture logits by 1e-4.
 //! A CPU run never touches CUDA; asking for CUDA where there is none is an error, not a panic.
 
 use std::fmt;
@@ -9,7 +13,7 @@ use burn::tensor::backend::Backend;
 use crate::error::{ModelError, Result};
 
 /// The CPU backend (inference).
-pub type Cpu = burn::backend::NdArray<f32>;
+pub type Cpu = burn::backend::Flex<f32>;
 /// The CPU backend with autodiff (training).
 pub type CpuTrain = burn::backend::Autodiff<Cpu>;
 /// The CUDA backend (inference).
@@ -121,7 +125,7 @@ pub fn cuda_device(index: usize) -> Result<burn::backend::cuda::CudaDevice> {
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown error".into());
-            Err(ModelError::Invalid(format!("CUDA device {index} is not usable: {why}")))
+            Err(ModelError::Invalid(format!("CUDA device {index} is not usable (is an NVIDIA driver and GPU present?): {why}")))
         }
     }
 }

@@ -35,7 +35,12 @@ impl<B: Backend> CausalLm<B> {
     /// # Shapes
     /// - `hidden`: [batch, seq, hidden] → [batch, seq, vocab]
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        hidden.matmul(self.unembedding().transpose().unsqueeze::<3>())
+        let [batch, seq, d] = hidden.dims();
+        // W [vocab, hidden] · hᵀ [hidden, batch·seq], then transpose: W stays in its contiguous
+        // [vocab, hidden] layout (the embedding's own when tied) and is never copied.
+        let w = self.unembedding();
+        let vocab = w.dims()[0];
+        w.matmul(hidden.reshape([batch * seq, d]).transpose()).transpose().reshape([batch, seq, vocab])
     }
 
     /// Logits at every position (see [`Transformer::forward`] for the mask convention).
@@ -74,8 +79,8 @@ impl<B: Backend> ScalarHead<B> {
     /// # Shapes
     /// - `hidden`: [batch, seq, hidden] → [batch, seq]
     pub fn forward(&self, hidden: Tensor<B, 3>) -> Tensor<B, 2> {
-        let [batch, seq, _] = hidden.dims();
-        let out = hidden.matmul(self.weight.val().transpose().unsqueeze::<3>()) + self.bias.val().unsqueeze::<3>();
+        let [batch, seq, d] = hidden.dims();
+        let out = hidden.reshape([batch * seq, d]).matmul(self.weight.val().transpose()) + self.bias.val().unsqueeze::<2>();
         out.reshape([batch, seq])
     }
 }

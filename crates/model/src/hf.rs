@@ -147,6 +147,17 @@ impl SafetensorsFiles {
         Ok(Self { files, index, taken: BTreeSet::new() })
     }
 
+    /// How many tensors of each dtype the checkpoint holds.
+    pub fn dtypes(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for (_, _, _, metadata) in &self.files {
+            for info in metadata.tensors().values() {
+                *out.entry(format!("{:?}", info.dtype)).or_insert(0) += 1;
+            }
+        }
+        out
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.index.contains_key(name)
     }
@@ -437,7 +448,7 @@ impl<B: Backend> CausalLm<B> {
     }
 }
 
-/// Writes `tensors` as an f32 safetensors file.
+/// Writes `tensors` as an f32 safetensors file (to a temporary name, then renamed into place).
 pub fn write_safetensors(path: &Path, tensors: &[(String, HostTensor)]) -> Result<()> {
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
         .iter()
@@ -453,8 +464,10 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, HostTensor)]) -> Resul
         .collect::<Result<Vec<_>>>()?;
     let mut metadata = std::collections::HashMap::new();
     metadata.insert("format".to_string(), "pt".to_string());
-    safetensors::serialize_to_file(views, Some(metadata), path)
-        .map_err(|e| ModelError::Safetensors { path: path.to_path_buf(), message: e.to_string() })
+    let tmp = sibling(path, "tmp");
+    safetensors::serialize_to_file(views, Some(metadata), &tmp)
+        .map_err(|e| ModelError::Safetensors { path: tmp.clone(), message: e.to_string() })?;
+    std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
 }
 
 /// Writes a model folder atomically: everything goes to `OUT.tmp`, which then replaces `OUT`.

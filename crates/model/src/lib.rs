@@ -25,4 +25,4 @@ pub use transformer::Transformer;
 
 /// The backend unit tests run on.
 #[cfg(test)]
-pub type TestBackend = burn::backend::NdArray<f32>;
+pub type TestBackend = crate::backend::Cpu;

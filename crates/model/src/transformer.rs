@@ -50,6 +50,17 @@ impl<B: Backend> Norm<B> {
     }
 }
 
+/// `linear.forward` on a [batch, seq, d_in] input as ONE [batch·seq, d_in] GEMM.
+///
+/// burn's default `linear` broadcasts the weight over the batch and runs one GEMM per row, re-packing
+/// the weight for every row: with one-token rows (generation) that packing dominated the step time.
+pub fn linear3<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [batch, seq, d_in] = x.dims();
+    let y = linear.forward(x.reshape([batch * seq, d_in]));
+    let d_out = y.dims()[1];
+    y.reshape([batch, seq, d_out])
+}
+
 /// Multi-head attention with grouped key/value heads.
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
@@ -80,9 +91,9 @@ impl<B: Backend> Attention<B> {
         let rep = h / kvh;
         // [batch, heads, seq, head_dim]
         let split = |t: Tensor<B, 3>, heads: usize| t.reshape([batch, seq, heads, hd]).swap_dims(1, 2);
-        let mut q = split(self.q_proj.forward(x.clone()), h);
-        let mut k = split(self.k_proj.forward(x.clone()), kvh);
-        let v = split(self.v_proj.forward(x), kvh);
+        let mut q = split(linear3(&self.q_proj, x.clone()), h);
+        let mut k = split(linear3(&self.k_proj, x.clone()), kvh);
+        let v = split(linear3(&self.v_proj, x), kvh);
         if let Some((cos, sin)) = rotary {
             q = apply_rotary(q, cos.clone(), sin.clone());
             k = apply_rotary(k, cos.clone(), sin.clone());
@@ -102,7 +113,7 @@ impl<B: Backend> Attention<B> {
         let probs = softmax(scores, 4).reshape([batch, kvh, rep * seq, keys]);
         // [batch, heads, seq, head_dim] → [batch, seq, heads * head_dim]
         let out = probs.matmul(v).reshape([batch, h, seq, hd]).swap_dims(1, 2).reshape([batch, seq, h * hd]);
-        Ok(self.o_proj.forward(out))
+        Ok(linear3(&self.o_proj, out))
     }
 }
 
@@ -118,10 +129,10 @@ pub struct Mlp<B: Backend> {
 impl<B: Backend> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let inner = match &self.gate_proj {
-            Some(gate) => silu(gate.forward(x.clone())) * self.up_proj.forward(x),
-            None => gelu_tanh(self.up_proj.forward(x)),
+            Some(gate) => silu(linear3(gate, x.clone())) * linear3(&self.up_proj, x),
+            None => gelu_tanh(linear3(&self.up_proj, x)),
         };
-        self.down_proj.forward(inner)
+        linear3(&self.down_proj, inner)
     }
 }
 

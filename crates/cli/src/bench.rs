@@ -1,0 +1,120 @@
+//! `rlhf bench …`: throughput figures printed as tokens/s (targets live here, never in timed tests).
+
+use std::time::Instant;
+
+use burn::tensor::backend::Backend;
+use clap::Args;
+use rlhf_model::backend::{dispatch, BackendTask, DeviceSpec};
+use rlhf_model::{generate, Arch, CausalLm, GenerateConfig, Sampler, TransformerConfig};
+
+#[derive(Debug, Clone, Args)]
+pub struct GenerateBench {
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    #[arg(long, default_value_t = 16)]
+    prompt_len: usize,
+    #[arg(long, default_value_t = 64)]
+    new_tokens: usize,
+    #[arg(long, default_value_t = 4)]
+    layers: usize,
+    #[arg(long, default_value_t = 256)]
+    hidden: usize,
+    #[arg(long, default_value_t = 4)]
+    heads: usize,
+    #[arg(long, default_value_t = 8192)]
+    vocab: usize,
+    /// Timed repetitions after one warm-up.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Sample (temperature 1, top-k 50) instead of greedy.
+    #[arg(long)]
+    sample: bool,
+}
+
+impl GenerateBench {
+    /// A LLaMA of the requested size (SwiGLU width ≈ 8/3·hidden, as LLaMA).
+    fn model_config(&self) -> TransformerConfig {
+        TransformerConfig {
+            arch: Arch::Llama,
+            vocab_size: self.vocab,
+            hidden_size: self.hidden,
+            intermediate_size: (self.hidden * 8 / 3).div_ceil(16) * 16,
+            num_layers: self.layers,
+            num_heads: self.heads,
+            num_kv_heads: self.heads,
+            head_dim: self.hidden / self.heads,
+            max_position_embeddings: (self.prompt_len + self.new_tokens).max(256),
+            norm_eps: 1e-6,
+            rope_theta: 10_000.0,
+            qkv_bias: false,
+            out_bias: false,
+            tie_word_embeddings: false,
+            bos_token_id: None,
+            eos_token_ids: vec![],
+            pad_token_id: Some(0),
+        }
+    }
+}
+
+impl BackendTask for GenerateBench {
+    type Output = anyhow::Result<()>;
+
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        B::seed(&device, 0);
+        let cfg = self.model_config();
+        let model = CausalLm::<B> {
+            lm_head: Some(burn::module::Param::from_tensor(burn::tensor::Tensor::random(
+                [cfg.vocab_size, cfg.hidden_size],
+                burn::tensor::Distribution::Normal(0.0, 0.02),
+                &device,
+            ))),
+            model: cfg.init::<B>(&device),
+        };
+        // Prompts of different lengths (left padding exercised), ids spread over the vocabulary.
+        let prompts: Vec<Vec<u32>> = (0..self.batch)
+            .map(|b| {
+                let len = self.prompt_len - (b % 4).min(self.prompt_len - 1);
+                (0..len).map(|i| ((b * 7919 + i * 104_729) % (cfg.vocab_size - 1) + 1) as u32).collect()
+            })
+            .collect();
+        let sampler = if self.sample {
+            Sampler::Sample { temperature: 1.0, top_k: Some(50), top_p: None }
+        } else {
+            Sampler::Greedy
+        };
+        let gen_cfg = GenerateConfig { max_new_tokens: self.new_tokens, sampler, stop_ids: vec![], pad_id: 0, seed: Some(0) };
+        println!(
+            "generate: {:.2}M-param LLaMA ({} layers, d={}, vocab {}), batch {}, prompt ≤{}, {} new tokens, {}",
+            cfg.num_params() as f64 / 1e6,
+            self.layers,
+            self.hidden,
+            self.vocab,
+            self.batch,
+            self.prompt_len,
+            self.new_tokens,
+            self.device
+        );
+        let mut best = f64::INFINITY;
+        for rep in 0..=self.repeats {
+            let start = Instant::now();
+            let out = generate(&model, &prompts, &gen_cfg, &device)?.to_host(); // to_host syncs the device
+            let secs = start.elapsed().as_secs_f64();
+            let tokens: usize = out.iter().map(|g| g.new_ids.len()).sum();
+            if rep == 0 {
+                println!("  warm-up: {secs:.3}s");
+                continue;
+            }
+            best = best.min(secs);
+            println!("  run {rep}: {secs:.3}s, {:.0} tokens/s", tokens as f64 / secs);
+        }
+        let tokens = self.batch * self.new_tokens;
+        println!("generate tokens/s (best of {}): {:.0}", self.repeats, tokens as f64 / best);
+        Ok(())
+    }
+}
+
+pub fn run_generate(args: GenerateBench) -> anyhow::Result<()> {
+    dispatch(args.device, args.clone())?
+}

@@ -1,0 +1,94 @@
+//! The `rlhf` binary end to end: `model logits`, `generate --json`, `model info`, and clear errors.
+
+use std::process::Command;
+
+use safetensors::SafeTensors;
+
+use crate::model::fixture;
+
+fn rlhf(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_rlhf")).args(args).env("RAYON_NUM_THREADS", "2").output().unwrap()
+}
+
+#[test]
+fn model_logits_writes_transformers_logits() {
+    let dir = fixture("hf-tiny-llama");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out.safetensors");
+    let input = dir.join("expected.safetensors");
+    let o = rlhf(&["model", "logits", "--model", dir.to_str().unwrap(), "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got_bytes = std::fs::read(&out).unwrap();
+    let want_bytes = std::fs::read(&input).unwrap();
+    let (got, want) = (SafeTensors::deserialize(&got_bytes).unwrap(), SafeTensors::deserialize(&want_bytes).unwrap());
+    let (g, w) = (got.tensor("logits").unwrap(), want.tensor("logits").unwrap());
+    assert_eq!(g.shape(), w.shape());
+    let f = |b: &[u8]| b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect::<Vec<_>>();
+    let mask: Vec<i64> = want.tensor("attention_mask").unwrap().data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
+    let (g, w) = (f(g.data()), f(w.data()));
+    let v = g.len() / mask.len();
+    for (pos, &m) in mask.iter().enumerate() {
+        if m == 1 {
+            for i in pos * v..(pos + 1) * v {
+                assert!((g[i] - w[i]).abs() < 1e-4, "position {pos}");
+            }
+        }
+    }
+}
+
+#[test]
+fn generate_json_gives_transformers_greedy_ids() {
+    let dir = fixture("hf-tiny-llama");
+    let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let prompt: Vec<String> = expected["greedy_prompt_ids"].as_array().unwrap().iter().map(|v| v.to_string()).collect();
+    // The fixture's greedy ids were produced without an EOS stop; 12 tokens that contain no EOS (2).
+    let o = rlhf(&["generate", "--model", dir.to_str().unwrap(), "--prompt-ids", &prompt.join(","), "--max-new-tokens", "12", "--greedy", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(line["new_ids"], expected["greedy_new_ids"]);
+    assert!(line["text"].is_string());
+}
+
+#[test]
+fn generate_chat_prompt_uses_the_template() {
+    let dir = fixture("hf-tiny-llama");
+    let o = rlhf(&["generate", "--model", dir.to_str().unwrap(), "--prompt", "你好", "--chat", "--max-new-tokens", "4", "--json", "--temperature", "0.8", "--top-p", "0.9", "--seed", "3"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ids = line["prompt_ids"].as_array().unwrap();
+    // ChatML: <|im_start|>=1 opens the user turn, and the prompt ends with "<|im_start|>assistant\n".
+    assert_eq!(ids[0], 1);
+    assert!(ids.iter().filter(|&i| i == 1).count() == 2);
+}
+
+#[test]
+fn model_info_reports_architecture_and_size() {
+    let o = rlhf(&["model", "info", "--model", fixture("hf-tiny-gpt2").to_str().unwrap(), "--json"]);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["architecture"], "gpt2");
+    assert_eq!(v["vocab_size"], 1024);
+    assert_eq!(v["context_length"], 128);
+}
+
+#[test]
+fn bad_inputs_fail_with_a_clear_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = rlhf(&["model", "info", "--model", tmp.path().to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("config.json"));
+
+    let o = rlhf(&["generate", "--model", fixture("hf-tiny-llama").to_str().unwrap(), "--prompt-ids", "5,99999"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("99999"));
+
+    // Without the `cuda` feature, or without a usable GPU, asking for CUDA is an error, not a panic.
+    let o = rlhf(&["generate", "--model", fixture("hf-tiny-llama").to_str().unwrap(), "--prompt-ids", "5", "--device", "cuda"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    if cfg!(feature = "cuda") {
+        assert!(o.status.success() || stderr.contains("CUDA device 0 is not usable"), "{stderr}");
+    } else {
+        assert!(!o.status.success() && stderr.contains("without CUDA"), "{stderr}");
+    }
+}
