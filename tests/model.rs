@@ -5,14 +5,17 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use rlhf_model::backend::Cpu;
 use rlhf_model::generate::left_pad;
 use rlhf_model::{generate, CausalLm, GenerateConfig, Sampler, TransformerConfig};
 use safetensors::SafeTensors;
 
+/// A fixture folder. `RLHF_REPO` overrides the checkout path baked in at compile time, so a test
+/// binary built here can run on the GPU machine's copy of the tree.
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    let repo = std::env::var("RLHF_REPO").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    Path::new(&repo).join("tests/fixtures").join(name)
 }
 
 fn device() -> <Cpu as burn::tensor::backend::BackendTypes>::Device {
@@ -28,23 +31,35 @@ fn floats(t: &safetensors::tensor::TensorView) -> Vec<f32> {
 }
 
 fn int_tensor(data: Vec<i64>, shape: [usize; 2]) -> Tensor<Cpu, 2, Int> {
-    Tensor::from_data(TensorData::new(data, shape), &device())
+    int_tensor_on::<Cpu>(data, shape, &device())
 }
 
-fn to_vec(t: Tensor<Cpu, 3>) -> Vec<f32> {
-    t.into_data().to_vec::<f32>().unwrap()
+fn int_tensor_on<B: Backend>(data: Vec<i64>, shape: [usize; 2], device: &B::Device) -> Tensor<B, 2, Int> {
+    Tensor::from_data(TensorData::new(data, shape), device)
+}
+
+fn to_vec<B: Backend>(t: Tensor<B, 3>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
 }
 
 /// Max |ours − transformers| over positions where the mask is 1.
 fn logits_diff(dir: &Path) -> f32 {
-    let model = CausalLm::<Cpu>::from_hf_dir(dir, &device()).unwrap();
+    logits_diff_on::<Cpu>(dir, &device())
+}
+
+pub fn logits_diff_on<B: Backend>(dir: &Path, device: &B::Device) -> f32 {
+    let model = CausalLm::<B>::from_hf_dir(dir, device).unwrap();
     let bytes = std::fs::read(dir.join("expected.safetensors")).unwrap();
     let expected = SafeTensors::deserialize(&bytes).unwrap();
     let ids = expected.tensor("input_ids").unwrap();
     let [b, t] = [ids.shape()[0], ids.shape()[1]];
     let mask = ints(&expected.tensor("attention_mask").unwrap());
     let want = floats(&expected.tensor("logits").unwrap());
-    let got = to_vec(model.forward(int_tensor(ints(&ids), [b, t]), int_tensor(mask.clone(), [b, t]), None).unwrap());
+    let got = to_vec(
+        model
+            .forward(int_tensor_on::<B>(ints(&ids), [b, t], device), int_tensor_on::<B>(mask.clone(), [b, t], device), None)
+            .unwrap(),
+    );
     let v = want.len() / (b * t);
     assert_eq!(got.len(), want.len());
     let mut max = 0.0f32;
@@ -69,17 +84,25 @@ fn ids_of(v: &serde_json::Value) -> Vec<u32> {
 }
 
 fn greedy(model: &CausalLm<Cpu>, prompts: &[Vec<u32>], n: usize) -> Vec<rlhf_model::Generation> {
+    greedy_on(model, prompts, n, &device())
+}
+
+pub fn greedy_on<B: Backend>(model: &CausalLm<B>, prompts: &[Vec<u32>], n: usize, device: &B::Device) -> Vec<rlhf_model::Generation> {
     let cfg = GenerateConfig { max_new_tokens: n, sampler: Sampler::Greedy, stop_ids: vec![], pad_id: 0, seed: None };
-    generate(model, prompts, &cfg, &device()).unwrap().to_host()
+    generate(model, prompts, &cfg, device).unwrap().to_host()
 }
 
 fn check_greedy(dir: &Path) {
+    check_greedy_on::<Cpu>(dir, &device());
+}
+
+pub fn check_greedy_on<B: Backend>(dir: &Path, device: &B::Device) {
     let expected = expected_json(dir);
-    let model = CausalLm::<Cpu>::from_hf_dir(dir, &device()).unwrap();
+    let model = CausalLm::<B>::from_hf_dir(dir, device).unwrap();
     let prompt = ids_of(&expected["greedy_prompt_ids"]);
     let want = ids_of(&expected["greedy_new_ids"]);
-    let got = greedy(&model, &[prompt], want.len());
-    assert_eq!(got[0].new_ids, want);
+    let got = greedy_on(&model, &[prompt], want.len(), device);
+    assert_eq!(got[0].new_ids, want, "{}", dir.display());
 }
 
 #[test]

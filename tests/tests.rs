@@ -1,4 +1,7 @@
 //! Integration tests, one module per feature (ripgrep's layout).
 
 mod cli;
+mod data;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod model;

@@ -14,6 +14,9 @@ pub enum DataError {
     /// `tokenizer.json` / `tokenizer_config.json` missing or unreadable, or encoding failed.
     #[error("{path}: {message}")]
     Tokenizer { path: PathBuf, message: String },
+    /// A bad record: `FILE:LINE: field: what was expected`.
+    #[error("{path}:{line}: {message}")]
+    Record { path: PathBuf, line: usize, message: String },
     /// A chat template failed to parse or render.
     #[error("{message}")]
     Template { message: String },

@@ -1,7 +1,13 @@
 //! The data layer: tokenizer and chat templates, and the record formats users bring.
 
+pub mod batch;
+pub mod encode;
 pub mod error;
+pub mod formats;
+pub mod reader;
 pub mod tokenizer;
 
 pub use error::{DataError, Result};
 pub use tokenizer::{Message, Tokenizer};
+pub use formats::{load, Format, Kind, LoadOptions, Loaded, Ranking, Record, SkipReport};
+pub use encode::{BuiltinTemplate, ChatFormat, Encoded};

@@ -1,0 +1,99 @@
+//! Padding, seeded shuffling and the train/eval split. Host-side: stages turn these into tensors.
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+/// Sequences padded to a common length, row-major [batch, len].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Padded {
+    pub ids: Vec<i64>,
+    pub mask: Vec<i64>,
+    pub batch: usize,
+    pub len: usize,
+}
+
+fn pad(seqs: &[Vec<u32>], pad_id: u32, left: bool) -> Padded {
+    let len = seqs.iter().map(Vec::len).max().unwrap_or(0);
+    let mut out = Padded { ids: Vec::with_capacity(seqs.len() * len), mask: Vec::with_capacity(seqs.len() * len), batch: seqs.len(), len };
+    for s in seqs {
+        let n = len - s.len();
+        let (pad_ids, pad_mask) = (std::iter::repeat_n(pad_id as i64, n), std::iter::repeat_n(0, n));
+        let (ids, mask) = (s.iter().map(|&t| t as i64), std::iter::repeat_n(1, s.len()));
+        if left {
+            out.ids.extend(pad_ids.chain(ids));
+            out.mask.extend(pad_mask.chain(mask));
+        } else {
+            out.ids.extend(ids.chain(pad_ids));
+            out.mask.extend(mask.chain(pad_mask));
+        }
+    }
+    out
+}
+
+/// Right padding, for training.
+pub fn pad_right(seqs: &[Vec<u32>], pad_id: u32) -> Padded {
+    pad(seqs, pad_id, false)
+}
+
+/// Left padding, for generation (every prompt ends at the same column).
+pub fn pad_left(seqs: &[Vec<u32>], pad_id: u32) -> Padded {
+    pad(seqs, pad_id, true)
+}
+
+/// A per-token flag (e.g. SFT loss mask) right-padded with `false`, as 0/1 [batch, len].
+pub fn pad_flags_right(flags: &[Vec<bool>], len: usize) -> Vec<f32> {
+    flags
+        .iter()
+        .flat_map(|f| f.iter().map(|&b| if b { 1.0 } else { 0.0 }).chain(std::iter::repeat_n(0.0, len - f.len())))
+        .collect()
+}
+
+/// 0..n in a seeded order; `epoch` gives each pass its own order.
+pub fn shuffled(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..n).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    idx.shuffle(&mut rng);
+    idx
+}
+
+/// Deterministic split of 0..n: `eval_fraction` of a seeded permutation (at least one example when
+/// n > 1 and the fraction is positive) goes to eval, the rest to train, each sorted.
+pub fn train_eval_split(n: usize, eval_fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut n_eval = (n as f64 * eval_fraction).round() as usize;
+    if eval_fraction > 0.0 && n > 1 {
+        n_eval = n_eval.clamp(1, n - 1);
+    }
+    let order = shuffled(n, seed, u64::MAX);
+    let (mut eval, mut train) = (order[..n_eval].to_vec(), order[n_eval..].to_vec());
+    eval.sort_unstable();
+    train.sort_unstable();
+    (train, eval)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn right_and_left_padding() {
+        let seqs = vec![vec![5, 6, 7], vec![8]];
+        let r = pad_right(&seqs, 0);
+        assert_eq!((r.ids, r.mask), (vec![5, 6, 7, 8, 0, 0], vec![1, 1, 1, 1, 0, 0]));
+        let l = pad_left(&seqs, 0);
+        assert_eq!((l.ids, l.mask), (vec![5, 6, 7, 0, 0, 8], vec![1, 1, 1, 0, 0, 1]));
+        assert_eq!(pad_flags_right(&[vec![false, true], vec![true]], 3), vec![0.0, 1.0, 0.0, 1.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn shuffling_is_seeded_and_split_is_deterministic() {
+        assert_eq!(shuffled(50, 1, 0), shuffled(50, 1, 0));
+        assert_ne!(shuffled(50, 1, 0), shuffled(50, 1, 1));
+        assert_ne!(shuffled(50, 1, 0), shuffled(50, 2, 0));
+        let (train, eval) = train_eval_split(100, 0.1, 7);
+        assert_eq!((train.len(), eval.len()), (90, 10));
+        assert_eq!(train_eval_split(100, 0.1, 7), (train.clone(), eval.clone()));
+        assert!(eval.iter().all(|e| !train.contains(e)));
+        assert_eq!(train_eval_split(3, 0.01, 0).1.len(), 1);
+    }
+}
