@@ -92,3 +92,40 @@ fn bad_inputs_fail_with_a_clear_message() {
         assert!(!o.status.success() && stderr.contains("without CUDA"), "{stderr}");
     }
 }
+
+#[test]
+fn data_check_exit_codes_and_convert_to_colossalchat() {
+    let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/instructionwild/data_v2/user_2.jsonl");
+    let file = shared.to_str().unwrap();
+    let strict = rlhf(&["data", "check", file, "--kind", "prompt"]);
+    assert_eq!(strict.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&strict.stderr).contains("user_2.jsonl:134: invalid JSON"));
+    let skip = rlhf(&["data", "check", file, "--kind", "prompt", "--skip-invalid"]);
+    assert_eq!(skip.status.code(), Some(2), "skipped records show in the exit code");
+    assert!(String::from_utf8_lossy(&skip.stderr).contains("skipped 2 invalid record(s)"));
+    assert!(String::from_utf8_lossy(&skip.stdout).contains("246 Prompt record(s)"));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let alpaca = tmp.path().join("alpaca.json");
+    std::fs::write(&alpaca, r#"[{"instruction":"Add","input":"2+2","output":"4"}]"#).unwrap();
+    let out = tmp.path().join("sft.jsonl");
+    let o = rlhf(&["data", "convert", alpaca.to_str().unwrap(), "--kind", "sft", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let line: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&out).unwrap().trim()).unwrap();
+    assert_eq!(line["messages"][0]["from"], "user");
+    assert_eq!(line["messages"][1]["content"], "4");
+    // The converted file checks clean.
+    assert!(rlhf(&["data", "check", out.to_str().unwrap(), "--kind", "sft"]).status.success());
+}
+
+#[test]
+fn data_demo_writes_a_set_that_checks_clean() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    assert!(rlhf(&["data", "demo", "--out", dir.to_str().unwrap(), "--seed", "3"]).status.success());
+    let tok = fixture("hf-tiny-llama");
+    for (f, kind) in [("sft.jsonl", "sft"), ("rankings.jsonl", "ranking"), ("prompts.jsonl", "prompt"), ("heldout_prompts.jsonl", "prompt"), ("pretrain.jsonl", "pretrain")] {
+        let o = rlhf(&["data", "check", dir.join(f).to_str().unwrap(), "--kind", kind, "--tokenizer", tok.to_str().unwrap()]);
+        assert!(o.status.success(), "{f}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+}

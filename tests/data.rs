@@ -229,3 +229,38 @@ fn fmt_with_system(fmt: &ChatFormat, msgs: &[rlhf_data::Message]) -> Vec<rlhf_da
     v.extend_from_slice(msgs);
     v
 }
+
+#[test]
+fn demo_set_is_byte_identical_per_seed_and_passes_strict_checks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sizes = rlhf_data::demo::DemoSizes { pretrain_docs: 200, sft: 200, rankings: 200, prompts: 100 };
+    for (name, seed) in [("a", 5), ("b", 5), ("c", 6)] {
+        rlhf_data::demo::write_demo(&tmp.path().join(name), seed, sizes).unwrap();
+    }
+    let files = ["pretrain.jsonl", "sft.jsonl", "rankings.jsonl", "prompts.jsonl", "heldout_prompts.jsonl", "manifest.json"];
+    let read = |d: &str, f: &str| std::fs::read(tmp.path().join(d).join(f)).unwrap();
+    for f in files {
+        assert_eq!(read("a", f), read("b", f), "{f} differs for the same seed");
+    }
+    assert_ne!(read("a", "sft.jsonl"), read("c", "sft.jsonl"));
+    let dir = tmp.path().join("a");
+    for (f, kind, n) in [("sft.jsonl", Kind::Sft, 200), ("rankings.jsonl", Kind::Ranking, 200), ("prompts.jsonl", Kind::Prompt, 100), ("pretrain.jsonl", Kind::Pretrain, 200)] {
+        assert_eq!(load(&dir.join(f), opts(kind)).unwrap().records.len(), n, "{f}");
+    }
+    // Rankings: K = 4 distinct responses, the best one scored highest by the oracle most of the time.
+    let rankings = load(&dir.join("rankings.jsonl"), opts(Kind::Ranking)).unwrap();
+    let mut agree = 0;
+    for (_, r) in &rankings.records {
+        let Record::Ranking(r) = r else { panic!() };
+        assert_eq!(r.responses.len(), 4);
+        let prompt = &r.prompt[0].content;
+        let score = |i: usize| rlhf_data::demo::oracle(prompt, &r.responses[i]).unwrap().total();
+        let best = (0..4).min_by_key(|&i| r.ranks[i]).unwrap();
+        agree += usize::from((0..4).all(|i| score(best) >= score(i)));
+    }
+    assert!(agree >= 160, "{agree}/200 rankings put an oracle-best response first");
+    // Held-out prompts never appear in the training prompt sets.
+    let held: std::collections::BTreeSet<String> = std::fs::read_to_string(dir.join("heldout_prompts.jsonl")).unwrap().lines().map(String::from).collect();
+    let prompts = std::fs::read_to_string(dir.join("prompts.jsonl")).unwrap();
+    assert!(prompts.lines().all(|l| !held.contains(l)));
+}

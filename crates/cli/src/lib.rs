@@ -1,10 +1,12 @@
 //! The `rlhf` command line: model inspection, logits, generation and benchmarks.
 
 mod bench;
+mod data;
 mod generate;
 mod model;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use rlhf_model::backend::DeviceSpec;
@@ -25,6 +27,11 @@ enum Command {
     },
     /// Generate text from a model folder (batched, KV-cached).
     Generate(generate::GenerateArgs),
+    /// Check, convert or generate data files.
+    Data {
+        #[command(subcommand)]
+        command: data::DataCommand,
+    },
     /// Throughput benchmarks (tokens/s).
     Bench {
         #[command(subcommand)]
@@ -61,13 +68,16 @@ enum BenchCommand {
     Generate(bench::GenerateBench),
 }
 
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs a command; the exit code is non-zero on failure, and 2 when records were skipped.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     match cli.command {
-        Command::Model { command: ModelCommand::Info { model, json } } => model::info(&model, json),
+        Command::Data { command } => data::run(command),
+        Command::Model { command: ModelCommand::Info { model, json } } => done(model::info(&model, json)),
         Command::Model { command: ModelCommand::Logits { model, input, output, device } } => {
-            model::logits(&model, &input, &output, device)
+            done(model::logits(&model, &input, &output, device))
         }
-        Command::Generate(args) => generate::run(args),
-        Command::Bench { command: BenchCommand::Generate(args) } => bench::run_generate(args),
+        Command::Generate(args) => done(generate::run(args)),
+        Command::Bench { command: BenchCommand::Generate(args) } => done(bench::run_generate(args)),
     }
 }

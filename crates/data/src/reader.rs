@@ -76,10 +76,15 @@ fn parse_record(bytes: &[u8], line: usize) -> RawRecord {
     if let Err(e) = std::str::from_utf8(bytes) {
         return Err(ParseIssue { line, message: format!("invalid UTF-8 at byte {}", e.valid_up_to()), reason: "invalid UTF-8" });
     }
-    serde_json::from_slice::<Value>(bytes).map(|v| (line, v)).map_err(|e| ParseIssue {
-        line: line + e.line().saturating_sub(1),
-        message: format!("invalid JSON: {e}"),
-        reason: "invalid JSON",
+    serde_json::from_slice::<Value>(bytes).map(|v| (line, v)).map_err(|e| {
+        // serde's "at line L column C" is relative to the record: report the file line instead.
+        let text = e.to_string();
+        let what = text.split(" at line ").next().unwrap_or(&text);
+        ParseIssue {
+            line: line + e.line().saturating_sub(1),
+            message: format!("invalid JSON: {what} (column {})", e.column()),
+            reason: "invalid JSON",
+        }
     })
 }
 

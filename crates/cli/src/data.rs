@@ -1,0 +1,200 @@
+//! `rlhf data check | convert | demo`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use rlhf_data::demo::{write_demo, DemoSizes};
+use rlhf_data::encode::{encode_prompt, encode_ranking, encode_sft, pack_pretrain};
+use rlhf_data::{load, BuiltinTemplate, ChatFormat, Encoded, Format, Kind, LoadOptions, Record, Tokenizer};
+use serde_json::json;
+
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Validate a data file: record counts, K distribution, token lengths; non-zero exit on bad records.
+    Check(CheckArgs),
+    /// Convert InstructionWild / Alpaca / TRL / ranking files into ColossalChat JSONL.
+    Convert(ConvertArgs),
+    /// Write the embedded bilingual demo set (deterministic for a seed).
+    Demo {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct Source {
+    /// The data file (JSONL or a JSON array; `.txt` for pretraining text).
+    file: PathBuf,
+    #[arg(long, value_enum)]
+    kind: Kind,
+    #[arg(long, value_enum, default_value = "auto")]
+    format: Format,
+    /// Skip bad records and report them instead of stopping at the first.
+    #[arg(long)]
+    skip_invalid: bool,
+}
+
+impl Source {
+    fn load(&self) -> anyhow::Result<rlhf_data::Loaded> {
+        Ok(load(&self.file, LoadOptions { kind: self.kind, format: self.format, skip_invalid: self.skip_invalid })?)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    source: Source,
+    /// A folder with tokenizer.json: adds token-length statistics.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Built-in chat template when the tokenizer has none.
+    #[arg(long, value_enum)]
+    template: Option<BuiltinTemplate>,
+    /// Truncation length used for the truncated/dropped counts.
+    #[arg(long, default_value_t = 512)]
+    max_len: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    #[command(flatten)]
+    source: Source,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        DataCommand::Check(args) => check(args),
+        DataCommand::Convert(args) => convert(args),
+        DataCommand::Demo { out, seed } => {
+            write_demo(&out, seed, DemoSizes::default())?;
+            println!("wrote the demo set (seed {seed}) to {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn percentile(sorted: &[usize], p: f64) -> usize {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let loaded = args.source.load()?;
+    println!("{}: {} {:?} record(s)", args.source.file.display(), loaded.records.len(), args.source.kind);
+    if args.source.kind == Kind::Ranking {
+        let mut k: BTreeMap<usize, usize> = BTreeMap::new();
+        let mut ties = 0;
+        for (_, r) in &loaded.records {
+            if let Record::Ranking(r) = r {
+                *k.entry(r.responses.len()).or_default() += 1;
+                let mut ranks = r.ranks.clone();
+                ranks.sort_unstable();
+                ranks.dedup();
+                ties += usize::from(ranks.len() < r.ranks.len());
+            }
+        }
+        let dist: Vec<String> = k.iter().map(|(k, n)| format!("K={k}: {n}")).collect();
+        println!("responses per prompt: {} ({ties} record(s) with ties)", dist.join(", "));
+    }
+    if let Some(dir) = &args.tokenizer {
+        let tok = Tokenizer::from_dir(dir)?;
+        let fmt = ChatFormat::resolve(&tok, args.template)?;
+        let (mut lengths, mut truncated, mut dropped) = (Vec::new(), 0, 0);
+        let mut tally = |len: usize, kept: bool, cut: bool| {
+            lengths.push(len);
+            truncated += usize::from(cut);
+            dropped += usize::from(!kept);
+        };
+        let mut docs = Vec::new();
+        for (line, r) in &loaded.records {
+            let at = || format!("{}:{line}", args.source.file.display());
+            match r {
+                Record::Sft(m) => {
+                    let full = encode_sft(&tok, &fmt, m, usize::MAX).with_context(at)?;
+                    let Encoded::Kept(s) = full else { unreachable!("no truncation at usize::MAX") };
+                    let e = encode_sft(&tok, &fmt, m, args.max_len).with_context(at)?;
+                    tally(s.ids.len(), !matches!(e, Encoded::Dropped), matches!(e, Encoded::Truncated(_)));
+                }
+                Record::Prompt(m) => {
+                    let Encoded::Kept(ids) = encode_prompt(&tok, &fmt, m, usize::MAX).with_context(at)? else { unreachable!() };
+                    tally(ids.len(), ids.len() <= args.max_len, false);
+                }
+                Record::Ranking(rk) => {
+                    let (Encoded::Kept(s) | Encoded::Truncated(s)) = encode_ranking(&tok, &fmt, rk, usize::MAX / 2).with_context(at)? else {
+                        unreachable!()
+                    };
+                    let longest = s.sequences.iter().map(Vec::len).max().unwrap_or(0);
+                    tally(longest, s.prompt_len + 2 <= args.max_len, longest > args.max_len);
+                }
+                Record::Pretrain(t) => docs.push(t.clone()),
+            }
+        }
+        if !docs.is_empty() {
+            let blocks = pack_pretrain(&tok, &docs, args.max_len)?;
+            let tokens: usize = blocks.iter().map(Vec::len).sum();
+            println!("pretraining: {tokens} tokens → {} block(s) of ≤{} tokens", blocks.len(), args.max_len);
+        }
+        if !lengths.is_empty() {
+            lengths.sort_unstable();
+            let mean = lengths.iter().sum::<usize>() as f64 / lengths.len() as f64;
+            println!(
+                "tokens per record: min {}, mean {mean:.1}, p50 {}, p95 {}, max {}",
+                lengths[0],
+                percentile(&lengths, 0.5),
+                percentile(&lengths, 0.95),
+                lengths[lengths.len() - 1]
+            );
+            println!("at max_len {}: {truncated} truncated, {dropped} dropped", args.max_len);
+        }
+    }
+    if loaded.skipped.count() > 0 {
+        eprintln!("{}: {}", args.source.file.display(), loaded.skipped);
+        return Ok(ExitCode::from(2));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn colossal_messages(msgs: &[rlhf_data::Message]) -> serde_json::Value {
+    json!(msgs.iter().map(|m| json!({ "from": m.role, "content": m.content })).collect::<Vec<_>>())
+}
+
+fn convert(args: ConvertArgs) -> anyhow::Result<ExitCode> {
+    let loaded = args.source.load()?;
+    let mut out = Vec::new();
+    for (_, r) in &loaded.records {
+        let row = match r {
+            Record::Sft(m) | Record::Prompt(m) => json!({ "messages": colossal_messages(m) }),
+            Record::Ranking(rk) if rk.responses.len() == 2 && rk.ranks[0] < rk.ranks[1] => json!({
+                "context": colossal_messages(&rk.prompt),
+                "chosen": [{ "from": "assistant", "content": rk.responses[0] }],
+                "rejected": [{ "from": "assistant", "content": rk.responses[1] }],
+            }),
+            Record::Ranking(rk) => json!({
+                "prompt": colossal_messages(&rk.prompt),
+                "completions": rk.responses,
+                "ranking": rk.ranks,
+            }),
+            Record::Pretrain(t) => json!({ "text": t }),
+        };
+        serde_json::to_writer(&mut out, &row)?;
+        out.push(b'\n');
+    }
+    let tmp = args.out.with_extension("tmp");
+    std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(&out))
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &args.out).with_context(|| format!("writing {}", args.out.display()))?;
+    println!("wrote {} record(s) to {}", loaded.records.len(), args.out.display());
+    if loaded.skipped.count() > 0 {
+        eprintln!("{}: {}", args.source.file.display(), loaded.skipped);
+        return Ok(ExitCode::from(2));
+    }
+    Ok(ExitCode::SUCCESS)
+}
