@@ -1,5 +1,10 @@
-//! The same parity checks on CUDA (tolerance 1e-3), and CUDA against CPU. Built with `--features cuda`;
-//! on a machine without a usable GPU each test says so and returns.
+//! The same parity checks on CUDA, and CUDA against CPU. Built with `--features cuda`; on a machine
+//! without a usable GPU each test says so and returns.
+//!
+//! Tolerance: burn-cuda 0.21's matmul (cubek-matmul 0.2) runs f32 inputs on tensor cores in TF32
+//! (10-bit mantissa) whenever its autotuner picks an accelerated kernel, and has no switch to turn
+//! that off. On an H100 the fixtures' logits (|logit| ≤ 2.8) then differ from transformers' f32 by up
+//! to 3.1e-3, i.e. ~1e-3 relative, so the bound is 5e-3 absolute; greedy tokens must match exactly.
 
 use rlhf_model::backend::{cuda_device, Cpu, Gpu};
 use rlhf_model::CausalLm;
@@ -22,7 +27,7 @@ fn cuda_logits_and_greedy_match_transformers() {
     for name in ["hf-tiny-llama", "hf-tiny-qwen2", "hf-tiny-gpt2"] {
         let diff = logits_diff_on::<Gpu>(&fixture(name), &device);
         eprintln!("cuda {name}: max |Δlogits| = {diff:e}");
-        assert!(diff < 1e-3, "{name}: {diff}");
+        assert!(diff < 5e-3, "{name}: {diff}");
         check_greedy_on::<Gpu>(&fixture(name), &device);
     }
 }
@@ -38,6 +43,6 @@ fn cuda_generation_matches_cpu() {
         assert_eq!(c.new_ids, g.new_ids);
         let max = c.logprobs.iter().zip(&g.logprobs).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         eprintln!("cuda vs cpu: max |Δlogprob| = {max:e}");
-        assert!(max < 1e-3);
+        assert!(max < 5e-3, "{max}");
     }
 }
