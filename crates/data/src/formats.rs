@@ -170,6 +170,12 @@ fn response_text(v: &Value, field: &str) -> FieldResult<String> {
     }
 }
 
+/// `v[key]`: a list of responses.
+fn response_list(v: &Value, key: &str) -> FieldResult<Vec<String>> {
+    let list = get(v, key)?.as_array().ok_or_else(|| field_err(key, "expected a list", "wrong type"))?;
+    list.iter().enumerate().map(|(i, r)| response_text(r, &format!("{key}[{i}]"))).collect()
+}
+
 fn alpaca_prompt(v: &Value) -> FieldResult<String> {
     let instruction = string(get(v, "instruction")?, "instruction")?;
     Ok(match v.get("input") {
@@ -245,23 +251,13 @@ pub fn convert(kind: Kind, format: Format, v: &Value) -> FieldResult<Record> {
                 }
                 Format::Responses => {
                     let prompt = prompt_messages(get(v, "prompt")?, "prompt")?;
-                    let list = get(v, "responses")?.as_array().ok_or_else(|| field_err("responses", "expected a list", "wrong type"))?;
-                    let responses = list
-                        .iter()
-                        .enumerate()
-                        .map(|(i, r)| response_text(r, &format!("responses[{i}]")))
-                        .collect::<FieldResult<Vec<_>>>()?;
+                    let responses = response_list(v, "responses")?;
                     let ranks = (0..responses.len() as u32).collect();
                     (prompt, responses, ranks)
                 }
                 Format::Completions => {
                     let prompt = prompt_messages(get(v, "prompt")?, "prompt")?;
-                    let list = get(v, "completions")?.as_array().ok_or_else(|| field_err("completions", "expected a list", "wrong type"))?;
-                    let responses = list
-                        .iter()
-                        .enumerate()
-                        .map(|(i, r)| response_text(r, &format!("completions[{i}]")))
-                        .collect::<FieldResult<Vec<_>>>()?;
+                    let responses = response_list(v, "completions")?;
                     let ranking = get(v, "ranking")?.as_array().ok_or_else(|| field_err("ranking", "expected a list of rank numbers", "wrong type"))?;
                     let ranks = ranking
                         .iter()
