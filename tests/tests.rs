@@ -5,3 +5,4 @@ mod data;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod model;
+mod sft;

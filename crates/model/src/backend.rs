@@ -8,7 +8,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 
 use crate::error::{ModelError, Result};
 
@@ -55,10 +55,15 @@ impl fmt::Display for DeviceSpec {
 }
 
 /// Work that runs on any backend; [`dispatch`] picks the backend from a [`DeviceSpec`].
-/// `B` has autodiff when `Self::AUTODIFF`, so training code gets its gradients.
 pub trait BackendTask {
     type Output;
     fn run<B: Backend>(self, device: B::Device) -> Self::Output;
+}
+
+/// Training work: runs on an autodiff backend chosen by [`dispatch_train`].
+pub trait TrainTask {
+    type Output;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output;
 }
 
 /// Runs `task` on the inference backend for `spec`.
@@ -81,7 +86,7 @@ pub fn dispatch<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Output> 
 }
 
 /// Runs `task` on the autodiff backend for `spec`.
-pub fn dispatch_train<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Output> {
+pub fn dispatch_train<T: TrainTask>(spec: DeviceSpec, task: T) -> Result<T::Output> {
     match spec {
         DeviceSpec::Cpu => Ok(task.run::<CpuTrain>(Default::default())),
         DeviceSpec::Cuda(index) => {

@@ -1,0 +1,33 @@
+//! Errors of the training machinery.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A config file or `--set` override is invalid; the message names the key.
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint { path: PathBuf, message: String },
+    /// The loss went NaN/inf: training stops, the last good checkpoint is kept.
+    #[error("loss is {loss} at step {step}; stopped. Last good checkpoint: {last_checkpoint}")]
+    NonFiniteLoss { step: usize, loss: f64, last_checkpoint: String },
+    #[error(transparent)]
+    Model(#[from] rlhf_model::ModelError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl TrainError {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        TrainError::Io { path: path.into(), source }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, TrainError>;

@@ -1,0 +1,176 @@
+//! The one training loop. Stages plug in an [`Objective`]; the loop reads top to bottom like
+//! nanoGPT's train.py: lr from the schedule → micro-batches (loss / normaliser, gradients summed,
+//! so accumulation averages) → global-norm clip → step → log → eval / checkpoint.
+
+use std::path::Path;
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{ElementConversion, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{latest_checkpoint, load_checkpoint, save_checkpoint, TrainState};
+use crate::error::{Result, TrainError};
+use crate::metrics::MetricsLog;
+use crate::optim::{clip_global_norm, OptimConfig};
+use crate::schedule::{get_lr, LrSchedule};
+
+/// The `[train]` section shared by the stages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Examples per optimizer step.
+    pub batch_size: usize,
+    /// Examples per forward/backward; gradients of `batch_size / micro_batch_size` micro-batches are averaged.
+    pub micro_batch_size: usize,
+    #[serde(flatten)]
+    pub schedule: LrSchedule,
+    #[serde(default)]
+    pub optim: OptimConfig,
+    #[serde(default = "one")]
+    pub log_every: usize,
+    /// Evaluate on the held-out split every N steps (0: only at the end).
+    #[serde(default)]
+    pub eval_every: usize,
+    /// Checkpoint every N steps (0: only at the end).
+    #[serde(default)]
+    pub save_every: usize,
+    #[serde(default = "two")]
+    pub keep_checkpoints: usize,
+    /// Stop after this step as if interrupted (time-boxed runs; resume tests).
+    #[serde(default)]
+    pub halt_after: Option<usize>,
+}
+
+fn one() -> usize {
+    1
+}
+fn two() -> usize {
+    2
+}
+
+/// What a stage trains: its micro-batches and its loss.
+pub trait Objective<B: AutodiffBackend, M: AutodiffModule<B>> {
+    type Batch;
+
+    /// The micro-batches of optimizer step `step`: a pure function of the step, so a resumed run
+    /// sees exactly the data an uninterrupted one would.
+    fn step_batches(&self, step: usize) -> Vec<Self::Batch>;
+
+    /// What a step's micro-batch losses are averaged over (target tokens, prompts…).
+    fn normalizer(&self, batches: &[Self::Batch]) -> f64;
+
+    /// Tokens processed in a micro-batch (for tokens/s).
+    fn tokens(&self, batch: &Self::Batch) -> usize;
+
+    /// Loss of one micro-batch already divided by `normalizer`, and diagnostics summed the same way
+    /// (the loop adds them over micro-batches).
+    fn loss(&self, model: &M, batch: &Self::Batch, normalizer: f64) -> Result<(Tensor<B, 1>, Vec<(&'static str, f64)>)>;
+
+    /// Metrics on the held-out split (names already prefixed `eval_`).
+    fn evaluate(&self, model: &M::InnerModule) -> Result<Vec<(String, f64)>>;
+}
+
+/// Trains `model` for `cfg.steps` steps in `run` (checkpoints, metrics.jsonl, event files).
+/// With `resume`, continues from the newest complete checkpoint.
+pub fn train<B, M, O>(mut model: M, objective: &O, cfg: &TrainConfig, seed: u64, run: &Path, resume: bool, device: &B::Device) -> Result<M>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    O: Objective<B, M>,
+{
+    if cfg.micro_batch_size == 0 || cfg.batch_size % cfg.micro_batch_size != 0 {
+        return Err(TrainError::Other(format!(
+            "train.batch_size ({}) must be a multiple of train.micro_batch_size ({})",
+            cfg.batch_size, cfg.micro_batch_size
+        )));
+    }
+    let mut optim = cfg.optim.adamw::<B, M>();
+    let mut state = TrainState { step: 0, seed, examples_seen: 0 };
+    let mut last_checkpoint = String::from("none");
+    if resume {
+        if let Some(dir) = latest_checkpoint(run) {
+            let (m, o, s) = load_checkpoint(&dir, model, optim, device)?;
+            (model, optim, state) = (m, o, s);
+            last_checkpoint = dir.display().to_string();
+            eprintln!("resuming from {} (step {})", dir.display(), state.step);
+        }
+    }
+    let mut metrics = MetricsLog::open(run, "step", resume.then_some(state.step))?;
+    let started = Instant::now();
+    let first_step = state.step;
+    let mut tokens_since_log = 0usize;
+    let mut log_clock = Instant::now();
+
+    for step in state.step..cfg.steps {
+        let lr = get_lr(&cfg.schedule, step, cfg.steps);
+        let batches = objective.step_batches(step);
+        let normalizer = objective.normalizer(&batches);
+        let mut accumulator = GradientsAccumulator::<M>::new();
+        let mut loss = 0.0;
+        let mut diagnostics: Vec<(&'static str, f64)> = Vec::new();
+        for batch in &batches {
+            let (micro_loss, micro_diag) = objective.loss(&model, batch, normalizer)?;
+            loss += micro_loss.clone().into_scalar().elem::<f64>();
+            for (k, v) in micro_diag {
+                match diagnostics.iter_mut().find(|(name, _)| *name == k) {
+                    Some((_, acc)) => *acc += v,
+                    None => diagnostics.push((k, v)),
+                }
+            }
+            let grads = GradientsParams::from_grads(micro_loss.backward(), &model);
+            accumulator.accumulate(&model, grads);
+            tokens_since_log += objective.tokens(batch);
+        }
+        if !loss.is_finite() {
+            return Err(TrainError::NonFiniteLoss { step: step + 1, loss, last_checkpoint });
+        }
+        let mut grads = accumulator.grads();
+        let grad_norm = clip_global_norm(&model, &mut grads, cfg.optim.grad_clip);
+        model = optim.step(lr, model, grads);
+        state.step = step + 1;
+        state.examples_seen += cfg.batch_size;
+
+        if state.step % cfg.log_every == 0 || state.step == cfg.steps {
+            let secs = log_clock.elapsed().as_secs_f64().max(1e-9);
+            let mut values: Vec<(String, f64)> = vec![
+                ("loss".into(), loss),
+                ("lr".into(), lr),
+                ("grad_norm".into(), grad_norm),
+                ("tokens_per_s".into(), tokens_since_log as f64 / secs),
+            ];
+            values.extend(diagnostics.iter().map(|(k, v)| (k.to_string(), *v)));
+            metrics.log(state.step, &values)?;
+            let per_step = started.elapsed().as_secs_f64() / (state.step - first_step) as f64;
+            eprintln!(
+                "step {:>6}/{} loss {loss:.4} lr {lr:.2e} grad_norm {grad_norm:.3} {:.0} tok/s eta {:.0}s",
+                state.step,
+                cfg.steps,
+                tokens_since_log as f64 / secs,
+                per_step * (cfg.steps - state.step) as f64
+            );
+            tokens_since_log = 0;
+            log_clock = Instant::now();
+        }
+        let last = state.step == cfg.steps;
+        if (cfg.eval_every > 0 && state.step % cfg.eval_every == 0) || last {
+            let eval = objective.evaluate(&model.valid())?;
+            if !eval.is_empty() {
+                eprintln!("step {:>6} {}", state.step, eval.iter().map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>().join(" "));
+                metrics.log(state.step, &eval)?;
+            }
+        }
+        if (cfg.save_every > 0 && state.step % cfg.save_every == 0) || last {
+            last_checkpoint = save_checkpoint(run, &state, &model, &optim, cfg.keep_checkpoints)?.display().to_string();
+        }
+        if cfg.halt_after == Some(state.step) && !last {
+            eprintln!("halting after step {} (train.halt_after)", state.step);
+            break;
+        }
+    }
+    Ok(model)
+}
