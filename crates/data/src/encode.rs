@@ -17,7 +17,8 @@ pub enum BuiltinTemplate {
     Colossal,
 }
 
-const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+/// The ChatML template (also written into trained tokenizers).
+pub const CHATML_TEMPLATE: &str = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
 const COLOSSAL: &str = "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}\n\n{% elif m['role'] == 'user' %}Human: {{ m['content'] }}\n{% else %}Assistant: {{ m['content'] }}{{ eos_token }}\n{% endif %}{% endfor %}{% if add_generation_prompt %}Assistant: {% endif %}";
 const COLOSSAL_SYSTEM: &str = "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the human's questions.";
 
@@ -49,7 +50,7 @@ impl ChatFormat {
     pub fn builtin(which: BuiltinTemplate, eos_token: &str) -> Self {
         match which {
             BuiltinTemplate::Chatml => Self {
-                template: CHATML.into(),
+                template: CHATML_TEMPLATE.into(),
                 end_of_turn: "<|im_end|>".into(),
                 default_system: None,
                 bos_token: String::new(),

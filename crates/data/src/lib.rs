@@ -1,6 +1,7 @@
 //! The data layer: tokenizer and chat templates, and the record formats users bring.
 
 pub mod batch;
+pub mod bpe;
 pub mod demo;
 pub mod encode;
 pub mod error;

@@ -16,7 +16,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use rlhf_data::batch::{pad_flags_right, pad_right, shuffled, train_eval_split};
 use rlhf_data::encode::{encode_sft, pack_pretrain, SftSample};
 use rlhf_data::{load, BuiltinTemplate, ChatFormat, Encoded, Format, Kind, LoadOptions, Record, Tokenizer};
-use rlhf_model::CausalLm;
+use rlhf_model::{Arch, CausalLm, TransformerConfig};
 use rlhf_train::{Objective, TrainConfig};
 use serde::{Deserialize, Serialize};
 
@@ -44,11 +44,63 @@ pub struct SftConfig {
     pub train: TrainConfig,
 }
 
+/// Where the model comes from: a Hugging Face folder (`from`) or a fresh initialisation (`init`,
+/// with a tokenizer taken from a folder or trained on the data).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// A Hugging Face folder (config.json, model.safetensors, tokenizer.json).
-    pub from: PathBuf,
+    #[serde(default)]
+    pub from: Option<PathBuf>,
+    /// Architecture and sizes of a model trained from scratch.
+    #[serde(default)]
+    pub init: Option<InitConfig>,
+    /// Tokenizer of a model trained from scratch.
+    #[serde(default)]
+    pub tokenizer: Option<TokenizerConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitConfig {
+    #[serde(default = "default_arch")]
+    pub arch: Arch,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    /// Defaults to `num_heads` (no grouping).
+    #[serde(default)]
+    pub num_kv_heads: Option<usize>,
+    #[serde(default = "default_max_len")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_true")]
+    pub tie_word_embeddings: bool,
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizerConfig {
+    /// Use this folder's tokenizer.json / tokenizer_config.json…
+    #[serde(default)]
+    pub from: Option<PathBuf>,
+    /// …or train a byte-level BPE of this size on `data.train` plus `train_on`.
+    #[serde(default)]
+    pub vocab_size: Option<usize>,
+    #[serde(default)]
+    pub train_on: Vec<PathBuf>,
+}
+
+fn default_arch() -> Arch {
+    Arch::Llama
+}
+fn default_true() -> bool {
+    true
+}
+fn default_rope_theta() -> f64 {
+    10_000.0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -247,12 +299,75 @@ impl<E: burn::tensor::ElementConversion> ToF64 for E {
     }
 }
 
+/// The tokenizer folder and the starting model: loaded from `model.from`, or initialised from
+/// `model.init` with a tokenizer copied or trained into `OUT/tokenizer/`.
+pub fn starting_model<B: burn::tensor::backend::Backend>(cfg: &SftConfig, out: &Path, device: &B::Device) -> anyhow::Result<(PathBuf, CausalLm<B>)> {
+    match (&cfg.model.from, &cfg.model.init) {
+        (Some(dir), None) => Ok((dir.clone(), CausalLm::<B>::from_hf_dir(dir, device)?)),
+        (None, Some(init)) => {
+            let tok_dir = out.join("tokenizer");
+            let tok_cfg = cfg.model.tokenizer.as_ref().context("model.init needs a [model.tokenizer] section")?;
+            let tok = match (&tok_cfg.from, tok_cfg.vocab_size) {
+                (Some(src), None) => {
+                    std::fs::create_dir_all(&tok_dir)?;
+                    for f in rlhf_model::hf::TOKENIZER_FILES {
+                        if src.join(f).exists() {
+                            std::fs::copy(src.join(f), tok_dir.join(f))?;
+                        }
+                    }
+                    Tokenizer::from_dir(&tok_dir)?
+                }
+                (None, Some(vocab)) => {
+                    let mut files: Vec<&Path> = vec![cfg.data.train.as_path()];
+                    files.extend(tok_cfg.train_on.iter().map(PathBuf::as_path));
+                    let corpus = rlhf_data::bpe::corpus(&files)?;
+                    rlhf_data::bpe::train_bpe(&corpus, vocab, &tok_dir)?
+                }
+                _ => bail!("[model.tokenizer]: set exactly one of `from` and `vocab_size`"),
+            };
+            let heads = init.num_heads;
+            let model_cfg = TransformerConfig {
+                arch: init.arch,
+                vocab_size: tok.vocab_size(),
+                hidden_size: init.hidden_size,
+                intermediate_size: init.intermediate_size,
+                num_layers: init.num_layers,
+                num_heads: heads,
+                num_kv_heads: init.num_kv_heads.unwrap_or(heads),
+                head_dim: init.hidden_size / heads,
+                max_position_embeddings: init.max_position_embeddings,
+                norm_eps: if init.arch == Arch::Gpt2 { 1e-5 } else { 1e-6 },
+                rope_theta: init.rope_theta,
+                qkv_bias: init.arch != Arch::Llama,
+                out_bias: init.arch == Arch::Gpt2,
+                tie_word_embeddings: init.tie_word_embeddings || init.arch == Arch::Gpt2,
+                bos_token_id: tok.token_id(rlhf_data::bpe::SPECIAL_TOKENS[0]),
+                eos_token_ids: tok.eos_id().into_iter().collect(),
+                pad_token_id: tok.pad_id(),
+            };
+            if init.hidden_size % heads != 0 {
+                bail!("model.init: hidden_size {} is not a multiple of num_heads {heads}", init.hidden_size);
+            }
+            let lm_head = (!model_cfg.tie_word_embeddings).then(|| {
+                burn::module::Param::from_tensor(Tensor::random(
+                    [model_cfg.vocab_size, model_cfg.hidden_size],
+                    burn::tensor::Distribution::Normal(0.0, 0.02),
+                    device,
+                ))
+            });
+            Ok((tok_dir, CausalLm { model: model_cfg.init::<B>(device), lm_head }))
+        }
+        _ => bail!("[model]: set exactly one of `from` (a Hugging Face folder) and `init` (train from scratch)"),
+    }
+}
+
 /// Runs stage 1 into `out`.
 pub fn run<B: AutodiffBackend>(cfg: &SftConfig, out: &Path, resume: bool, device: &B::Device) -> anyhow::Result<CausalLm<B::InnerBackend>> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     rlhf_train::config::write_resolved(out, cfg)?;
     B::seed(device, cfg.seed);
-    let tok = Tokenizer::from_dir(&cfg.model.from)?;
+    let (tok_dir, model) = starting_model::<B>(cfg, out, device)?;
+    let tok = Tokenizer::from_dir(&tok_dir)?;
     let fmt = match cfg.mode {
         Mode::Sft => ChatFormat::resolve(&tok, cfg.data.template)?,
         // Pretraining needs no template; any format will do.
@@ -273,21 +388,21 @@ pub fn run<B: AutodiffBackend>(cfg: &SftConfig, out: &Path, resume: bool, device
         bail!("{}: no training examples left (dropped {}, skipped {})", cfg.data.train.display(), train.dropped, train.skipped);
     }
     eprintln!(
-        "sft: {} train / {} eval examples; {} truncated, {} dropped (no target left after truncation to {} tokens)",
+        "sft: {:.2}M-parameter {:?}; {} train / {} eval examples; {} truncated, {} dropped (no target left after truncation to {} tokens)",
+        model.config().num_params() as f64 / 1e6,
+        model.config().arch,
         train.samples.len(),
         eval.len(),
         train.truncated,
         train.dropped,
         cfg.data.max_len
     );
-    let model = CausalLm::<B>::from_hf_dir(&cfg.model.from, device)?;
-    let model_cfg = model.config().clone();
-    let pad_id = model_cfg.pad_token_id.or(tok.pad_id()).or(tok.eos_id()).unwrap_or(0);
+    let pad_id = model.config().pad_token_id.or(tok.pad_id()).or(tok.eos_id()).unwrap_or(0);
     let objective = SftObjective::<B>::new(train.samples, eval, &cfg.train, cfg.seed, pad_id, device.clone());
     let model = rlhf_train::train(model, &objective, &cfg.train, cfg.seed, out, resume, device)?;
     let model = model.valid();
     if cfg.train.halt_after.is_none_or(|h| h >= cfg.train.steps) {
-        model.save_hf_dir(&out.join("final"), Some(&cfg.model.from))?;
+        model.save_hf_dir(&out.join("final"), Some(&tok_dir))?;
     }
     Ok(model)
 }
