@@ -118,3 +118,94 @@ impl BackendTask for GenerateBench {
 pub fn run_generate(args: GenerateBench) -> anyhow::Result<()> {
     dispatch(args.device, args.clone())?
 }
+
+#[derive(Debug, Clone, Args)]
+pub struct SftBench {
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    #[arg(long, default_value_t = 256)]
+    seq: usize,
+    #[arg(long, default_value_t = 4)]
+    layers: usize,
+    #[arg(long, default_value_t = 256)]
+    hidden: usize,
+    #[arg(long, default_value_t = 4)]
+    heads: usize,
+    #[arg(long, default_value_t = 8192)]
+    vocab: usize,
+    /// Timed steps after two warm-up steps.
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+}
+
+impl rlhf_model::backend::TrainTask for SftBench {
+    type Output = anyhow::Result<()>;
+
+    fn run<B: burn::tensor::backend::AutodiffBackend>(self, device: B::Device) -> Self::Output {
+        use burn::optim::{GradientsParams, Optimizer};
+        use rlhf_train::Objective;
+        B::seed(&device, 0);
+        let gen = GenerateBench {
+            device: self.device,
+            batch: self.batch,
+            prompt_len: 1,
+            new_tokens: self.seq,
+            layers: self.layers,
+            hidden: self.hidden,
+            heads: self.heads,
+            vocab: self.vocab,
+            repeats: 0,
+            sample: false,
+        };
+        let cfg = gen.model_config();
+        let model = CausalLm::<B> {
+            lm_head: Some(burn::module::Param::from_tensor(burn::tensor::Tensor::random(
+                [cfg.vocab_size, cfg.hidden_size],
+                burn::tensor::Distribution::Normal(0.0, 0.02),
+                &device,
+            ))),
+            model: cfg.init::<B>(&device),
+        };
+        let samples: Vec<rlhf_data::encode::SftSample> = (0..self.batch)
+            .map(|b| rlhf_data::encode::SftSample {
+                ids: (0..self.seq).map(|i| ((b * 7919 + i * 104_729) % (cfg.vocab_size - 1) + 1) as u32).collect(),
+                loss_mask: vec![true; self.seq],
+            })
+            .collect();
+        let train_cfg: rlhf_train::TrainConfig = serde_json::from_value(serde_json::json!({
+            "steps": self.steps + 2, "batch_size": self.batch, "micro_batch_size": self.batch, "lr": 1e-4
+        }))?;
+        let objective = rlhf_sft::SftObjective::<B>::new(samples, vec![], &train_cfg, 0, 0, device.clone());
+        let mut optim = train_cfg.optim.adamw::<B, CausalLm<B>>();
+        let mut model = model;
+        println!(
+            "sft step: {:.2}M-param LLaMA ({} layers, d={}, vocab {}), batch {} × seq {}, {}",
+            cfg.num_params() as f64 / 1e6, self.layers, self.hidden, self.vocab, self.batch, self.seq, self.device
+        );
+        let mut best = f64::INFINITY;
+        for step in 0..self.steps + 2 {
+            let start = Instant::now();
+            let batches = objective.step_batches(step);
+            let norm = objective.normalizer(&batches);
+            let (loss, _) = objective.loss(&model, &batches[0], norm)?;
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(1e-4, model, grads);
+            // Reading a parameter back syncs the device.
+            let _ = model.model.norm.weight.val().into_data();
+            let secs = start.elapsed().as_secs_f64();
+            if step >= 2 {
+                best = best.min(secs);
+                println!("  step {}: {secs:.3}s, {:.0} tokens/s", step - 1, (self.batch * self.seq) as f64 / secs);
+            }
+        }
+        println!("sft train tokens/s (best of {}): {:.0}", self.steps, (self.batch * self.seq) as f64 / best);
+        Ok(())
+    }
+}
+
+pub fn run_sft(args: SftBench) -> anyhow::Result<()> {
+    rlhf_model::backend::dispatch_train(args.device, args.clone())?
+}

@@ -66,6 +66,8 @@ enum ModelCommand {
 enum BenchCommand {
     /// Generation tokens/s of a randomly initialised LLaMA.
     Generate(bench::GenerateBench),
+    /// SFT training tokens/s (forward + backward + AdamW step) of a randomly initialised LLaMA.
+    Sft(bench::SftBench),
 }
 
 /// Runs a command; the exit code is non-zero on failure, and 2 when records were skipped.
@@ -79,5 +81,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Generate(args) => done(generate::run(args)),
         Command::Bench { command: BenchCommand::Generate(args) } => done(bench::run_generate(args)),
+        Command::Bench { command: BenchCommand::Sft(args) } => done(bench::run_sft(args)),
     }
 }

@@ -36,11 +36,16 @@ impl<B: Backend> CausalLm<B> {
     /// - `hidden`: [batch, seq, hidden] → [batch, seq, vocab]
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         let [batch, seq, d] = hidden.dims();
-        // W [vocab, hidden] · hᵀ [hidden, batch·seq], then transpose: W stays in its contiguous
-        // [vocab, hidden] layout (the embedding's own when tied) and is never copied.
+        let rows = batch * seq;
         let w = self.unembedding();
         let vocab = w.dims()[0];
-        w.matmul(hidden.reshape([batch * seq, d]).transpose()).transpose().reshape([batch, seq, vocab])
+        let h = hidden.reshape([rows, d]);
+        // W (the embedding itself when tied) is never copied: burn-flex hands transposed views to
+        // gemm as strides. For a few rows (generation) W·hᵀ, transposed back, is faster (measured:
+        // 2016 vs 1510 tokens/s in `rlhf bench generate`); for many rows (training) h·Wᵀ avoids
+        // transposing [rows, vocab] logits.
+        let logits = if rows <= 64 { w.matmul(h.transpose()).transpose() } else { h.matmul(w.transpose()) };
+        logits.reshape([batch, seq, vocab])
     }
 
     /// Logits at every position (see [`Transformer::forward`] for the mask convention).

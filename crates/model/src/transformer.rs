@@ -105,8 +105,9 @@ impl<B: Backend> Attention<B> {
         };
         let keys = k.dims()[2];
         // Query heads sharing a kv head are stacked along the sequence axis, so K and V are
-        // never copied `rep` times: [batch, kv_heads, rep * seq, head_dim].
-        let q = q.reshape([batch, kvh, rep * seq, hd]);
+        // never copied `rep` times: [batch, kv_heads, rep * seq, head_dim]. Without grouping the
+        // strided view goes to the matmul as is (no copy).
+        let q = if rep == 1 { q } else { q.reshape([batch, kvh, rep * seq, hd]) };
         let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
         // [batch, kv_heads, rep, seq, keys]
         let scores = scores.reshape([batch, kvh, rep, seq, keys]) + bias;
