@@ -118,3 +118,64 @@ fn resumed_run_ends_with_the_same_weights() {
     let full_rows = rlhf_train::metrics::read_metrics(&full.join("metrics.jsonl")).unwrap();
     assert_eq!(column(&rows, "loss"), column(&full_rows, "loss"));
 }
+
+/// `model.init` + a BPE tokenizer trained on the data, in pretraining mode then SFT on top of it
+/// (the demo's stage 0 → stage 1).
+#[test]
+fn from_scratch_pretrain_then_sft() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sft_data = demo(&tmp.path().join("demo"));
+    let pretrain_data = tmp.path().join("demo/pretrain.jsonl");
+    let text = format!(
+        r#"
+seed = 1
+mode = "pretrain"
+[model.init]
+hidden_size = 32
+intermediate_size = 64
+num_layers = 2
+num_heads = 4
+num_kv_heads = 2
+max_position_embeddings = 128
+[model.tokenizer]
+vocab_size = 400
+train_on = ["{}"]
+[data]
+train = "{}"
+max_len = 64
+[train]
+steps = 6
+batch_size = 4
+micro_batch_size = 2
+lr = 3e-3
+"#,
+        sft_data.display(),
+        pretrain_data.display()
+    );
+    let cfg_path = tmp.path().join("pretrain.toml");
+    std::fs::write(&cfg_path, text).unwrap();
+    let cfg: SftConfig = rlhf_train::config::load_config(Some(&cfg_path), &[]).unwrap();
+    let stage0 = tmp.path().join("stage0");
+    rlhf_sft::run::<CpuTrain>(&cfg, &stage0, false, &Default::default()).unwrap();
+    let tok = rlhf_data::Tokenizer::from_dir(&stage0.join("final")).unwrap();
+    let model = CausalLm::<Cpu>::from_hf_dir(&stage0.join("final"), &Default::default()).unwrap();
+    assert_eq!(model.config().vocab_size, tok.vocab_size());
+    assert_eq!((model.config().num_kv_heads, model.config().tie_word_embeddings), (2, true));
+    assert!(tok.chat_template().is_some());
+    let rows = rlhf_train::metrics::read_metrics(&stage0.join("metrics.jsonl")).unwrap();
+    assert!(column(&rows, "loss").iter().all(|l| l.is_finite()));
+
+    // Stage 1 starts from stage 0's final/.
+    let sft = config(&sft_data, 4, &[&format!("model.from=\"{}\"", stage0.join("final").display())]);
+    rlhf_sft::run::<CpuTrain>(&sft, &tmp.path().join("stage1"), false, &Default::default()).unwrap();
+    assert!(tmp.path().join("stage1/final/tokenizer.json").exists());
+}
+
+#[test]
+fn bad_configs_name_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("bad.toml");
+    std::fs::write(&p, "[model]\nfrom = \"x\"\n[data]\ntrain = \"y\"\n[train]\nlrr = 1\nsteps = 1\nbatch_size = 1\nmicro_batch_size = 1\nlr = 0.1\n").unwrap();
+    let e = rlhf_train::config::load_config::<SftConfig>(Some(&p), &[]).unwrap_err().to_string();
+    assert!(e.contains("lrr") && e.contains("bad.toml"), "{e}");
+}

@@ -103,6 +103,7 @@ where
     let mut metrics = MetricsLog::open(run, "step", resume.then_some(state.step))?;
     let started = Instant::now();
     let first_step = state.step;
+    let progress = Progress::new(state.step, cfg.steps);
     let mut tokens_since_log = 0usize;
     let mut log_clock = Instant::now();
 
@@ -146,12 +147,10 @@ where
             values.extend(diagnostics.iter().map(|(k, v)| (k.to_string(), *v)));
             metrics.log(state.step, &values)?;
             let per_step = started.elapsed().as_secs_f64() / (state.step - first_step) as f64;
-            eprintln!(
-                "step {:>6}/{} loss {loss:.4} lr {lr:.2e} grad_norm {grad_norm:.3} {:.0} tok/s eta {:.0}s",
+            progress.report(
                 state.step,
-                cfg.steps,
-                tokens_since_log as f64 / secs,
-                per_step * (cfg.steps - state.step) as f64
+                &format!("loss {loss:.4} lr {lr:.2e} grad_norm {grad_norm:.3} {:.0} tok/s", tokens_since_log as f64 / secs),
+                per_step * (cfg.steps - state.step) as f64,
             );
             tokens_since_log = 0;
             log_clock = Instant::now();
@@ -160,7 +159,7 @@ where
         if (cfg.eval_every > 0 && state.step % cfg.eval_every == 0) || last {
             let eval = objective.evaluate(&model.valid())?;
             if !eval.is_empty() {
-                eprintln!("step {:>6} {}", state.step, eval.iter().map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>().join(" "));
+                progress.line(&format!("step {:>6} {}", state.step, eval.iter().map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>().join(" ")));
                 metrics.log(state.step, &eval)?;
             }
         }
@@ -168,9 +167,55 @@ where
             last_checkpoint = save_checkpoint(run, &state, &model, &optim, cfg.keep_checkpoints)?.display().to_string();
         }
         if cfg.halt_after == Some(state.step) && !last {
-            eprintln!("halting after step {} (train.halt_after)", state.step);
+            progress.line(&format!("halting after step {} (train.halt_after)", state.step));
             break;
         }
     }
+    progress.finish();
     Ok(model)
+}
+
+/// A progress bar (step, loss, tokens/s, ETA) on a terminal; plain log lines otherwise.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    total: usize,
+}
+
+impl Progress {
+    fn new(start: usize, total: usize) -> Self {
+        use std::io::IsTerminal;
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} eta {eta}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar.set_position(start as u64);
+            bar
+        });
+        Self { bar, total }
+    }
+
+    fn report(&self, step: usize, msg: &str, eta_secs: f64) {
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(step as u64);
+                bar.set_message(msg.to_string());
+            }
+            None => eprintln!("step {step:>6}/{} {msg} eta {eta_secs:.0}s", self.total),
+        }
+    }
+
+    fn line(&self, msg: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(msg),
+            None => eprintln!("{msg}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish();
+        }
+    }
 }
