@@ -179,3 +179,20 @@ fn bad_configs_name_the_key() {
     let e = rlhf_train::config::load_config::<SftConfig>(Some(&p), &[]).unwrap_err().to_string();
     assert!(e.contains("lrr") && e.contains("bad.toml"), "{e}");
 }
+
+/// A diverging run stops with a clear message at the first non-finite loss and keeps its last
+/// good checkpoint.
+#[test]
+fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = demo(&tmp.path().join("demo"));
+    let out = tmp.path().join("run");
+    let cfg = config(&data, 20, &["train.lr=1e30", "train.warmup_steps=0", "train.save_every=1", "train.optim.grad_clip=0"]);
+    let e = rlhf_sft::run::<CpuTrain>(&cfg, &out, false, &Default::default()).map(|_| ()).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(msg.contains("loss is") && msg.contains("Last good checkpoint"), "{msg}");
+    let stopped: usize = msg.split("at step ").nth(1).unwrap().split(';').next().unwrap().parse().unwrap();
+    let last = rlhf_train::checkpoint::latest_checkpoint(&out).unwrap();
+    assert!(last.ends_with(format!("step-{:08}", stopped - 1)), "{msg} / {}", last.display());
+    assert!(!out.join("final").exists());
+}
