@@ -16,7 +16,7 @@ use safetensors::tensor::{Dtype, Metadata, SafeTensors, TensorView};
 
 use crate::config::{Arch, TransformerConfig};
 use crate::error::{ModelError, Result};
-use crate::heads::CausalLm;
+use crate::heads::{CausalLm, RewardModel, ScalarHead};
 use crate::rope::Rope;
 use crate::transformer::{Attention, Block, Mlp, Norm, Transformer};
 
@@ -518,4 +518,53 @@ pub fn replace_dir(tmp: &Path, out: &Path) -> Result<()> {
         std::fs::rename(tmp, out).map_err(|e| ModelError::io(out, e))?;
     }
     Ok(())
+}
+
+/// The file holding a reward model's scalar head next to its body.
+pub const REWARD_HEAD_FILE: &str = "reward_head.safetensors";
+
+impl<B: Backend> Transformer<B> {
+    /// The body of a Hugging Face folder, without its LM head (which is ignored if present).
+    pub fn from_hf_dir(dir: &Path, device: &B::Device) -> Result<Self> {
+        let cfg = TransformerConfig::from_hf_dir(dir)?;
+        let mut files = SafetensorsFiles::open_dir(dir)?;
+        let body = Transformer::from_safetensors(&cfg, &mut files, device)?;
+        let unexpected: Vec<String> =
+            files.untaken().into_iter().filter(|n| !is_ignorable(n) && n != "lm_head.weight").collect();
+        if !unexpected.is_empty() {
+            return Err(ModelError::UnexpectedTensors { names: unexpected });
+        }
+        Ok(body)
+    }
+}
+
+impl<B: Backend> RewardModel<B> {
+    /// A reward model saved by [`RewardModel::save_dir`]: the body folder plus `reward_head.safetensors`.
+    pub fn from_dir(dir: &Path, device: &B::Device) -> Result<Self> {
+        let model = Transformer::from_hf_dir(dir, device)?;
+        let d = model.config.hidden_size;
+        let mut files = SafetensorsFiles::open(&[dir.join(REWARD_HEAD_FILE)])?;
+        let head = ScalarHead {
+            weight: param(files.take("weight", &[1, d])?, device),
+            bias: param(files.take("bias", &[1])?, device),
+        };
+        Ok(RewardModel { model, head })
+    }
+
+    /// Writes the body as a Hugging Face folder (no LM head), the head as `reward_head.safetensors`,
+    /// and `extra` files (e.g. `reward.json`), atomically.
+    pub fn save_dir(&self, out: &Path, tokenizer_from: Option<&Path>, extra: &[(&str, String)]) -> Result<()> {
+        let tmp = sibling(out, "rm-tmp");
+        write_hf_dir(&tmp, &self.model.config.to_hf_json(), &self.model.hf_tensors(), tokenizer_from)?;
+        let head = vec![
+            ("weight".to_string(), HostTensor::from_tensor(self.head.weight.val())),
+            ("bias".to_string(), HostTensor::from_tensor(self.head.bias.val())),
+        ];
+        write_safetensors(&tmp.join(REWARD_HEAD_FILE), &head)?;
+        for (name, text) in extra {
+            let path = tmp.join(name);
+            std::fs::write(&path, text).map_err(|e| ModelError::io(&path, e))?;
+        }
+        replace_dir(&tmp, out)
+    }
 }

@@ -1,0 +1,343 @@
+//! Stage 2: the reward model — the SFT body without its unembedding, plus a scalar head read at the
+//! last real token — trained on K-way rankings with all C(K,2) pairs of a prompt in one batch
+//! element (InstructGPT §3.5). K = 2 preference pairs are the same code path.
+
+pub mod objective;
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use burn::module::{AutodiffModule, Param};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use rlhf_data::batch::{pad_right, shuffled, train_eval_split};
+use rlhf_data::encode::{encode_ranking, encode_sft, RankingSample};
+use rlhf_data::{load, BuiltinTemplate, ChatFormat, Encoded, Format, Kind, LoadOptions, Record, Tokenizer};
+use rlhf_model::{at_last_token, RewardModel, ScalarHead, Transformer};
+use rlhf_train::{Objective, TrainConfig, TrainError};
+use serde::{Deserialize, Serialize};
+
+pub use objective::{ranking_loss, ranking_pairs, Pair};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewardConfig {
+    #[serde(default)]
+    pub seed: u64,
+    pub model: ModelConfig,
+    pub data: DataConfig,
+    /// Required score gap: −log σ(r_w − r_l − margin).
+    #[serde(default)]
+    pub margin: f64,
+    pub train: TrainConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The SFT model (`final/` of stage 1, or any Hugging Face folder); its LM head is dropped.
+    pub from: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Rankings: ColossalChat / TRL preference pairs or K-way rankings (K ≤ 9).
+    pub train: PathBuf,
+    #[serde(default)]
+    pub eval: Option<PathBuf>,
+    #[serde(default = "default_eval_fraction")]
+    pub eval_fraction: f64,
+    #[serde(default)]
+    pub format: Format,
+    #[serde(default)]
+    pub skip_invalid: bool,
+    #[serde(default = "default_max_len")]
+    pub max_len: usize,
+    #[serde(default)]
+    pub template: Option<BuiltinTemplate>,
+    /// SFT demonstrations whose mean score is set to 0 after training (InstructGPT). Without it,
+    /// the best-ranked responses of `train` are the reference.
+    #[serde(default)]
+    pub reference: Option<PathBuf>,
+}
+
+fn default_eval_fraction() -> f64 {
+    0.05
+}
+fn default_max_len() -> usize {
+    512
+}
+
+/// Reads and encodes a rankings file.
+pub fn prepare(path: &Path, cfg: &DataConfig, tok: &Tokenizer, fmt: &ChatFormat) -> anyhow::Result<Vec<RankingSample>> {
+    let loaded = load(path, LoadOptions { kind: Kind::Ranking, format: cfg.format, skip_invalid: cfg.skip_invalid })?;
+    if loaded.skipped.count() > 0 {
+        eprintln!("{}: {}", path.display(), loaded.skipped);
+    }
+    let (mut samples, mut truncated, mut dropped) = (Vec::new(), 0, 0);
+    for (line, r) in &loaded.records {
+        let Record::Ranking(r) = r else { continue };
+        match encode_ranking(tok, fmt, r, cfg.max_len).with_context(|| format!("{}:{line}", path.display()))? {
+            Encoded::Kept(s) => samples.push(s),
+            Encoded::Truncated(s) => {
+                truncated += 1;
+                samples.push(s)
+            }
+            Encoded::Dropped => dropped += 1,
+        }
+    }
+    eprintln!("{}: {} rankings ({truncated} with responses cut to {} tokens, {dropped} dropped: prompt too long)", path.display(), samples.len(), cfg.max_len);
+    Ok(samples)
+}
+
+/// Scores of every response of `samples` (flat, in order) and the pairs between them.
+fn score_samples<B: Backend>(model: &RewardModel<B>, samples: &[&RankingSample], pad_id: u32, device: &B::Device) -> anyhow::Result<(Tensor<B, 1>, Vec<Pair>)> {
+    let mut seqs = Vec::new();
+    let mut pairs = Vec::new();
+    for s in samples {
+        pairs.extend(ranking_pairs(&s.ranks, seqs.len()));
+        seqs.extend(s.sequences.iter().cloned());
+    }
+    let padded = pad_right(&seqs, pad_id);
+    let shape = [padded.batch, padded.len];
+    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(padded.ids, shape), device);
+    let mask = Tensor::<B, 2, Int>::from_data(TensorData::new(padded.mask, shape), device);
+    let values = model.forward(ids, mask.clone())?;
+    Ok((at_last_token(values, mask), pairs))
+}
+
+/// Per-prompt ranking metrics, summed over prompts with at least one pair.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct RankingStats {
+    pub prompts: f64,
+    pub pairwise_acc: f64,
+    pub top1_acc: f64,
+    pub chosen_score: f64,
+    pub rejected_score: f64,
+}
+
+/// `scores` holds the responses of `samples` in order.
+pub fn ranking_stats(scores: &[f32], samples: &[&RankingSample]) -> RankingStats {
+    let mut st = RankingStats::default();
+    let mut at = 0;
+    for s in samples {
+        let k = s.ranks.len();
+        let r = &scores[at..at + k];
+        at += k;
+        let pairs = ranking_pairs(&s.ranks, 0);
+        if pairs.is_empty() {
+            continue;
+        }
+        st.prompts += 1.0;
+        st.pairwise_acc += pairs.iter().filter(|p| r[p.better] > r[p.worse]).count() as f64 / pairs.len() as f64;
+        let best_rank = *s.ranks.iter().min().expect("k ≥ 2");
+        let worst_rank = *s.ranks.iter().max().expect("k ≥ 2");
+        let top = (0..k).max_by(|&a, &b| r[a].total_cmp(&r[b])).expect("k ≥ 2");
+        st.top1_acc += f64::from(u8::from(s.ranks[top] == best_rank));
+        let mean_of = |rank: u32| {
+            let v: Vec<f64> = (0..k).filter(|&i| s.ranks[i] == rank).map(|i| f64::from(r[i])).collect();
+            v.iter().sum::<f64>() / v.len() as f64
+        };
+        st.chosen_score += mean_of(best_rank);
+        st.rejected_score += mean_of(worst_rank);
+    }
+    st
+}
+
+pub struct RewardObjective<B: AutodiffBackend> {
+    pub train: Vec<RankingSample>,
+    pub eval: Vec<RankingSample>,
+    pub batch_size: usize,
+    pub micro_batch_size: usize,
+    pub seed: u64,
+    pub pad_id: u32,
+    pub margin: f64,
+    pub device: B::Device,
+    order: RefCell<(u64, Vec<usize>)>,
+}
+
+impl<B: AutodiffBackend> RewardObjective<B> {
+    fn sample_at(&self, global_index: usize) -> &RankingSample {
+        let n = self.train.len();
+        let epoch = (global_index / n) as u64;
+        let mut order = self.order.borrow_mut();
+        if order.0 != epoch {
+            *order = (epoch, shuffled(n, self.seed, epoch));
+        }
+        &self.train[order.1[global_index % n]]
+    }
+
+    fn has_pairs(s: &RankingSample) -> bool {
+        !ranking_pairs(&s.ranks, 0).is_empty()
+    }
+}
+
+fn stats_metrics(st: &RankingStats, normalizer: f64) -> Vec<(&'static str, f64)> {
+    vec![
+        ("pairwise_acc", st.pairwise_acc / normalizer),
+        ("top1_acc", st.top1_acc / normalizer),
+        ("chosen_score", st.chosen_score / normalizer),
+        ("rejected_score", st.rejected_score / normalizer),
+        ("margin", (st.chosen_score - st.rejected_score) / normalizer),
+    ]
+}
+
+fn other(e: anyhow::Error) -> TrainError {
+    TrainError::Other(format!("{e:#}"))
+}
+
+impl<B: AutodiffBackend> Objective<B, RewardModel<B>> for RewardObjective<B> {
+    /// Global indices of the prompts of a micro-batch.
+    type Batch = Vec<usize>;
+
+    fn step_batches(&self, step: usize) -> Vec<Vec<usize>> {
+        let start = step * self.batch_size;
+        let idx: Vec<usize> = (start..start + self.batch_size).collect();
+        idx.chunks(self.micro_batch_size).map(<[usize]>::to_vec).collect()
+    }
+
+    /// The batch size counts prompts (those with at least one untied pair).
+    fn normalizer(&self, batches: &[Vec<usize>]) -> f64 {
+        batches.iter().flatten().filter(|&&i| Self::has_pairs(self.sample_at(i))).count().max(1) as f64
+    }
+
+    fn tokens(&self, batch: &Vec<usize>) -> usize {
+        batch.iter().map(|&i| self.sample_at(i).sequences.iter().map(Vec::len).sum::<usize>()).sum()
+    }
+
+    fn loss(&self, model: &RewardModel<B>, batch: &Vec<usize>, normalizer: f64) -> rlhf_train::Result<(Tensor<B, 1>, Vec<(&'static str, f64)>)> {
+        let samples: Vec<&RankingSample> = batch.iter().map(|&i| self.sample_at(i)).collect();
+        let (scores, pairs) = score_samples(model, &samples, self.pad_id, &self.device).map_err(other)?;
+        let host = scores.clone().into_data().convert::<f32>().to_vec::<f32>().expect("f32");
+        let st = ranking_stats(&host, &samples);
+        if pairs.is_empty() {
+            return Ok(((scores * 0.0).sum(), stats_metrics(&st, normalizer)));
+        }
+        Ok((ranking_loss(scores, &pairs, self.margin, normalizer), stats_metrics(&st, normalizer)))
+    }
+
+    fn evaluate(&self, model: &RewardModel<B::InnerBackend>) -> rlhf_train::Result<Vec<(String, f64)>> {
+        if self.eval.is_empty() {
+            return Ok(vec![]);
+        }
+        let n = self.eval.iter().filter(|s| Self::has_pairs(s)).count().max(1) as f64;
+        let (mut loss, mut total) = (0.0, RankingStats::default());
+        for chunk in self.eval.chunks(self.micro_batch_size) {
+            let refs: Vec<&RankingSample> = chunk.iter().collect();
+            let (scores, pairs) = score_samples(model, &refs, self.pad_id, &self.device).map_err(other)?;
+            let host = scores.clone().into_data().convert::<f32>().to_vec::<f32>().expect("f32");
+            if !pairs.is_empty() {
+                loss += ranking_loss(scores, &pairs, self.margin, n).into_scalar().elem::<f64>();
+            }
+            let st = ranking_stats(&host, &refs);
+            total.pairwise_acc += st.pairwise_acc;
+            total.top1_acc += st.top1_acc;
+        }
+        Ok(vec![
+            ("eval_loss".into(), loss),
+            ("eval_pairwise_acc".into(), total.pairwise_acc / n),
+            ("eval_top1_acc".into(), total.top1_acc / n),
+        ])
+    }
+}
+
+/// Sequences whose mean score is set to 0 after training: the SFT demonstrations (whole
+/// conversations), or the best-ranked responses of the training rankings.
+fn reference_sequences(cfg: &DataConfig, tok: &Tokenizer, fmt: &ChatFormat, train: &[RankingSample]) -> anyhow::Result<(String, Vec<Vec<u32>>)> {
+    match &cfg.reference {
+        Some(path) => {
+            let loaded = load(path, LoadOptions { kind: Kind::Sft, format: Format::Auto, skip_invalid: true })?;
+            let mut seqs = Vec::new();
+            for (_, r) in &loaded.records {
+                if let Record::Sft(m) = r {
+                    if let Encoded::Kept(s) | Encoded::Truncated(s) = encode_sft(tok, fmt, m, cfg.max_len)? {
+                        seqs.push(s.ids);
+                    }
+                }
+            }
+            Ok((path.display().to_string(), seqs))
+        }
+        None => {
+            let seqs = train
+                .iter()
+                .map(|s| {
+                    let best = s.ranks.iter().enumerate().min_by_key(|(_, r)| **r).map_or(0, |(i, _)| i);
+                    s.sequences[best].clone()
+                })
+                .collect();
+            Ok(("best-ranked training responses".into(), seqs))
+        }
+    }
+}
+
+/// Mean and standard deviation of the model's scores on `seqs`.
+pub fn score_stats<B: Backend>(model: &RewardModel<B>, seqs: &[Vec<u32>], pad_id: u32, chunk: usize, device: &B::Device) -> anyhow::Result<(f64, f64)> {
+    let mut all = Vec::new();
+    for c in seqs.chunks(chunk.max(1)) {
+        let padded = pad_right(c, pad_id);
+        let shape = [padded.batch, padded.len];
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(padded.ids, shape), device);
+        let mask = Tensor::<B, 2, Int>::from_data(TensorData::new(padded.mask, shape), device);
+        let s = at_last_token(model.forward(ids, mask.clone())?, mask);
+        all.extend(s.into_data().convert::<f64>().to_vec::<f64>().expect("f64"));
+    }
+    let n = all.len().max(1) as f64;
+    let mean = all.iter().sum::<f64>() / n;
+    let var = all.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+    Ok((mean, var.sqrt()))
+}
+
+/// Runs stage 2 into `out`; `out/final/` holds the body, `reward_head.safetensors` and `reward.json`.
+pub fn run<B: AutodiffBackend>(cfg: &RewardConfig, out: &Path, resume: bool, device: &B::Device) -> anyhow::Result<RewardModel<B::InnerBackend>> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    rlhf_train::config::write_resolved(out, cfg)?;
+    B::seed(device, cfg.seed);
+    let tok = Tokenizer::from_dir(&cfg.model.from)?;
+    let fmt = ChatFormat::resolve(&tok, cfg.data.template)?;
+    let all = prepare(&cfg.data.train, &cfg.data, &tok, &fmt)?;
+    let (train, eval) = match &cfg.data.eval {
+        Some(p) => (all, prepare(p, &cfg.data, &tok, &fmt)?),
+        None => {
+            let (tr, ev) = train_eval_split(all.len(), cfg.data.eval_fraction, cfg.seed);
+            (tr.iter().map(|&i| all[i].clone()).collect::<Vec<_>>(), ev.iter().map(|&i| all[i].clone()).collect())
+        }
+    };
+    if train.is_empty() {
+        bail!("{}: no rankings to train on", cfg.data.train.display());
+    }
+    let body = Transformer::<B>::from_hf_dir(&cfg.model.from, device)?;
+    let model = RewardModel { head: ScalarHead::init(body.config.hidden_size, device), model: body };
+    let pad_id = model.model.config.pad_token_id.or(tok.pad_id()).or(tok.eos_id()).unwrap_or(0);
+    eprintln!("reward: {} train / {} eval rankings", train.len(), eval.len());
+    let objective = RewardObjective::<B> {
+        train,
+        eval,
+        batch_size: cfg.train.batch_size,
+        micro_batch_size: cfg.train.micro_batch_size,
+        seed: cfg.seed,
+        pad_id,
+        margin: cfg.margin,
+        device: device.clone(),
+        order: RefCell::new((u64::MAX, Vec::new())),
+    };
+    let model = rlhf_train::train(model, &objective, &cfg.train, cfg.seed, out, resume, device)?.valid();
+    if cfg.train.halt_after.is_some_and(|h| h < cfg.train.steps) {
+        return Ok(model);
+    }
+    // Normalise: a bias so the reference set scores 0 on average (InstructGPT).
+    let (reference, seqs) = reference_sequences(&cfg.data, &tok, &fmt, &objective.train)?;
+    let (mean, std) = score_stats(&model, &seqs, pad_id, cfg.train.micro_batch_size * 4, device)?;
+    let mut model = model;
+    let bias = model.head.bias.val() - mean;
+    model.head.bias = Param::from_tensor(bias);
+    let info = serde_json::json!({
+        "score_position": "last real token; the end-of-turn token is appended to every response",
+        "template_end_of_turn": fmt.end_of_turn,
+        "normalization": { "reference": reference, "count": seqs.len(), "mean_before": mean, "std": std, "bias_added": -mean },
+    });
+    model.save_dir(&out.join("final"), Some(&cfg.model.from), &[("reward.json", serde_json::to_string_pretty(&info)?)])?;
+    eprintln!("reward: reference mean {mean:.4} (std {std:.4}) shifted to 0; final model in {}", out.join("final").display());
+    Ok(model)
+}
