@@ -5,4 +5,5 @@ mod data;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod model;
+mod reward;
 mod sft;

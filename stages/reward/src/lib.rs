@@ -296,9 +296,12 @@ pub fn run<B: AutodiffBackend>(cfg: &RewardConfig, out: &Path, resume: bool, dev
     B::seed(device, cfg.seed);
     let tok = Tokenizer::from_dir(&cfg.model.from)?;
     let fmt = ChatFormat::resolve(&tok, cfg.data.template)?;
-    let all = prepare(&cfg.data.train, &cfg.data, &tok, &fmt)?;
-    let (train, eval) = match &cfg.data.eval {
-        Some(p) => (all, prepare(p, &cfg.data, &tok, &fmt)?),
+    let body = Transformer::<B>::from_hf_dir(&cfg.model.from, device)?;
+    // Sequences never exceed the model's context.
+    let data = DataConfig { max_len: cfg.data.max_len.min(body.config.max_position_embeddings), ..cfg.data.clone() };
+    let all = prepare(&data.train, &data, &tok, &fmt)?;
+    let (train, eval) = match &data.eval {
+        Some(p) => (all, prepare(p, &data, &tok, &fmt)?),
         None => {
             let (tr, ev) = train_eval_split(all.len(), cfg.data.eval_fraction, cfg.seed);
             (tr.iter().map(|&i| all[i].clone()).collect::<Vec<_>>(), ev.iter().map(|&i| all[i].clone()).collect())
@@ -307,7 +310,6 @@ pub fn run<B: AutodiffBackend>(cfg: &RewardConfig, out: &Path, resume: bool, dev
     if train.is_empty() {
         bail!("{}: no rankings to train on", cfg.data.train.display());
     }
-    let body = Transformer::<B>::from_hf_dir(&cfg.model.from, device)?;
     let model = RewardModel { head: ScalarHead::init(body.config.hidden_size, device), model: body };
     let pad_id = model.model.config.pad_token_id.or(tok.pad_id()).or(tok.eos_id()).unwrap_or(0);
     eprintln!("reward: {} train / {} eval rankings", train.len(), eval.len());
@@ -327,7 +329,7 @@ pub fn run<B: AutodiffBackend>(cfg: &RewardConfig, out: &Path, resume: bool, dev
         return Ok(model);
     }
     // Normalise: a bias so the reference set scores 0 on average (InstructGPT).
-    let (reference, seqs) = reference_sequences(&cfg.data, &tok, &fmt, &objective.train)?;
+    let (reference, seqs) = reference_sequences(&data, &tok, &fmt, &objective.train)?;
     let (mean, std) = score_stats(&model, &seqs, pad_id, cfg.train.micro_batch_size * 4, device)?;
     let mut model = model;
     let bias = model.head.bias.val() - mean;
