@@ -90,6 +90,18 @@ fn reward_model_learns_demo_rankings_and_reloads_identically() {
         .collect();
     let (mean, _) = rlhf_reward::score_stats(&again, &refs, 0, 16, &d).unwrap();
     assert!(mean.abs() < 1e-3, "reference mean {mean}");
+
+    // `rlhf reward score` prints one line per ranking and the accuracy.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(["reward", "score", "--model", out.join("final").to_str().unwrap(), "--data"])
+        .arg(tmp.path().join("demo/rankings.jsonl"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 200);
+    assert_eq!(lines[0]["scores"].as_array().unwrap().len(), 4);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("pairwise accuracy"));
 }
 
 #[test]

@@ -4,6 +4,7 @@ mod bench;
 mod data;
 mod generate;
 mod model;
+mod reward;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +32,11 @@ enum Command {
     Data {
         #[command(subcommand)]
         command: data::DataCommand,
+    },
+    /// Inspect a reward model.
+    Reward {
+        #[command(subcommand)]
+        command: RewardCommand,
     },
     /// Throughput benchmarks (tokens/s).
     Bench {
@@ -63,6 +69,12 @@ enum ModelCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum RewardCommand {
+    /// Per-record scores of a rankings or SFT file (and accuracy for rankings), one JSON line each.
+    Score(reward::ScoreArgs),
+}
+
+#[derive(Debug, Subcommand)]
 enum BenchCommand {
     /// Generation tokens/s of a randomly initialised LLaMA.
     Generate(bench::GenerateBench),
@@ -75,6 +87,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     match cli.command {
         Command::Data { command } => data::run(command),
+        Command::Reward { command: RewardCommand::Score(args) } => done(reward::score(&args)),
         Command::Model { command: ModelCommand::Info { model, json } } => done(model::info(&model, json)),
         Command::Model { command: ModelCommand::Logits { model, input, output, device } } => {
             done(model::logits(&model, &input, &output, device))
