@@ -57,6 +57,39 @@ pub fn shuffled(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     idx
 }
 
+/// Which example sits at each position of an endless, epoch-by-epoch shuffled stream over `n`
+/// examples: a pure function of (seed, position), so a resumed run sees the same data.
+#[derive(Debug)]
+pub struct EpochOrder {
+    n: usize,
+    seed: u64,
+    /// The current epoch's permutation.
+    cache: std::cell::RefCell<(u64, Vec<usize>)>,
+}
+
+impl EpochOrder {
+    pub fn new(n: usize, seed: u64) -> Self {
+        Self { n, seed, cache: std::cell::RefCell::new((u64::MAX, Vec::new())) }
+    }
+
+    /// The example at stream position `position`.
+    pub fn at(&self, position: usize) -> usize {
+        let epoch = (position / self.n) as u64;
+        let mut cache = self.cache.borrow_mut();
+        if cache.0 != epoch {
+            *cache = (epoch, shuffled(self.n, self.seed, epoch));
+        }
+        cache.1[position % self.n]
+    }
+
+    /// Stream positions of optimizer step `step`, split into micro-batches.
+    pub fn step_positions(step: usize, batch_size: usize, micro_batch_size: usize) -> Vec<Vec<usize>> {
+        let start = step * batch_size;
+        let idx: Vec<usize> = (start..start + batch_size).collect();
+        idx.chunks(micro_batch_size.max(1)).map(<[usize]>::to_vec).collect()
+    }
+}
+
 /// Deterministic split of 0..n: `eval_fraction` of a seeded permutation (at least one example when
 /// n > 1 and the fraction is positive) goes to eval, the rest to train, each sorted.
 pub fn train_eval_split(n: usize, eval_fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
@@ -83,6 +116,17 @@ mod tests {
         let l = pad_left(&seqs, 0);
         assert_eq!((l.ids, l.mask), (vec![5, 6, 7, 0, 0, 8], vec![1, 1, 1, 0, 0, 1]));
         assert_eq!(pad_flags_right(&[vec![false, true], vec![true]], 3), vec![0.0, 1.0, 0.0, 1.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn epoch_order_visits_every_example_once_per_epoch() {
+        let order = EpochOrder::new(10, 3);
+        let mut first: Vec<usize> = (0..10).map(|p| order.at(p)).collect();
+        let second: Vec<usize> = (10..20).map(|p| order.at(p)).collect();
+        assert_ne!(first, second);
+        first.sort_unstable();
+        assert_eq!(first, (0..10).collect::<Vec<_>>());
+        assert_eq!(EpochOrder::step_positions(2, 4, 2), vec![vec![8, 9], vec![10, 11]]);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! resume, metrics (JSONL + TensorBoard), and the one training loop.
 
 pub mod checkpoint;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod metrics;

@@ -4,14 +4,13 @@
 
 pub mod objective;
 
-use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use burn::module::{AutodiffModule, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use rlhf_data::batch::{pad_right, shuffled, train_eval_split};
+use rlhf_data::batch::{pad_right, train_eval_split, EpochOrder};
 use rlhf_data::encode::{encode_ranking, encode_sft, RankingSample};
 use rlhf_data::{load, BuiltinTemplate, ChatFormat, Encoded, Format, Kind, LoadOptions, Record, Tokenizer};
 use rlhf_model::{at_last_token, RewardModel, ScalarHead, Transformer};
@@ -155,18 +154,12 @@ pub struct RewardObjective<B: AutodiffBackend> {
     pub pad_id: u32,
     pub margin: f64,
     pub device: B::Device,
-    order: RefCell<(u64, Vec<usize>)>,
+    order: EpochOrder,
 }
 
 impl<B: AutodiffBackend> RewardObjective<B> {
-    fn sample_at(&self, global_index: usize) -> &RankingSample {
-        let n = self.train.len();
-        let epoch = (global_index / n) as u64;
-        let mut order = self.order.borrow_mut();
-        if order.0 != epoch {
-            *order = (epoch, shuffled(n, self.seed, epoch));
-        }
-        &self.train[order.1[global_index % n]]
+    fn sample_at(&self, position: usize) -> &RankingSample {
+        &self.train[self.order.at(position)]
     }
 
     fn has_pairs(s: &RankingSample) -> bool {
@@ -193,9 +186,7 @@ impl<B: AutodiffBackend> Objective<B, RewardModel<B>> for RewardObjective<B> {
     type Batch = Vec<usize>;
 
     fn step_batches(&self, step: usize) -> Vec<Vec<usize>> {
-        let start = step * self.batch_size;
-        let idx: Vec<usize> = (start..start + self.batch_size).collect();
-        idx.chunks(self.micro_batch_size).map(<[usize]>::to_vec).collect()
+        EpochOrder::step_positions(step, self.batch_size, self.micro_batch_size)
     }
 
     /// The batch size counts prompts (those with at least one untied pair).
@@ -314,6 +305,7 @@ pub fn run<B: AutodiffBackend>(cfg: &RewardConfig, out: &Path, resume: bool, dev
     let pad_id = model.model.config.pad_token_id.or(tok.pad_id()).or(tok.eos_id()).unwrap_or(0);
     eprintln!("reward: {} train / {} eval rankings", train.len(), eval.len());
     let objective = RewardObjective::<B> {
+        order: EpochOrder::new(train.len(), cfg.seed),
         train,
         eval,
         batch_size: cfg.train.batch_size,
@@ -322,7 +314,6 @@ pub fn run<B: AutodiffBackend>(cfg: &RewardConfig, out: &Path, resume: bool, dev
         pad_id,
         margin: cfg.margin,
         device: device.clone(),
-        order: RefCell::new((u64::MAX, Vec::new())),
     };
     let model = rlhf_train::train(model, &objective, &cfg.train, cfg.seed, out, resume, device)?.valid();
     if cfg.train.halt_after.is_some_and(|h| h < cfg.train.steps) {

@@ -1,32 +1,22 @@
 //! `rlhf-reward --config FILE [--set k=v]… --out DIR [--device D] [--resume]`
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use burn::tensor::backend::AutodiffBackend;
 use clap::Parser;
-use rlhf_model::backend::{dispatch_train, DeviceSpec, TrainTask};
+use rlhf_model::backend::TrainTask;
+use rlhf_train::cli::{stage_main, StageArgs};
 
 #[derive(Debug, Parser)]
 #[command(name = "rlhf-reward", version, about = "Stage 2: reward model from K-way rankings")]
-struct Args {
-    #[arg(long)]
-    config: PathBuf,
-    /// Override a config value, e.g. `--set train.lr=1e-5` (repeatable).
-    #[arg(long = "set")]
-    sets: Vec<String>,
-    #[arg(long)]
-    out: PathBuf,
-    #[arg(long, default_value = "cpu")]
-    device: DeviceSpec,
-    /// Continue from the newest complete checkpoint in OUT.
-    #[arg(long)]
-    resume: bool,
+struct Cli {
+    #[command(flatten)]
+    args: StageArgs,
 }
 
 struct Task {
     cfg: rlhf_reward::RewardConfig,
-    args: Args,
+    args: StageArgs,
 }
 
 impl TrainTask for Task {
@@ -38,15 +28,5 @@ impl TrainTask for Task {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let result = rlhf_train::config::load_config::<rlhf_reward::RewardConfig>(Some(&args.config), &args.sets)
-        .map_err(anyhow::Error::from)
-        .and_then(|cfg| dispatch_train(args.device, Task { cfg, args })?);
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    stage_main(Cli::parse().args, |cfg, args| Task { cfg, args })
 }

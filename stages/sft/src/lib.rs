@@ -6,14 +6,13 @@
 
 pub mod objective;
 
-use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor, TensorData};
-use rlhf_data::batch::{pad_flags_right, pad_right, shuffled, train_eval_split};
+use rlhf_data::batch::{pad_flags_right, pad_right, train_eval_split, EpochOrder};
 use rlhf_data::encode::{encode_sft, pack_pretrain, SftSample};
 use rlhf_data::{load, BuiltinTemplate, ChatFormat, Encoded, Format, Kind, LoadOptions, Record, Tokenizer};
 use rlhf_model::{Arch, CausalLm, TransformerConfig};
@@ -184,13 +183,13 @@ pub struct SftObjective<B: AutodiffBackend> {
     pub seed: u64,
     pub pad_id: u32,
     pub device: B::Device,
-    /// The current epoch's order (recomputed when the epoch changes).
-    order: RefCell<(u64, Vec<usize>)>,
+    order: EpochOrder,
 }
 
 impl<B: AutodiffBackend> SftObjective<B> {
     pub fn new(train: Vec<SftSample>, eval: Vec<SftSample>, cfg: &TrainConfig, seed: u64, pad_id: u32, device: B::Device) -> Self {
         Self {
+            order: EpochOrder::new(train.len(), seed),
             train,
             eval,
             batch_size: cfg.batch_size,
@@ -198,18 +197,11 @@ impl<B: AutodiffBackend> SftObjective<B> {
             seed,
             pad_id,
             device,
-            order: RefCell::new((u64::MAX, Vec::new())),
         }
     }
 
-    fn sample_at(&self, global_index: usize) -> &SftSample {
-        let n = self.train.len();
-        let epoch = (global_index / n) as u64;
-        let mut order = self.order.borrow_mut();
-        if order.0 != epoch {
-            *order = (epoch, shuffled(n, self.seed, epoch));
-        }
-        &self.train[order.1[global_index % n]]
+    fn sample_at(&self, position: usize) -> &SftSample {
+        &self.train[self.order.at(position)]
     }
 
     /// Padded tensors of a micro-batch: ids, attention mask, loss mask, all [batch, len].
@@ -253,9 +245,7 @@ impl<B: AutodiffBackend> Objective<B, CausalLm<B>> for SftObjective<B> {
     type Batch = Vec<usize>;
 
     fn step_batches(&self, step: usize) -> Vec<Vec<usize>> {
-        let start = step * self.batch_size;
-        let idx: Vec<usize> = (start..start + self.batch_size).collect();
-        idx.chunks(self.micro_batch_size).map(<[usize]>::to_vec).collect()
+        EpochOrder::step_positions(step, self.batch_size, self.micro_batch_size)
     }
 
     fn normalizer(&self, batches: &[Vec<usize>]) -> f64 {
