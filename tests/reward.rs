@@ -50,7 +50,7 @@ fn reward_model_learns_demo_rankings_and_reloads_identically() {
     rlhf_data::demo::write_demo(&tmp.path().join("demo"), 0, sizes).unwrap();
     let out = tmp.path().join("rm");
     let cfg = config(&fixture("hf-tiny-llama"), &tmp.path().join("demo/rankings.jsonl"), 30, &[&format!(
-        "data.reference=\"{}\"",
+        "reference=\"{}\"",
         tmp.path().join("demo/sft.jsonl").display()
     )]);
     let model = rlhf_reward::run::<CpuTrain>(&cfg, &out, false, &Default::default()).unwrap();
@@ -137,4 +137,18 @@ fn demo_label_noise_caps_pairwise_accuracy() {
     let cap = agree / prompts;
     eprintln!("demo pairwise-accuracy cap (oracle vs noisy labels): {cap:.4}");
     assert!((0.85..0.99).contains(&cap), "cap {cap}");
+}
+
+/// Every shipped config parses (unknown keys would be errors).
+#[test]
+fn shipped_configs_parse() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    for entry in std::fs::read_dir(root.join("sft")).unwrap() {
+        let p = entry.unwrap().path();
+        rlhf_train::config::load_config::<rlhf_sft::SftConfig>(Some(&p), &[]).unwrap_or_else(|e| panic!("{e}"));
+    }
+    for entry in std::fs::read_dir(root.join("reward")).unwrap() {
+        let p = entry.unwrap().path();
+        rlhf_train::config::load_config::<RewardConfig>(Some(&p), &[]).unwrap_or_else(|e| panic!("{e}"));
+    }
 }

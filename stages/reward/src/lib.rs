@@ -10,9 +10,9 @@ use anyhow::{bail, Context};
 use burn::module::{AutodiffModule, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use rlhf_data::batch::{pad_right, train_eval_split, EpochOrder};
+use rlhf_data::batch::{pad_right, EpochOrder};
 use rlhf_data::encode::{encode_ranking, encode_sft, RankingSample};
-use rlhf_data::{load, BuiltinTemplate, ChatFormat, Encoded, Format, Kind, LoadOptions, Record, Tokenizer};
+use rlhf_data::{load, ChatFormat, DataFiles, Encoded, Format, Kind, LoadOptions, Record, Tokenizer};
 use rlhf_model::{at_last_token, RewardModel, ScalarHead, Transformer};
 use rlhf_train::{Objective, TrainConfig, TrainError};
 use serde::{Deserialize, Serialize};
@@ -25,7 +25,12 @@ pub struct RewardConfig {
     #[serde(default)]
     pub seed: u64,
     pub model: ModelConfig,
-    pub data: DataConfig,
+    /// Rankings: ColossalChat / TRL preference pairs or K-way rankings (K ≤ 9).
+    pub data: DataFiles,
+    /// SFT demonstrations whose mean score is set to 0 after training (InstructGPT). Without it,
+    /// the best-ranked responses of the training rankings are the reference.
+    #[serde(default)]
+    pub reference: Option<PathBuf>,
     /// Required score gap: −log σ(r_w − r_l − margin).
     #[serde(default)]
     pub margin: f64,
@@ -39,38 +44,9 @@ pub struct ModelConfig {
     pub from: PathBuf,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DataConfig {
-    /// Rankings: ColossalChat / TRL preference pairs or K-way rankings (K ≤ 9).
-    pub train: PathBuf,
-    #[serde(default)]
-    pub eval: Option<PathBuf>,
-    #[serde(default = "default_eval_fraction")]
-    pub eval_fraction: f64,
-    #[serde(default)]
-    pub format: Format,
-    #[serde(default)]
-    pub skip_invalid: bool,
-    #[serde(default = "default_max_len")]
-    pub max_len: usize,
-    #[serde(default)]
-    pub template: Option<BuiltinTemplate>,
-    /// SFT demonstrations whose mean score is set to 0 after training (InstructGPT). Without it,
-    /// the best-ranked responses of `train` are the reference.
-    #[serde(default)]
-    pub reference: Option<PathBuf>,
-}
-
-fn default_eval_fraction() -> f64 {
-    0.05
-}
-fn default_max_len() -> usize {
-    512
-}
 
 /// Reads and encodes a rankings file.
-pub fn prepare(path: &Path, cfg: &DataConfig, tok: &Tokenizer, fmt: &ChatFormat) -> anyhow::Result<Vec<RankingSample>> {
+pub fn prepare(path: &Path, cfg: &DataFiles, tok: &Tokenizer, fmt: &ChatFormat) -> anyhow::Result<Vec<RankingSample>> {
     let loaded = load(path, LoadOptions { kind: Kind::Ranking, format: cfg.format, skip_invalid: cfg.skip_invalid })?;
     if loaded.skipped.count() > 0 {
         eprintln!("{}: {}", path.display(), loaded.skipped);
@@ -236,14 +212,14 @@ impl<B: AutodiffBackend> Objective<B, RewardModel<B>> for RewardObjective<B> {
 
 /// Sequences whose mean score is set to 0 after training: the SFT demonstrations (whole
 /// conversations), or the best-ranked responses of the training rankings.
-fn reference_sequences(cfg: &DataConfig, tok: &Tokenizer, fmt: &ChatFormat, train: &[RankingSample]) -> anyhow::Result<(String, Vec<Vec<u32>>)> {
-    match &cfg.reference {
+fn reference_sequences(reference: Option<&Path>, max_len: usize, tok: &Tokenizer, fmt: &ChatFormat, train: &[RankingSample]) -> anyhow::Result<(String, Vec<Vec<u32>>)> {
+    match reference {
         Some(path) => {
             let loaded = load(path, LoadOptions { kind: Kind::Sft, format: Format::Auto, skip_invalid: true })?;
             let mut seqs = Vec::new();
             for (_, r) in &loaded.records {
                 if let Record::Sft(m) = r {
-                    if let Encoded::Kept(s) | Encoded::Truncated(s) = encode_sft(tok, fmt, m, cfg.max_len)? {
+                    if let Encoded::Kept(s) | Encoded::Truncated(s) = encode_sft(tok, fmt, m, max_len)? {
                         seqs.push(s.ids);
                     }
                 }
@@ -289,15 +265,9 @@ pub fn run<B: AutodiffBackend>(cfg: &RewardConfig, out: &Path, resume: bool, dev
     let fmt = ChatFormat::resolve(&tok, cfg.data.template)?;
     let body = Transformer::<B>::from_hf_dir(&cfg.model.from, device)?;
     // Sequences never exceed the model's context.
-    let data = DataConfig { max_len: cfg.data.max_len.min(body.config.max_position_embeddings), ..cfg.data.clone() };
+    let data = DataFiles { max_len: cfg.data.max_len.min(body.config.max_position_embeddings), ..cfg.data.clone() };
     let all = prepare(&data.train, &data, &tok, &fmt)?;
-    let (train, eval) = match &data.eval {
-        Some(p) => (all, prepare(p, &data, &tok, &fmt)?),
-        None => {
-            let (tr, ev) = train_eval_split(all.len(), cfg.data.eval_fraction, cfg.seed);
-            (tr.iter().map(|&i| all[i].clone()).collect::<Vec<_>>(), ev.iter().map(|&i| all[i].clone()).collect())
-        }
-    };
+    let (train, eval) = data.split(all, cfg.seed, |p| prepare(p, &data, &tok, &fmt))?;
     if train.is_empty() {
         bail!("{}: no rankings to train on", cfg.data.train.display());
     }
@@ -320,7 +290,7 @@ pub fn run<B: AutodiffBackend>(cfg: &RewardConfig, out: &Path, resume: bool, dev
         return Ok(model);
     }
     // Normalise: a bias so the reference set scores 0 on average (InstructGPT).
-    let (reference, seqs) = reference_sequences(&data, &tok, &fmt, &objective.train)?;
+    let (reference, seqs) = reference_sequences(cfg.reference.as_deref(), data.max_len, &tok, &fmt, &objective.train)?;
     let (mean, std) = score_stats(&model, &seqs, pad_id, cfg.train.micro_batch_size * 4, device)?;
     let mut model = model;
     let bias = model.head.bias.val() - mean;

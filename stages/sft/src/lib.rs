@@ -12,9 +12,9 @@ use anyhow::{bail, Context};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor, TensorData};
-use rlhf_data::batch::{pad_flags_right, pad_right, train_eval_split, EpochOrder};
+use rlhf_data::batch::{pad_flags_right, pad_right, EpochOrder};
 use rlhf_data::encode::{encode_sft, pack_pretrain, SftSample};
-use rlhf_data::{load, BuiltinTemplate, ChatFormat, Encoded, Format, Kind, LoadOptions, Record, Tokenizer};
+use rlhf_data::{load, BuiltinTemplate, ChatFormat, DataFiles, Encoded, Kind, LoadOptions, Record, Tokenizer};
 use rlhf_model::{Arch, CausalLm, TransformerConfig};
 use rlhf_train::{Objective, TrainConfig};
 use serde::{Deserialize, Serialize};
@@ -39,7 +39,7 @@ pub struct SftConfig {
     #[serde(default)]
     pub mode: Mode,
     pub model: ModelConfig,
-    pub data: DataConfig,
+    pub data: DataFiles,
     pub train: TrainConfig,
 }
 
@@ -71,7 +71,7 @@ pub struct InitConfig {
     /// Defaults to `num_heads` (no grouping).
     #[serde(default)]
     pub num_kv_heads: Option<usize>,
-    #[serde(default = "default_max_len")]
+    #[serde(default = "default_max_positions")]
     pub max_position_embeddings: usize,
     #[serde(default = "default_true")]
     pub tie_word_embeddings: bool,
@@ -101,35 +101,10 @@ fn default_true() -> bool {
 fn default_rope_theta() -> f64 {
     10_000.0
 }
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DataConfig {
-    /// Conversations (`mode = "sft"`) or text (`mode = "pretrain"`), any supported format.
-    pub train: PathBuf,
-    /// A separate held-out file; otherwise `eval_fraction` of `train` is held out.
-    #[serde(default)]
-    pub eval: Option<PathBuf>,
-    #[serde(default = "default_eval_fraction")]
-    pub eval_fraction: f64,
-    #[serde(default)]
-    pub format: Format,
-    #[serde(default)]
-    pub skip_invalid: bool,
-    /// Tokens per sequence (longer samples are truncated; pretraining text is packed to this length).
-    #[serde(default = "default_max_len")]
-    pub max_len: usize,
-    /// A built-in chat template, for tokenizers without one.
-    #[serde(default)]
-    pub template: Option<BuiltinTemplate>,
-}
-
-fn default_eval_fraction() -> f64 {
-    0.05
-}
-fn default_max_len() -> usize {
+fn default_max_positions() -> usize {
     512
 }
+
 
 /// Encoded examples and what happened to the rest.
 #[derive(Debug, Default)]
@@ -141,7 +116,7 @@ pub struct Prepared {
 }
 
 /// Reads and encodes one data file for `mode`.
-pub fn prepare(path: &Path, cfg: &DataConfig, mode: Mode, tok: &Tokenizer, fmt: &ChatFormat) -> anyhow::Result<Prepared> {
+pub fn prepare(path: &Path, cfg: &DataFiles, mode: Mode, tok: &Tokenizer, fmt: &ChatFormat) -> anyhow::Result<Prepared> {
     let kind = if mode == Mode::Sft { Kind::Sft } else { Kind::Pretrain };
     let loaded = load(path, LoadOptions { kind, format: cfg.format, skip_invalid: cfg.skip_invalid })?;
     let mut out = Prepared { skipped: loaded.skipped.count(), ..Default::default() };
@@ -364,16 +339,9 @@ pub fn run<B: AutodiffBackend>(cfg: &SftConfig, out: &Path, resume: bool, device
         Mode::Pretrain => ChatFormat::builtin(BuiltinTemplate::Chatml, tok.eos_token().unwrap_or("")),
     };
     let mut train = prepare(&cfg.data.train, &cfg.data, cfg.mode, &tok, &fmt)?;
-    let eval = match &cfg.data.eval {
-        Some(p) => prepare(p, &cfg.data, cfg.mode, &tok, &fmt)?.samples,
-        None => {
-            let (tr, ev) = train_eval_split(train.samples.len(), cfg.data.eval_fraction, cfg.seed);
-            let mut all: Vec<Option<SftSample>> = std::mem::take(&mut train.samples).into_iter().map(Some).collect();
-            let eval = ev.iter().filter_map(|&i| all[i].take()).collect();
-            train.samples = tr.iter().filter_map(|&i| all[i].take()).collect();
-            eval
-        }
-    };
+    let (train_samples, eval) =
+        cfg.data.split(std::mem::take(&mut train.samples), cfg.seed, |p| Ok::<_, anyhow::Error>(prepare(p, &cfg.data, cfg.mode, &tok, &fmt)?.samples))?;
+    train.samples = train_samples;
     if train.samples.is_empty() {
         bail!("{}: no training examples left (dropped {}, skipped {})", cfg.data.train.display(), train.dropped, train.skipped);
     }
