@@ -17,14 +17,8 @@ pub struct GenerateBench {
     prompt_len: usize,
     #[arg(long, default_value_t = 64)]
     new_tokens: usize,
-    #[arg(long, default_value_t = 4)]
-    layers: usize,
-    #[arg(long, default_value_t = 256)]
-    hidden: usize,
-    #[arg(long, default_value_t = 4)]
-    heads: usize,
-    #[arg(long, default_value_t = 8192)]
-    vocab: usize,
+    #[command(flatten)]
+    size: BenchModel,
     /// Timed repetitions after one warm-up.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
@@ -33,9 +27,21 @@ pub struct GenerateBench {
     sample: bool,
 }
 
-impl GenerateBench {
-    /// A LLaMA of the requested size (SwiGLU width ≈ 8/3·hidden, as LLaMA).
-    fn model_config(&self) -> TransformerConfig {
+/// The size of the random LLaMA a benchmark runs (SwiGLU width ≈ 8/3·hidden, as LLaMA).
+#[derive(Debug, Clone, Args)]
+pub struct BenchModel {
+    #[arg(long, default_value_t = 4)]
+    layers: usize,
+    #[arg(long, default_value_t = 256)]
+    hidden: usize,
+    #[arg(long, default_value_t = 4)]
+    heads: usize,
+    #[arg(long, default_value_t = 8192)]
+    vocab: usize,
+}
+
+impl BenchModel {
+    fn config(&self, max_positions: usize) -> TransformerConfig {
         TransformerConfig {
             arch: Arch::Llama,
             vocab_size: self.vocab,
@@ -45,7 +51,7 @@ impl GenerateBench {
             num_heads: self.heads,
             num_kv_heads: self.heads,
             head_dim: self.hidden / self.heads,
-            max_position_embeddings: (self.prompt_len + self.new_tokens).max(256),
+            max_position_embeddings: max_positions.max(256),
             norm_eps: 1e-6,
             rope_theta: 10_000.0,
             qkv_bias: false,
@@ -56,22 +62,30 @@ impl GenerateBench {
             pad_token_id: Some(0),
         }
     }
+
+    /// A randomly initialised model (untied head) and its config.
+    fn random_model<B: Backend>(&self, max_positions: usize, device: &B::Device) -> (TransformerConfig, CausalLm<B>) {
+        B::seed(device, 0);
+        let cfg = self.config(max_positions);
+        let lm_head = burn::module::Param::from_tensor(burn::tensor::Tensor::random(
+            [cfg.vocab_size, cfg.hidden_size],
+            burn::tensor::Distribution::Normal(0.0, 0.02),
+            device,
+        ));
+        let model = CausalLm { lm_head: Some(lm_head), model: cfg.init::<B>(device) };
+        (cfg, model)
+    }
+
+    fn describe(&self, params: usize) -> String {
+        format!("{:.2}M-param LLaMA ({} layers, d={}, vocab {})", params as f64 / 1e6, self.layers, self.hidden, self.vocab)
+    }
 }
 
 impl BackendTask for GenerateBench {
     type Output = anyhow::Result<()>;
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
-        B::seed(&device, 0);
-        let cfg = self.model_config();
-        let model = CausalLm::<B> {
-            lm_head: Some(burn::module::Param::from_tensor(burn::tensor::Tensor::random(
-                [cfg.vocab_size, cfg.hidden_size],
-                burn::tensor::Distribution::Normal(0.0, 0.02),
-                &device,
-            ))),
-            model: cfg.init::<B>(&device),
-        };
+        let (cfg, model) = self.size.random_model::<B>(self.prompt_len + self.new_tokens, &device);
         // Prompts of different lengths (left padding exercised), ids spread over the vocabulary.
         let prompts: Vec<Vec<u32>> = (0..self.batch)
             .map(|b| {
@@ -86,11 +100,8 @@ impl BackendTask for GenerateBench {
         };
         let gen_cfg = GenerateConfig { max_new_tokens: self.new_tokens, sampler, stop_ids: vec![], pad_id: 0, seed: Some(0) };
         println!(
-            "generate: {:.2}M-param LLaMA ({} layers, d={}, vocab {}), batch {}, prompt ≤{}, {} new tokens, {}",
-            cfg.num_params() as f64 / 1e6,
-            self.layers,
-            self.hidden,
-            self.vocab,
+            "generate: {}, batch {}, prompt ≤{}, {} new tokens, {}",
+            self.size.describe(cfg.num_params()),
             self.batch,
             self.prompt_len,
             self.new_tokens,
@@ -128,14 +139,8 @@ pub struct SftBench {
     batch: usize,
     #[arg(long, default_value_t = 256)]
     seq: usize,
-    #[arg(long, default_value_t = 4)]
-    layers: usize,
-    #[arg(long, default_value_t = 256)]
-    hidden: usize,
-    #[arg(long, default_value_t = 4)]
-    heads: usize,
-    #[arg(long, default_value_t = 8192)]
-    vocab: usize,
+    #[command(flatten)]
+    size: BenchModel,
     /// Timed steps after two warm-up steps.
     #[arg(long, default_value_t = 5)]
     steps: usize,
@@ -147,28 +152,7 @@ impl rlhf_model::backend::TrainTask for SftBench {
     fn run<B: burn::tensor::backend::AutodiffBackend>(self, device: B::Device) -> Self::Output {
         use burn::optim::{GradientsParams, Optimizer};
         use rlhf_train::Objective;
-        B::seed(&device, 0);
-        let gen = GenerateBench {
-            device: self.device,
-            batch: self.batch,
-            prompt_len: 1,
-            new_tokens: self.seq,
-            layers: self.layers,
-            hidden: self.hidden,
-            heads: self.heads,
-            vocab: self.vocab,
-            repeats: 0,
-            sample: false,
-        };
-        let cfg = gen.model_config();
-        let model = CausalLm::<B> {
-            lm_head: Some(burn::module::Param::from_tensor(burn::tensor::Tensor::random(
-                [cfg.vocab_size, cfg.hidden_size],
-                burn::tensor::Distribution::Normal(0.0, 0.02),
-                &device,
-            ))),
-            model: cfg.init::<B>(&device),
-        };
+        let (cfg, model) = self.size.random_model::<B>(self.seq, &device);
         let samples: Vec<rlhf_data::encode::SftSample> = (0..self.batch)
             .map(|b| rlhf_data::encode::SftSample {
                 ids: (0..self.seq).map(|i| ((b * 7919 + i * 104_729) % (cfg.vocab_size - 1) + 1) as u32).collect(),
@@ -181,10 +165,7 @@ impl rlhf_model::backend::TrainTask for SftBench {
         let objective = rlhf_sft::SftObjective::<B>::new(samples, vec![], &train_cfg, 0, 0, device.clone());
         let mut optim = train_cfg.optim.adamw::<B, CausalLm<B>>();
         let mut model = model;
-        println!(
-            "sft step: {:.2}M-param LLaMA ({} layers, d={}, vocab {}), batch {} × seq {}, {}",
-            cfg.num_params() as f64 / 1e6, self.layers, self.hidden, self.vocab, self.batch, self.seq, self.device
-        );
+        println!("sft step: {}, batch {} × seq {}, {}", self.size.describe(cfg.num_params()), self.batch, self.seq, self.device);
         let mut best = f64::INFINITY;
         for step in 0..self.steps + 2 {
             let start = Instant::now();
