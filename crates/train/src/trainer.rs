@@ -53,6 +53,29 @@ fn two() -> usize {
     2
 }
 
+impl TrainConfig {
+    /// Checks that need no data, so a bad config fails before any loading or tokenizer training.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(TrainError::Other(m));
+        if self.steps == 0 || self.batch_size == 0 {
+            return bad("train.steps and train.batch_size must be positive".into());
+        }
+        if self.micro_batch_size == 0 || self.batch_size % self.micro_batch_size != 0 {
+            return bad(format!(
+                "train.batch_size ({}) must be a multiple of train.micro_batch_size ({})",
+                self.batch_size, self.micro_batch_size
+            ));
+        }
+        if !(self.schedule.lr > 0.0 && self.schedule.lr.is_finite()) {
+            return bad(format!("train.lr must be a positive number, found {}", self.schedule.lr));
+        }
+        if self.log_every == 0 {
+            return bad("train.log_every must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 /// What a stage trains: its micro-batches and its loss.
 pub trait Objective<B: AutodiffBackend, M: AutodiffModule<B>> {
     type Batch;
@@ -83,12 +106,7 @@ where
     M: AutodiffModule<B>,
     O: Objective<B, M>,
 {
-    if cfg.micro_batch_size == 0 || cfg.batch_size % cfg.micro_batch_size != 0 {
-        return Err(TrainError::Other(format!(
-            "train.batch_size ({}) must be a multiple of train.micro_batch_size ({})",
-            cfg.batch_size, cfg.micro_batch_size
-        )));
-    }
+    cfg.validate()?;
     let mut optim = cfg.optim.adamw::<B, M>();
     let mut state = TrainState { step: 0, seed, examples_seen: 0 };
     let mut last_checkpoint = String::from("none");

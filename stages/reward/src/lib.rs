@@ -258,6 +258,7 @@ pub fn score_stats<B: Backend>(model: &RewardModel<B>, seqs: &[Vec<u32>], pad_id
 
 /// Runs stage 2 into `out`; `out/final/` holds the body, `reward_head.safetensors` and `reward.json`.
 pub fn run<B: AutodiffBackend>(cfg: &RewardConfig, out: &Path, resume: bool, device: &B::Device) -> anyhow::Result<RewardModel<B::InnerBackend>> {
+    cfg.train.validate()?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     rlhf_train::config::write_resolved(out, cfg)?;
     B::seed(device, cfg.seed);

@@ -328,6 +328,7 @@ pub fn starting_model<B: burn::tensor::backend::Backend>(cfg: &SftConfig, out: &
 
 /// Runs stage 1 into `out`.
 pub fn run<B: AutodiffBackend>(cfg: &SftConfig, out: &Path, resume: bool, device: &B::Device) -> anyhow::Result<CausalLm<B::InnerBackend>> {
+    cfg.train.validate()?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     rlhf_train::config::write_resolved(out, cfg)?;
     B::seed(device, cfg.seed);
