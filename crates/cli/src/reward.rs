@@ -4,12 +4,13 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use burn::tensor::backend::Backend;
+use burn::tensor::ElementConversion;
 use clap::{Args, ValueEnum};
 use rlhf_data::encode::{encode_ranking, encode_sft};
 use rlhf_data::{load, ChatFormat, Encoded, Format, Kind, LoadOptions, Record, Tokenizer};
 use rlhf_model::backend::{dispatch, BackendTask, DeviceSpec};
 use rlhf_model::RewardModel;
-use rlhf_reward::{ranking_stats, score_stats};
+use rlhf_reward::{ranking_stats, score_sequences};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ScoreKind {
@@ -54,11 +55,8 @@ impl BackendTask for &ScoreArgs {
                         println!("{}", serde_json::json!({ "line": line, "skipped": "prompt longer than max_len" }));
                         continue;
                     };
-                    let scores: Vec<f32> = s
-                        .sequences
-                        .iter()
-                        .map(|seq| score_stats(&model, std::slice::from_ref(seq), pad, 1, &device).map(|(m, _)| m as f32))
-                        .collect::<anyhow::Result<_>>()?;
+                    // All K responses in one forward pass.
+                    let scores = score_sequences(&model, &s.sequences, pad, &device)?.into_data().convert::<f32>().to_vec::<f32>().expect("f32");
                     let st = ranking_stats(&scores, &[&s]);
                     total.prompts += st.prompts;
                     total.pairwise_acc += st.pairwise_acc;
@@ -67,7 +65,7 @@ impl BackendTask for &ScoreArgs {
                 }
                 Record::Sft(m) => {
                     let (Encoded::Kept(s) | Encoded::Truncated(s)) = encode_sft(&tok, &fmt, m, max_len).with_context(at)? else { continue };
-                    let (score, _) = score_stats(&model, &[s.ids], pad, 1, &device)?;
+                    let score = score_sequences(&model, &[s.ids], pad, &device)?.into_scalar().elem::<f64>();
                     println!("{}", serde_json::json!({ "line": line, "score": score }));
                 }
                 _ => {}

@@ -67,6 +67,18 @@ pub fn prepare(path: &Path, cfg: &DataFiles, tok: &Tokenizer, fmt: &ChatFormat) 
     Ok(samples)
 }
 
+/// The reward of each sequence, read at its last real token.
+///
+/// # Shapes
+/// - returns [sequences]
+pub fn score_sequences<B: Backend>(model: &RewardModel<B>, seqs: &[Vec<u32>], pad_id: u32, device: &B::Device) -> anyhow::Result<Tensor<B, 1>> {
+    let padded = pad_right(seqs, pad_id);
+    let shape = [padded.batch, padded.len];
+    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(padded.ids, shape), device);
+    let mask = Tensor::<B, 2, Int>::from_data(TensorData::new(padded.mask, shape), device);
+    Ok(at_last_token(model.forward(ids, mask.clone())?, mask))
+}
+
 /// Scores of every response of `samples` (flat, in order) and the pairs between them.
 fn score_samples<B: Backend>(model: &RewardModel<B>, samples: &[&RankingSample], pad_id: u32, device: &B::Device) -> anyhow::Result<(Tensor<B, 1>, Vec<Pair>)> {
     let mut seqs = Vec::new();
@@ -75,12 +87,7 @@ fn score_samples<B: Backend>(model: &RewardModel<B>, samples: &[&RankingSample],
         pairs.extend(ranking_pairs(&s.ranks, seqs.len()));
         seqs.extend(s.sequences.iter().cloned());
     }
-    let padded = pad_right(&seqs, pad_id);
-    let shape = [padded.batch, padded.len];
-    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(padded.ids, shape), device);
-    let mask = Tensor::<B, 2, Int>::from_data(TensorData::new(padded.mask, shape), device);
-    let values = model.forward(ids, mask.clone())?;
-    Ok((at_last_token(values, mask), pairs))
+    Ok((score_sequences(model, &seqs, pad_id, device)?, pairs))
 }
 
 /// Per-prompt ranking metrics, summed over prompts with at least one pair.
@@ -216,6 +223,9 @@ fn reference_sequences(reference: Option<&Path>, max_len: usize, tok: &Tokenizer
     match reference {
         Some(path) => {
             let loaded = load(path, LoadOptions { kind: Kind::Sft, format: Format::Auto, skip_invalid: true })?;
+            if loaded.skipped.count() > 0 {
+                eprintln!("reference {}: {}", path.display(), loaded.skipped);
+            }
             let mut seqs = Vec::new();
             for (_, r) in &loaded.records {
                 if let Record::Sft(m) = r {
@@ -243,12 +253,7 @@ fn reference_sequences(reference: Option<&Path>, max_len: usize, tok: &Tokenizer
 pub fn score_stats<B: Backend>(model: &RewardModel<B>, seqs: &[Vec<u32>], pad_id: u32, chunk: usize, device: &B::Device) -> anyhow::Result<(f64, f64)> {
     let mut all = Vec::new();
     for c in seqs.chunks(chunk.max(1)) {
-        let padded = pad_right(c, pad_id);
-        let shape = [padded.batch, padded.len];
-        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(padded.ids, shape), device);
-        let mask = Tensor::<B, 2, Int>::from_data(TensorData::new(padded.mask, shape), device);
-        let s = at_last_token(model.forward(ids, mask.clone())?, mask);
-        all.extend(s.into_data().convert::<f64>().to_vec::<f64>().expect("f64"));
+        all.extend(score_sequences(model, c, pad_id, device)?.into_data().convert::<f64>().to_vec::<f64>().expect("f64"));
     }
     let n = all.len().max(1) as f64;
     let mean = all.iter().sum::<f64>() / n;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use rlhf_data::batch::{pad_flags_right, pad_right, EpochOrder};
 use rlhf_data::encode::{encode_sft, pack_pretrain, SftSample};
 use rlhf_data::{load, BuiltinTemplate, ChatFormat, DataFiles, Encoded, Kind, LoadOptions, Record, Tokenizer};
@@ -248,19 +248,9 @@ impl<B: AutodiffBackend> Objective<B, CausalLm<B>> for SftObjective<B> {
             let refs: Vec<&SftSample> = chunk.iter().collect();
             let (ids, attention, mask) = self.tensors::<B::InnerBackend>(&refs, &self.device);
             let l = batch_loss(model, ids, attention, mask, total).map_err(|e| rlhf_train::TrainError::Other(format!("{e:#}")))?;
-            loss += l.into_scalar().to_f64();
+            loss += l.into_scalar().elem::<f64>();
         }
         Ok(vec![("eval_loss".into(), loss)])
-    }
-}
-
-trait ToF64 {
-    fn to_f64(self) -> f64;
-}
-
-impl<E: burn::tensor::ElementConversion> ToF64 for E {
-    fn to_f64(self) -> f64 {
-        self.elem::<f64>()
     }
 }
 
