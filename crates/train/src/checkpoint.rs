@@ -58,23 +58,18 @@ pub fn latest_checkpoint(run: &Path) -> Option<PathBuf> {
     list_checkpoints(run).pop().map(|(_, p)| p)
 }
 
-/// Saves a checkpoint and removes all but the newest `keep`.
-pub fn save_checkpoint<B, M, O>(run: &Path, state: &TrainState, model: &M, optim: &O, keep: usize) -> Result<PathBuf>
-where
-    B: AutodiffBackend,
-    M: AutodiffModule<B>,
-    O: Optimizer<M, B>,
-{
-    let dir = step_dir(run, state.step);
+/// Writes checkpoint `step` of `run`: `write` fills a temporary folder (models, optimizer states),
+/// `state.json` is added last, and the folder is renamed into place; all but the newest `keep`
+/// checkpoints are then removed. Stages with several models (PPO) call this directly.
+pub fn save_checkpoint_with(run: &Path, step: usize, state_json: &str, keep: usize, write: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+    let dir = step_dir(run, step);
     let tmp = rlhf_model::hf::sibling(&dir, "tmp");
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-    let ck = |e: burn::record::RecorderError| TrainError::Checkpoint { path: tmp.clone(), message: e.to_string() };
-    Recorder::<B>::record(&recorder(), model.clone().into_record(), tmp.join("model")).map_err(ck)?;
-    Recorder::<B>::record(&recorder(), optim.to_record(), tmp.join("optim")).map_err(ck)?;
-    write_atomic(&tmp.join("state.json"), serde_json::to_string_pretty(state).expect("state serialises").as_bytes())?;
+    write(&tmp)?;
+    write_atomic(&tmp.join("state.json"), state_json.as_bytes())?;
     rlhf_model::hf::replace_dir(&tmp, &dir)?;
     let all = list_checkpoints(run);
     for (_, old) in all.iter().take(all.len().saturating_sub(keep.max(1))) {
@@ -83,18 +78,56 @@ where
     Ok(dir)
 }
 
-/// Loads a checkpoint into `model` and `optim` (built the same way as when it was saved).
-pub fn load_checkpoint<B, M, O>(dir: &Path, model: M, optim: O, device: &B::Device) -> Result<(M, O, TrainState)>
+/// Records a module and its optimizer as `DIR/<name>.mpk` and `DIR/<name>_optim.mpk`.
+pub fn record_trainable<B, M, O>(dir: &Path, name: &str, model: &M, optim: &O) -> Result<()>
 where
     B: AutodiffBackend,
     M: AutodiffModule<B>,
     O: Optimizer<M, B>,
 {
     let ck = |e: burn::record::RecorderError| TrainError::Checkpoint { path: dir.to_path_buf(), message: e.to_string() };
-    let model = model.load_record(Recorder::<B>::load(&recorder(), dir.join("model"), device).map_err(ck)?);
-    let optim = optim.load_record(Recorder::<B>::load(&recorder(), dir.join("optim"), device).map_err(ck)?);
+    Recorder::<B>::record(&recorder(), model.clone().into_record(), dir.join(name)).map_err(ck)?;
+    Recorder::<B>::record(&recorder(), optim.to_record(), dir.join(format!("{name}_optim"))).map_err(ck)
+}
+
+/// Loads what [`record_trainable`] wrote into `model` and `optim` (built the same way as when saved).
+pub fn load_trainable<B, M, O>(dir: &Path, name: &str, model: M, optim: O, device: &B::Device) -> Result<(M, O)>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    O: Optimizer<M, B>,
+{
+    let ck = |e: burn::record::RecorderError| TrainError::Checkpoint { path: dir.to_path_buf(), message: e.to_string() };
+    let model = model.load_record(Recorder::<B>::load(&recorder(), dir.join(name), device).map_err(ck)?);
+    let optim = optim.load_record(Recorder::<B>::load(&recorder(), dir.join(format!("{name}_optim")), device).map_err(ck)?);
+    Ok((model, optim))
+}
+
+/// Reads a checkpoint's `state.json`.
+pub fn load_state<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<T> {
     let path = dir.join("state.json");
     let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
-    let state = serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint { path, message: e.to_string() })?;
-    Ok((model, optim, state))
+    serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint { path, message: e.to_string() })
+}
+
+/// Saves a single-model checkpoint and removes all but the newest `keep`.
+pub fn save_checkpoint<B, M, O>(run: &Path, state: &TrainState, model: &M, optim: &O, keep: usize) -> Result<PathBuf>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    O: Optimizer<M, B>,
+{
+    let json = serde_json::to_string_pretty(state).expect("state serialises");
+    save_checkpoint_with(run, state.step, &json, keep, |tmp| record_trainable(tmp, "model", model, optim))
+}
+
+/// Loads a single-model checkpoint into `model` and `optim` (built the same way as when it was saved).
+pub fn load_checkpoint<B, M, O>(dir: &Path, model: M, optim: O, device: &B::Device) -> Result<(M, O, TrainState)>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    O: Optimizer<M, B>,
+{
+    let (model, optim) = load_trainable(dir, "model", model, optim, device)?;
+    Ok((model, optim, load_state(dir)?))
 }

@@ -22,22 +22,7 @@ impl MetricsLog {
     /// (written by the interrupted run after its last checkpoint) are dropped first.
     pub fn open(run: &Path, step_key: &'static str, resume_step: Option<usize>) -> Result<Self> {
         let path = run.join("metrics.jsonl");
-        match resume_step {
-            Some(keep) if path.exists() => {
-                let file = File::open(&path).map_err(|e| TrainError::io(&path, e))?;
-                let kept: Vec<String> = BufReader::new(file)
-                    .lines()
-                    .map_while(std::io::Result::ok)
-                    .filter(|l| {
-                        serde_json::from_str::<Value>(l).ok().and_then(|v| v.get(step_key)?.as_u64()).is_some_and(|s| s as usize <= keep)
-                    })
-                    .collect();
-                let text: String = kept.iter().map(|l| format!("{l}\n")).collect();
-                crate::checkpoint::write_atomic(&path, text.as_bytes())?;
-            }
-            None if path.exists() => std::fs::remove_file(&path).map_err(|e| TrainError::io(&path, e))?,
-            _ => {}
-        }
+        truncate_jsonl(&path, step_key, resume_step)?;
         let jsonl = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| TrainError::io(&path, e))?;
         Ok(Self { path, jsonl, events: EventWriter::create(run)?, step_key })
     }
@@ -53,6 +38,25 @@ impl MetricsLog {
         writeln!(self.jsonl, "{line}").map_err(|e| TrainError::io(&self.path, e))?;
         self.events.scalars(step as i64, values)?;
         Ok(())
+    }
+}
+
+/// Prepares a JSONL log for a (re)started run: with `resume_step`, lines whose `key` is past it
+/// (written by the interrupted run after its last checkpoint) are dropped; without, the file is removed.
+pub fn truncate_jsonl(path: &Path, key: &str, resume_step: Option<usize>) -> Result<()> {
+    match resume_step {
+        Some(keep) if path.exists() => {
+            let file = File::open(path).map_err(|e| TrainError::io(path, e))?;
+            let kept: String = BufReader::new(file)
+                .lines()
+                .map_while(std::io::Result::ok)
+                .filter(|l| serde_json::from_str::<Value>(l).ok().and_then(|v| v.get(key)?.as_u64()).is_some_and(|s| s as usize <= keep))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            crate::checkpoint::write_atomic(path, kept.as_bytes())
+        }
+        None if path.exists() => std::fs::remove_file(path).map_err(|e| TrainError::io(path, e)),
+        _ => Ok(()),
     }
 }
 

@@ -178,23 +178,36 @@ impl<B: AutodiffBackend> SftObjective<B> {
     fn sample_at(&self, position: usize) -> &SftSample {
         &self.train[self.order.at(position)]
     }
+}
 
-    /// Padded tensors of a micro-batch: ids, attention mask, loss mask, all [batch, len].
-    fn tensors<BB: burn::tensor::backend::Backend>(
-        &self,
-        samples: &[&SftSample],
-        device: &BB::Device,
-    ) -> (Tensor<BB, 2, Int>, Tensor<BB, 2, Int>, Tensor<BB, 2>) {
-        let ids: Vec<Vec<u32>> = samples.iter().map(|s| s.ids.clone()).collect();
-        let padded = pad_right(&ids, self.pad_id);
-        let flags: Vec<Vec<bool>> = samples.iter().map(|s| s.loss_mask.clone()).collect();
-        let shape = [padded.batch, padded.len];
-        (
-            Tensor::from_data(TensorData::new(padded.ids, shape), device),
-            Tensor::from_data(TensorData::new(padded.mask, shape), device),
-            Tensor::from_data(TensorData::new(pad_flags_right(&flags, padded.len), shape), device),
-        )
-    }
+/// Padded tensors of a batch of samples: ids, attention mask, loss mask, all [batch, len].
+pub fn padded_batch<B: burn::tensor::backend::Backend>(
+    samples: &[&SftSample],
+    pad_id: u32,
+    device: &B::Device,
+) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>, Tensor<B, 2>) {
+    let ids: Vec<Vec<u32>> = samples.iter().map(|s| s.ids.clone()).collect();
+    let padded = pad_right(&ids, pad_id);
+    let flags: Vec<Vec<bool>> = samples.iter().map(|s| s.loss_mask.clone()).collect();
+    let shape = [padded.batch, padded.len];
+    (
+        Tensor::from_data(TensorData::new(padded.ids, shape), device),
+        Tensor::from_data(TensorData::new(padded.mask, shape), device),
+        Tensor::from_data(TensorData::new(pad_flags_right(&flags, padded.len), shape), device),
+    )
+}
+
+/// Next-token loss of `model` on `samples` (targets where their loss mask is set), divided by
+/// `normalizer`: the SFT objective, and PPO-ptx's pretraining term.
+pub fn lm_loss<B: burn::tensor::backend::Backend>(
+    model: &CausalLm<B>,
+    samples: &[&SftSample],
+    pad_id: u32,
+    normalizer: f64,
+    device: &B::Device,
+) -> anyhow::Result<Tensor<B, 1>> {
+    let (ids, attention, mask) = padded_batch::<B>(samples, pad_id, device);
+    batch_loss(model, ids, attention, mask, normalizer)
 }
 
 /// Next-token loss of `model` on padded tensors, divided by `normalizer`.
@@ -212,7 +225,7 @@ fn batch_loss<BB: burn::tensor::backend::Backend>(
 }
 
 /// Target tokens of a sample (the first token is never a target).
-fn targets(s: &SftSample) -> usize {
+pub fn targets(s: &SftSample) -> usize {
     s.loss_mask.iter().skip(1).filter(|&&m| m).count()
 }
 
@@ -233,8 +246,7 @@ impl<B: AutodiffBackend> Objective<B, CausalLm<B>> for SftObjective<B> {
 
     fn loss(&self, model: &CausalLm<B>, batch: &Vec<usize>, normalizer: f64) -> rlhf_train::Result<(Tensor<B, 1>, Vec<(&'static str, f64)>)> {
         let samples: Vec<&SftSample> = batch.iter().map(|&i| self.sample_at(i)).collect();
-        let (ids, attention, mask) = self.tensors::<B>(&samples, &self.device);
-        let loss = batch_loss(model, ids, attention, mask, normalizer).map_err(|e| rlhf_train::TrainError::Other(format!("{e:#}")))?;
+        let loss = lm_loss(model, &samples, self.pad_id, normalizer, &self.device).map_err(|e| rlhf_train::TrainError::Other(format!("{e:#}")))?;
         Ok((loss, vec![]))
     }
 
@@ -246,8 +258,7 @@ impl<B: AutodiffBackend> Objective<B, CausalLm<B>> for SftObjective<B> {
         let mut loss = 0.0;
         for chunk in self.eval.chunks(self.micro_batch_size) {
             let refs: Vec<&SftSample> = chunk.iter().collect();
-            let (ids, attention, mask) = self.tensors::<B::InnerBackend>(&refs, &self.device);
-            let l = batch_loss(model, ids, attention, mask, total).map_err(|e| rlhf_train::TrainError::Other(format!("{e:#}")))?;
+            let l = lm_loss(model, &refs, self.pad_id, total, &self.device).map_err(|e| rlhf_train::TrainError::Other(format!("{e:#}")))?;
             loss += l.into_scalar().elem::<f64>();
         }
         Ok(vec![("eval_loss".into(), loss)])

@@ -1,0 +1,264 @@
+//! The PPO stage's TOML config.
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use rlhf_data::{BuiltinTemplate, Format};
+use rlhf_model::Sampler;
+use rlhf_train::optim::OptimConfig;
+use rlhf_train::schedule::LrSchedule;
+use serde::{Deserialize, Serialize};
+
+use crate::objective::{KlEstimator, PtxMode};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PpoConfig {
+    #[serde(default)]
+    pub seed: u64,
+    pub model: PpoModels,
+    pub data: PromptData,
+    /// The pretraining mix (PPO-ptx); without it, plain PPO.
+    #[serde(default)]
+    pub ptx: Option<PtxConfig>,
+    pub generate: GenerationConfig,
+    pub ppo: PpoTrainConfig,
+}
+
+/// The four models. `reference` defaults to `actor` and `critic` to `reward_model`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PpoModels {
+    /// The SFT model (`final/` of stage 1): the policy that is trained.
+    pub actor: PathBuf,
+    /// The frozen policy the KL penalty is measured against (default: `actor`).
+    #[serde(default)]
+    pub reference: Option<PathBuf>,
+    /// The frozen reward model (`final/` of stage 2).
+    pub reward_model: PathBuf,
+    /// The value model's starting point (default: `reward_model`).
+    #[serde(default)]
+    pub critic: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptData {
+    /// Prompts (`prompt`, `instruction` or `messages` records: InstructionWild, ColossalChat…).
+    pub prompts: PathBuf,
+    #[serde(default)]
+    pub format: Format,
+    /// Skip malformed records (counted and reported with their lines).
+    #[serde(default)]
+    pub skip_invalid: bool,
+    /// Prompts longer than this (in tokens, after the chat template) are dropped.
+    #[serde(default = "default_prompt_len")]
+    pub max_prompt_len: usize,
+    #[serde(default)]
+    pub template: Option<BuiltinTemplate>,
+}
+
+/// What the pretraining loss is computed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PtxKind {
+    /// Plain text (`text` records), every token a target.
+    #[default]
+    Pretrain,
+    /// Conversations (SFT records), assistant tokens only — ColossalChat's `ptx_dataset`.
+    Sft,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PtxConfig {
+    pub data: PathBuf,
+    #[serde(default)]
+    pub kind: PtxKind,
+    #[serde(default)]
+    pub format: Format,
+    #[serde(default)]
+    pub skip_invalid: bool,
+    /// γ (accumulate) or c (convex).
+    pub coef: f64,
+    #[serde(default)]
+    pub mode: PtxMode,
+    /// Pretraining sequences per actor step.
+    pub batch_size: usize,
+    #[serde(default = "default_ptx_len")]
+    pub max_len: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationConfig {
+    pub max_new_tokens: usize,
+    #[serde(default = "one_f")]
+    pub temperature: f64,
+    #[serde(default)]
+    pub top_k: Option<usize>,
+    #[serde(default)]
+    pub top_p: Option<f64>,
+}
+
+impl GenerationConfig {
+    pub fn sampler(&self) -> Sampler {
+        Sampler::Sample { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PpoTrainConfig {
+    pub iterations: usize,
+    /// Prompts sampled (one response each) per iteration.
+    pub rollout_batch_size: usize,
+    /// Responses per optimizer step.
+    pub minibatch_size: usize,
+    /// Responses per forward/backward (gradients of a minibatch's micro-batches are summed).
+    pub micro_batch_size: usize,
+    #[serde(default = "one")]
+    pub ppo_epochs: usize,
+    pub actor_lr: f64,
+    pub critic_lr: f64,
+    #[serde(default)]
+    pub warmup_updates: usize,
+    /// LR floor as a fraction of the peak at the last update (1.0: constant after warmup).
+    #[serde(default = "one_f")]
+    pub min_lr_ratio: f64,
+    #[serde(default)]
+    pub optim: OptimConfig,
+    /// β: weight of the per-token KL penalty.
+    pub kl_coef: f64,
+    #[serde(default)]
+    pub kl_estimator: KlEstimator,
+    /// Adaptive KL controller: the KL per response to steer β towards (off when absent).
+    #[serde(default)]
+    pub target_kl: Option<f64>,
+    #[serde(default = "default_horizon")]
+    pub kl_horizon: f64,
+    #[serde(default = "one_f")]
+    pub gamma: f64,
+    #[serde(default = "default_lam")]
+    pub lam: f64,
+    #[serde(default = "default_clip")]
+    pub clip_eps: f64,
+    /// ε_v of the clipped value loss (0: unclipped).
+    #[serde(default = "default_clip")]
+    pub value_clip: f64,
+    #[serde(default)]
+    pub entropy_coef: f64,
+    #[serde(default = "yes")]
+    pub whiten_advantages: bool,
+    /// Divide RM scores by the reference std in the RM's `reward.json`.
+    #[serde(default = "yes")]
+    pub normalize_score: bool,
+    /// Clip (normalised) RM scores to ±this (0: no clipping).
+    #[serde(default = "default_score_clip")]
+    pub score_clip: f64,
+    #[serde(default = "one")]
+    pub log_every: usize,
+    /// Checkpoint every N iterations (0: only at the end).
+    #[serde(default)]
+    pub save_every: usize,
+    #[serde(default = "two")]
+    pub keep_checkpoints: usize,
+    /// Write prompt/response samples to `samples.jsonl` every N iterations (0: never).
+    #[serde(default = "ten")]
+    pub sample_every: usize,
+    #[serde(default = "three")]
+    pub samples_per_log: usize,
+    /// Stop after this iteration as if interrupted (time-boxed runs; resume tests).
+    #[serde(default)]
+    pub halt_after: Option<usize>,
+}
+
+impl PpoTrainConfig {
+    pub fn actor_schedule(&self) -> LrSchedule {
+        LrSchedule { lr: self.actor_lr, warmup_steps: self.warmup_updates, min_lr_ratio: self.min_lr_ratio }
+    }
+    pub fn critic_schedule(&self) -> LrSchedule {
+        LrSchedule { lr: self.critic_lr, warmup_steps: self.warmup_updates, min_lr_ratio: self.min_lr_ratio }
+    }
+}
+
+fn default_prompt_len() -> usize {
+    256
+}
+fn default_ptx_len() -> usize {
+    512
+}
+fn default_horizon() -> f64 {
+    10_000.0
+}
+fn default_lam() -> f64 {
+    0.95
+}
+fn default_clip() -> f64 {
+    0.2
+}
+fn default_score_clip() -> f64 {
+    5.0
+}
+fn one() -> usize {
+    1
+}
+fn two() -> usize {
+    2
+}
+fn three() -> usize {
+    3
+}
+fn ten() -> usize {
+    10
+}
+fn one_f() -> f64 {
+    1.0
+}
+fn yes() -> bool {
+    true
+}
+
+impl PpoConfig {
+    /// Checks that need no data or models.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let p = &self.ppo;
+        let positive = [
+            ("ppo.iterations", p.iterations),
+            ("ppo.rollout_batch_size", p.rollout_batch_size),
+            ("ppo.minibatch_size", p.minibatch_size),
+            ("ppo.micro_batch_size", p.micro_batch_size),
+            ("ppo.ppo_epochs", p.ppo_epochs),
+            ("ppo.log_every", p.log_every),
+            ("generate.max_new_tokens", self.generate.max_new_tokens),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                bail!("{name} must be at least 1");
+            }
+        }
+        for (name, lr) in [("ppo.actor_lr", p.actor_lr), ("ppo.critic_lr", p.critic_lr)] {
+            if !(lr > 0.0 && lr.is_finite()) {
+                bail!("{name} must be a positive number, found {lr}");
+            }
+        }
+        if !(self.generate.temperature > 0.0) {
+            bail!("generate.temperature must be > 0");
+        }
+        if p.kl_coef < 0.0 || !(0.0..=1.0).contains(&p.gamma) || !(0.0..=1.0).contains(&p.lam) || p.clip_eps <= 0.0 {
+            bail!("ppo: kl_coef ≥ 0, gamma and lam in [0, 1], clip_eps > 0 are required");
+        }
+        if p.target_kl.is_some_and(|t| t <= 0.0) || p.kl_horizon <= 0.0 {
+            bail!("ppo.target_kl and ppo.kl_horizon must be positive");
+        }
+        if let Some(x) = &self.ptx {
+            if x.coef < 0.0 || (x.mode == PtxMode::Convex && x.coef > 1.0) {
+                bail!("ptx.coef must be ≥ 0 (and ≤ 1 with mode = \"convex\")");
+            }
+            if x.batch_size == 0 {
+                bail!("ptx.batch_size must be at least 1");
+            }
+        }
+        Ok(())
+    }
+}

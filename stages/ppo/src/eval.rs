@@ -1,0 +1,205 @@
+//! Held-out evaluation of policies: responses to prompts the models never trained on, scored by
+//! the reward model (normalised as in PPO) and, for the demo's prompts, by the demo oracle; the KL
+//! of one policy to another on its own responses; and the RM's win rate between two policies.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use rlhf_data::encode::encode_prompt;
+use rlhf_data::{load, ChatFormat, Encoded, Format, Kind, LoadOptions, Record, Tokenizer};
+use rlhf_model::{at_last_token, generate, CausalLm, GenerateConfig, RewardModel, Sampler};
+use serde::{Deserialize, Serialize};
+
+use crate::action_log_probs;
+
+/// The `[eval]` settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Held-out prompts.
+    pub prompts: PathBuf,
+    #[serde(default)]
+    pub format: Format,
+    /// Responses sampled per prompt and policy.
+    #[serde(default = "two")]
+    pub samples_per_prompt: usize,
+    pub max_new_tokens: usize,
+    /// Sampling temperature; 0 decodes greedily.
+    #[serde(default = "one_f")]
+    pub temperature: f64,
+    #[serde(default = "default_prompt_len")]
+    pub max_prompt_len: usize,
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    #[serde(default)]
+    pub seed: u64,
+    /// The PPO policy's KL to the SFT model (per response) should stay below this.
+    #[serde(default)]
+    pub max_kl: Option<f64>,
+}
+
+fn two() -> usize {
+    2
+}
+fn one_f() -> f64 {
+    1.0
+}
+fn default_prompt_len() -> usize {
+    256
+}
+fn default_batch() -> usize {
+    64
+}
+
+/// A held-out prompt: the last user message (what the oracle judges) and its encoding.
+#[derive(Debug, Clone)]
+pub struct EvalPrompt {
+    pub text: String,
+    pub ids: Vec<u32>,
+}
+
+pub fn read_eval_prompts(cfg: &EvalConfig, tok: &Tokenizer, fmt: &ChatFormat) -> anyhow::Result<Vec<EvalPrompt>> {
+    let loaded = load(&cfg.prompts, LoadOptions { kind: Kind::Prompt, format: cfg.format, skip_invalid: false })?;
+    let mut out = Vec::new();
+    for (line, r) in &loaded.records {
+        let Record::Prompt(msgs) = r else { continue };
+        let text = msgs.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone()).unwrap_or_default();
+        if let Encoded::Kept(ids) = encode_prompt(tok, fmt, msgs, cfg.max_prompt_len).with_context(|| format!("{}:{line}", cfg.prompts.display()))? {
+            out.push(EvalPrompt { text, ids });
+        }
+    }
+    Ok(out)
+}
+
+/// One sampled response and its scores.
+#[derive(Debug, Clone, Serialize)]
+pub struct Scored {
+    pub prompt: String,
+    pub response: String,
+    pub rm_score: f32,
+    pub oracle: Option<f64>,
+    /// Σ_t log π(a_t) of the response under the policy that wrote it, and under the baseline.
+    #[serde(skip)]
+    pub logp: f64,
+    #[serde(skip)]
+    pub baseline_logp: f64,
+}
+
+/// Means over a policy's responses.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyScores {
+    pub rm_score: f64,
+    /// Over prompts the demo oracle recognises; None when it recognises none.
+    pub oracle_score: Option<f64>,
+    /// Mean Σ_t (log π − log π_baseline) per response, when a baseline was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kl: Option<f64>,
+    pub response_len: f64,
+}
+
+/// Samples `samples_per_prompt` responses per prompt from `policy` and scores them. With a
+/// `baseline` policy, the log-probs of the responses under both are recorded (for the KL).
+#[allow(clippy::too_many_arguments)]
+pub fn sample_and_score<B: Backend>(
+    policy: &CausalLm<B>,
+    baseline: Option<&CausalLm<B>>,
+    rm: &RewardModel<B>,
+    score_std: Option<f64>,
+    prompts: &[EvalPrompt],
+    cfg: &EvalConfig,
+    tok: &Tokenizer,
+    stop_ids: &[u32],
+    pad_id: u32,
+    device: &B::Device,
+) -> anyhow::Result<Vec<Scored>> {
+    let sampler = if cfg.temperature > 0.0 { Sampler::Sample { temperature: cfg.temperature, top_k: None, top_p: None } } else { Sampler::Greedy };
+    let expanded: Vec<&EvalPrompt> = prompts.iter().flat_map(|p| std::iter::repeat_n(p, cfg.samples_per_prompt.max(1))).collect();
+    let mut out = Vec::with_capacity(expanded.len());
+    for (chunk_no, chunk) in expanded.chunks(cfg.batch_size.max(1)).enumerate() {
+        let ids: Vec<Vec<u32>> = chunk.iter().map(|p| p.ids.clone()).collect();
+        let gen_cfg = GenerateConfig {
+            max_new_tokens: cfg.max_new_tokens,
+            sampler: sampler.clone(),
+            stop_ids: stop_ids.to_vec(),
+            pad_id,
+            seed: Some(cfg.seed.wrapping_mul(7919).wrapping_add(chunk_no as u64)),
+        };
+        let g = generate(policy, &ids, &gen_cfg, device)?;
+        let prompt_len = g.prompt_ids.dims()[1];
+        let seq = Tensor::cat(vec![g.prompt_ids.clone(), g.new_ids.clone()], 1);
+        let attention = Tensor::cat(vec![g.prompt_mask.clone(), g.new_mask.clone()], 1);
+        let mask = g.new_mask.clone().float();
+        let raw = at_last_token(rm.forward(seq.clone(), attention.clone())?, attention.clone()).into_data().convert::<f32>().to_vec::<f32>().expect("f32");
+        let sums = |m: &CausalLm<B>| -> anyhow::Result<Vec<f64>> {
+            let (lp, _) = action_log_probs(m, seq.clone(), attention.clone(), prompt_len, false)?;
+            Ok((lp * mask.clone()).sum_dim(1).into_data().convert::<f64>().to_vec::<f64>().expect("f64"))
+        };
+        let (logp, base) = match baseline {
+            Some(b) => (sums(policy)?, sums(b)?),
+            None => (vec![0.0; chunk.len()], vec![0.0; chunk.len()]),
+        };
+        for (i, (p, gen)) in chunk.iter().zip(g.to_host()).enumerate() {
+            let response = tok.decode(&gen.new_ids, true)?;
+            let oracle = rlhf_data::demo::oracle(&p.text, &response).map(|s| s.total());
+            out.push(Scored {
+                prompt: p.text.clone(),
+                response,
+                rm_score: crate::objective::normalize_score(raw[i], score_std, 0.0),
+                oracle,
+                logp: logp[i],
+                baseline_logp: base[i],
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Means of scored responses; `with_kl` adds the mean log-ratio to the baseline.
+pub fn summarize(scored: &[Scored], with_kl: bool, tok: &Tokenizer) -> PolicyScores {
+    let n = scored.len().max(1) as f64;
+    let oracle: Vec<f64> = scored.iter().filter_map(|s| s.oracle).collect();
+    PolicyScores {
+        rm_score: scored.iter().map(|s| f64::from(s.rm_score)).sum::<f64>() / n,
+        oracle_score: (!oracle.is_empty()).then(|| oracle.iter().sum::<f64>() / oracle.len() as f64),
+        kl: with_kl.then(|| scored.iter().map(|s| s.logp - s.baseline_logp).sum::<f64>() / n),
+        response_len: scored.iter().map(|s| tok.encode(&s.response, false).map_or(0, |v| v.len()) as f64).sum::<f64>() / n,
+    }
+}
+
+/// Share of paired responses (same prompt, same sample slot) where the RM prefers `a` (ties ½).
+pub fn win_rate(a: &[Scored], b: &[Scored]) -> f64 {
+    let n = a.len().min(b.len()).max(1) as f64;
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| match x.rm_score.partial_cmp(&y.rm_score) {
+            Some(std::cmp::Ordering::Greater) => 1.0,
+            Some(std::cmp::Ordering::Equal) => 0.5,
+            _ => 0.0,
+        })
+        .sum::<f64>()
+        / n
+}
+
+/// The reward model's held-out pairwise accuracy, as its run last logged it.
+pub fn rm_pairwise_acc(reward_run: &Path) -> Option<f64> {
+    let rows = rlhf_train::metrics::read_metrics(&reward_run.join("metrics.jsonl")).ok()?;
+    rows.iter().rev().find_map(|r| r.get("eval_pairwise_acc")?.as_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(rm: f32) -> Scored {
+        Scored { prompt: String::new(), response: String::new(), rm_score: rm, oracle: None, logp: 0.0, baseline_logp: 0.0 }
+    }
+
+    #[test]
+    fn win_rate_counts_ties_as_half() {
+        let a = [s(1.0), s(0.0), s(2.0), s(1.0)];
+        let b = [s(0.0), s(1.0), s(2.0), s(0.5)];
+        assert_eq!(win_rate(&a, &b), (1.0 + 0.0 + 0.5 + 1.0) / 4.0);
+    }
+}

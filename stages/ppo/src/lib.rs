@@ -1,0 +1,608 @@
+//! Stage 3: PPO-ptx. The actor (from SFT) samples responses; a frozen reference (SFT) and a frozen
+//! reward model score them; a critic (initialised from the reward model) estimates values; the
+//! actor and critic are updated with clipped PPO losses, and the actor also keeps a language-model
+//! loss on pretraining data (InstructGPT's PPO-ptx).
+//!
+//! One iteration reads like the algorithm:
+//! 1. [`Trainer::make_experience`]: prompts → generate (no autodiff) → log π_old, log π_ref, V, RM
+//!    score → rewards (−β·KL per token + score on the last token) → GAE → advantages, returns.
+//! 2. [`Trainer::update`]: `ppo_epochs` × minibatches: actor step on L_policy (+ entropy, + ptx),
+//!    critic step on L_value.
+
+pub mod config;
+pub mod eval;
+pub mod objective;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use burn::module::AutodiffModule;
+use burn::optim::{adaptor::OptimizerAdaptor, AdamW, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use rlhf_data::batch::{shuffled, EpochOrder};
+use rlhf_data::encode::{encode_prompt, SftSample};
+use rlhf_data::{load, ChatFormat, Encoded, Kind, LoadOptions, Record, Tokenizer};
+use rlhf_model::{at_last_token, generate, CausalLm, GenerateConfig, RewardModel};
+use rlhf_train::checkpoint::{latest_checkpoint, load_state, load_trainable, record_trainable, save_checkpoint_with};
+use rlhf_train::metrics::MetricsLog;
+use rlhf_train::optim::clip_global_norm;
+use rlhf_train::schedule::get_lr;
+use serde::{Deserialize, Serialize};
+
+pub use config::{GenerationConfig, PpoConfig, PpoModels, PpoTrainConfig, PromptData, PtxConfig, PtxKind};
+use objective::*;
+
+type Adam<M, B> = OptimizerAdaptor<AdamW, M, B>;
+
+/// Where a PPO run stands (saved with every checkpoint).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PpoState {
+    /// Iterations completed.
+    pub iteration: usize,
+    /// Optimizer steps taken (actor and critic step together).
+    pub updates: usize,
+    pub seed: u64,
+    /// β, which the adaptive controller changes.
+    pub kl_coef: f64,
+}
+
+/// Reads and encodes a prompt set; too-long prompts are dropped and counted.
+pub fn read_prompts(path: &Path, data: &PromptData, tok: &Tokenizer, fmt: &ChatFormat) -> anyhow::Result<Vec<Vec<u32>>> {
+    let loaded = load(path, LoadOptions { kind: Kind::Prompt, format: data.format, skip_invalid: data.skip_invalid })?;
+    if loaded.skipped.count() > 0 {
+        eprintln!("{}: {}", path.display(), loaded.skipped);
+    }
+    let (mut prompts, mut dropped) = (Vec::new(), 0);
+    for (line, r) in &loaded.records {
+        let Record::Prompt(msgs) = r else { continue };
+        match encode_prompt(tok, fmt, msgs, data.max_prompt_len).with_context(|| format!("{}:{line}", path.display()))? {
+            Encoded::Kept(ids) | Encoded::Truncated(ids) => prompts.push(ids),
+            Encoded::Dropped => dropped += 1,
+        }
+    }
+    if dropped > 0 {
+        eprintln!("{}: {dropped} prompts longer than {} tokens dropped", path.display(), data.max_prompt_len);
+    }
+    Ok(prompts)
+}
+
+/// The reference std of a reward model's scores (its `reward.json`), if recorded.
+pub fn reward_std(dir: &Path) -> Option<f64> {
+    let text = std::fs::read_to_string(dir.join("reward.json")).ok()?;
+    serde_json::from_str::<serde_json::Value>(&text).ok()?.pointer("/normalization/std")?.as_f64()
+}
+
+/// log π(a_t | s_t) of each response token, and optionally the policy entropy there.
+/// Positions `prompt_len − 1 .. T − 1` predict the response tokens `prompt_len .. T`.
+///
+/// # Shapes
+/// - `ids`, `attention`: [rows, T] → [rows, T − prompt_len] (twice)
+pub fn action_log_probs<B: Backend>(
+    model: &CausalLm<B>,
+    ids: Tensor<B, 2, Int>,
+    attention: Tensor<B, 2, Int>,
+    prompt_len: usize,
+    with_entropy: bool,
+) -> anyhow::Result<(Tensor<B, 2>, Option<Tensor<B, 2>>)> {
+    let [rows, total] = ids.dims();
+    let hidden = model.model.forward(ids.clone(), attention, None)?;
+    let d = hidden.dims()[2];
+    let logits = model.logits(hidden.slice([0..rows, prompt_len - 1..total - 1, 0..d]));
+    let log_probs = log_softmax(logits, 2);
+    let actions = ids.slice([0..rows, prompt_len..total]);
+    let entropy = with_entropy.then(|| token_entropy(log_probs.clone()));
+    let logp = log_probs.gather(2, actions.unsqueeze_dim(2)).squeeze_dim::<2>(2);
+    Ok((logp, entropy))
+}
+
+/// V(s_t) for each response token: the critic's output at the position before it.
+///
+/// # Shapes
+/// - `ids`, `attention`: [rows, T] → [rows, T − prompt_len]
+pub fn action_values<B: Backend>(critic: &RewardModel<B>, ids: Tensor<B, 2, Int>, attention: Tensor<B, 2, Int>, prompt_len: usize) -> anyhow::Result<Tensor<B, 2>> {
+    let [rows, total] = ids.dims();
+    Ok(critic.forward(ids, attention)?.slice([0..rows, prompt_len - 1..total - 1]))
+}
+
+/// One iteration's experience, on the device (inference backend), rows = sampled responses.
+pub struct Rollout<B: Backend> {
+    /// [rows, P + S]: left-padded prompt, then the response (padding after a stop).
+    pub ids: Tensor<B, 2, Int>,
+    pub attention: Tensor<B, 2, Int>,
+    /// P: the common (padded) prompt length.
+    pub prompt_len: usize,
+    /// [rows, S]: 1.0 on response tokens.
+    pub action_mask: Tensor<B, 2>,
+    pub old_logp: Tensor<B, 2>,
+    pub old_values: Tensor<B, 2>,
+    pub advantages: Tensor<B, 2>,
+    pub returns: Tensor<B, 2>,
+    /// Response tokens of each row (host).
+    pub lengths: Vec<usize>,
+}
+
+/// Per-iteration rollout statistics (means over responses).
+#[derive(Debug, Clone, Default)]
+pub struct RolloutStats {
+    pub rm_score: f64,
+    /// Σ_t kl_t per response (k1 or k3, as configured).
+    pub kl: f64,
+    /// Σ_t r_t per response.
+    pub reward: f64,
+    pub response_len: f64,
+    /// Scores after normalisation and clipping, per row.
+    pub scores: Vec<f32>,
+    pub kl_per_row: Vec<f64>,
+}
+
+/// Wall-clock split of one iteration.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timing {
+    pub generate_s: f64,
+    pub score_s: f64,
+    pub train_s: f64,
+    pub generated_tokens: usize,
+    pub trained_tokens: usize,
+}
+
+/// Averages of the update's diagnostics over its optimizer steps.
+#[derive(Debug, Clone, Default)]
+pub struct UpdateStats {
+    pub policy_loss: f64,
+    pub value_loss: f64,
+    pub ptx_loss: f64,
+    pub entropy: f64,
+    pub clip_frac: f64,
+    pub approx_kl: f64,
+    pub ratio_max: f64,
+    pub actor_grad_norm: f64,
+    pub critic_grad_norm: f64,
+}
+
+fn host_rows(t: Tensor<impl Backend, 2>) -> Vec<Vec<f32>> {
+    let [rows, cols] = t.dims();
+    let v = t.into_data().convert::<f32>().to_vec::<f32>().expect("f32");
+    (0..rows).map(|r| v[r * cols..(r + 1) * cols].to_vec()).collect()
+}
+
+fn device_rows<B: Backend>(rows: &[Vec<f32>], device: &B::Device) -> Tensor<B, 2> {
+    let cols = rows.first().map_or(0, Vec::len);
+    Tensor::from_data(TensorData::new(rows.concat(), [rows.len(), cols]), device)
+}
+
+fn index<B: Backend>(rows: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
+    Tensor::from_data(TensorData::new(rows.iter().map(|&r| r as i64).collect::<Vec<_>>(), [rows.len()]), device)
+}
+
+/// Everything PPO holds: the four models, two optimizers, prompts, ptx data and settings.
+pub struct Trainer<B: AutodiffBackend> {
+    pub cfg: PpoConfig,
+    pub actor: CausalLm<B>,
+    pub critic: RewardModel<B>,
+    pub reference: CausalLm<B::InnerBackend>,
+    pub reward_model: RewardModel<B::InnerBackend>,
+    actor_optim: Adam<CausalLm<B>, B>,
+    critic_optim: Adam<RewardModel<B>, B>,
+    pub prompts: Vec<Vec<u32>>,
+    pub ptx: Vec<SftSample>,
+    pub state: PpoState,
+    pub gen: GenerateConfig,
+    pub score_std: Option<f64>,
+    pub pad_id: u32,
+    pub device: B::Device,
+    prompt_order: EpochOrder,
+    ptx_order: EpochOrder,
+}
+
+impl<B: AutodiffBackend> Trainer<B> {
+    /// Builds a trainer from models already loaded (the stage's `run` and the benchmark use it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cfg: PpoConfig,
+        actor: CausalLm<B>,
+        critic: RewardModel<B>,
+        reference: CausalLm<B::InnerBackend>,
+        reward_model: RewardModel<B::InnerBackend>,
+        prompts: Vec<Vec<u32>>,
+        ptx: Vec<SftSample>,
+        stop_ids: Vec<u32>,
+        pad_id: u32,
+        score_std: Option<f64>,
+        device: B::Device,
+    ) -> Self {
+        let g = &cfg.generate;
+        let gen = GenerateConfig { max_new_tokens: g.max_new_tokens, sampler: g.sampler(), stop_ids, pad_id, seed: None };
+        let state = PpoState { iteration: 0, updates: 0, seed: cfg.seed, kl_coef: cfg.ppo.kl_coef };
+        Self {
+            actor_optim: cfg.ppo.optim.adamw::<B, CausalLm<B>>(),
+            critic_optim: cfg.ppo.optim.adamw::<B, RewardModel<B>>(),
+            prompt_order: EpochOrder::new(prompts.len(), cfg.seed),
+            ptx_order: EpochOrder::new(ptx.len().max(1), cfg.seed ^ 0x5054_58),
+            cfg,
+            actor,
+            critic,
+            reference,
+            reward_model,
+            prompts,
+            ptx,
+            state,
+            gen,
+            score_std,
+            pad_id,
+            device,
+        }
+    }
+
+    /// The prompts of iteration `iteration`: a pure function of (seed, iteration).
+    pub fn iteration_prompts(&self, iteration: usize) -> Vec<Vec<u32>> {
+        let n = self.cfg.ppo.rollout_batch_size;
+        (iteration * n..(iteration + 1) * n).map(|p| self.prompts[self.prompt_order.at(p)].clone()).collect()
+    }
+
+    /// Rows of `[rows, cols]` tensors in chunks of `micro_batch_size`, concatenated back.
+    fn in_chunks<I: Backend>(&self, rows: usize, mut f: impl FnMut(std::ops::Range<usize>) -> anyhow::Result<Tensor<I, 2>>) -> anyhow::Result<Tensor<I, 2>> {
+        let step = self.cfg.ppo.micro_batch_size.max(1);
+        let parts = (0..rows).step_by(step).map(|s| f(s..(s + step).min(rows))).collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Tensor::cat(parts, 0))
+    }
+
+    /// Step 1: sample responses and turn them into advantages and returns.
+    pub fn make_experience(&self, prompts: &[Vec<u32>], iteration: usize, timing: &mut Timing) -> anyhow::Result<(Rollout<B::InnerBackend>, RolloutStats)> {
+        let device = &self.device;
+        let ppo = &self.cfg.ppo;
+        let clock = Instant::now();
+        let actor = self.actor.valid();
+        let gen_cfg = GenerateConfig { seed: Some(self.cfg.seed.wrapping_mul(1_000_003).wrapping_add(iteration as u64)), ..self.gen.clone() };
+        let out = generate(&actor, prompts, &gen_cfg, device)?;
+        let prompt_len = out.prompt_ids.dims()[1];
+        let steps = out.new_ids.dims()[1];
+        let rows = prompts.len();
+        let ids = Tensor::cat(vec![out.prompt_ids, out.new_ids], 1);
+        let attention = Tensor::cat(vec![out.prompt_mask, out.new_mask.clone()], 1);
+        let action_mask = out.new_mask.float();
+        let mask_host: Vec<Vec<bool>> = host_rows(action_mask.clone()).into_iter().map(|r| r.into_iter().map(|m| m > 0.5).collect()).collect();
+        let lengths: Vec<usize> = mask_host.iter().map(|r| r.iter().filter(|&&m| m).count()).collect();
+        timing.generate_s = clock.elapsed().as_secs_f64();
+        timing.generated_tokens = lengths.iter().sum();
+
+        let clock = Instant::now();
+        let critic = self.critic.valid();
+        let slice = |t: &Tensor<B::InnerBackend, 2, Int>, r: &std::ops::Range<usize>| t.clone().slice([r.clone(), 0..prompt_len + steps]);
+        let old_logp = self.in_chunks(rows, |r| Ok(action_log_probs(&actor, slice(&ids, &r), slice(&attention, &r), prompt_len, false)?.0))?;
+        let ref_logp = self.in_chunks(rows, |r| Ok(action_log_probs(&self.reference, slice(&ids, &r), slice(&attention, &r), prompt_len, false)?.0))?;
+        let old_values = self.in_chunks(rows, |r| action_values(&critic, slice(&ids, &r), slice(&attention, &r), prompt_len))?;
+        let raw_scores = self.in_chunks(rows, |r| {
+            let (i, a) = (slice(&ids, &r), slice(&attention, &r));
+            Ok(at_last_token(self.reward_model.forward(i, a.clone())?, a).unsqueeze_dim::<2>(1))
+        })?;
+        let kl = kl_per_token(old_logp.clone(), ref_logp, ppo.kl_estimator) * action_mask.clone();
+        let kl_host = host_rows(kl);
+        let values_host = host_rows(old_values.clone());
+        let raw_host: Vec<f32> = host_rows(raw_scores).into_iter().map(|r| r[0]).collect();
+        let scores: Vec<f32> = raw_host.iter().map(|&s| normalize_score(s, self.score_std, ppo.score_clip)).collect();
+
+        let rewards = shaped_rewards(&kl_host, &mask_host, &scores, self.state.kl_coef);
+        let (advantages, returns) = gae(&rewards, &values_host, &mask_host, ppo.gamma, ppo.lam);
+        let advantages = if ppo.whiten_advantages { whiten(&advantages, &mask_host) } else { advantages };
+        timing.score_s = clock.elapsed().as_secs_f64();
+
+        let n = rows as f64;
+        let kl_per_row: Vec<f64> = kl_host.iter().map(|r| r.iter().map(|&k| f64::from(k)).sum()).collect();
+        let stats = RolloutStats {
+            rm_score: raw_host.iter().map(|&s| f64::from(s)).sum::<f64>() / n,
+            kl: kl_per_row.iter().sum::<f64>() / n,
+            reward: rewards.iter().flatten().map(|&r| f64::from(r)).sum::<f64>() / n,
+            response_len: lengths.iter().sum::<usize>() as f64 / n,
+            scores,
+            kl_per_row,
+        };
+        let rollout = Rollout {
+            ids,
+            attention,
+            prompt_len,
+            action_mask,
+            old_logp,
+            old_values,
+            advantages: device_rows(&advantages, device),
+            returns: device_rows(&returns, device),
+            lengths,
+        };
+        Ok((rollout, stats))
+    }
+
+    /// Step 2: `ppo_epochs` passes over the rollout in shuffled minibatches; one actor and one
+    /// critic step per minibatch.
+    pub fn update(&mut self, rollout: Rollout<B::InnerBackend>, iteration: usize, timing: &mut Timing) -> anyhow::Result<UpdateStats> {
+        let clock = Instant::now();
+        let ppo = self.cfg.ppo.clone();
+        let rows = rollout.lengths.len();
+        let total_updates = ppo.iterations * ppo.ppo_epochs * rows.div_ceil(ppo.minibatch_size);
+        let mut st = UpdateStats::default();
+        let (mut steps, mut tokens_total, mut mask_total) = (0usize, 0usize, 0.0f64);
+        let (w_ppo, w_ptx) = match &self.cfg.ptx {
+            Some(p) => ptx_weights(p.mode, p.coef),
+            None => (1.0, 0.0),
+        };
+        for epoch in 0..ppo.ppo_epochs {
+            let order = shuffled(rows, self.cfg.seed, (iteration * ppo.ppo_epochs + epoch) as u64);
+            for minibatch in order.chunks(ppo.minibatch_size) {
+                let tokens = minibatch.iter().map(|&r| rollout.lengths[r]).sum::<usize>().max(1) as f64;
+                let (actor_lr, critic_lr) = (
+                    get_lr(&ppo.actor_schedule(), self.state.updates, total_updates),
+                    get_lr(&ppo.critic_schedule(), self.state.updates, total_updates),
+                );
+                // Actor: clipped policy loss (− entropy bonus), then the ptx term.
+                let mut acc = GradientsAccumulator::<CausalLm<B>>::new();
+                for micro in minibatch.chunks(ppo.micro_batch_size) {
+                    let (ids, attention, mask, old_logp, adv, _, _) = self.select(&rollout, micro);
+                    let (logp, entropy) = action_log_probs(&self.actor, ids.clone(), attention, rollout.prompt_len, true)?;
+                    let entropy = entropy.expect("requested");
+                    let (loss, diag) = policy_loss(logp, old_logp, adv, mask.clone(), ppo.clip_eps, tokens);
+                    let entropy_sum = (entropy * mask.clone()).sum();
+                    let loss = loss * w_ppo - entropy_sum.clone() * (ppo.entropy_coef * w_ppo / tokens);
+                    let mut host = diag.into_data().convert::<f64>().to_vec::<f64>().expect("f64");
+                    host.push(loss.clone().into_scalar().elem::<f64>());
+                    host.push(entropy_sum.into_scalar().elem::<f64>());
+                    st.clip_frac += host[0];
+                    st.approx_kl += host[1];
+                    st.ratio_max = st.ratio_max.max(host[2]);
+                    st.policy_loss += host[3];
+                    st.entropy += host[4];
+                    mask_total += mask.sum().into_scalar().elem::<f64>();
+                    tokens_total += ids.dims()[0] * ids.dims()[1];
+                    acc.accumulate(&self.actor, GradientsParams::from_grads(loss.backward(), &self.actor));
+                }
+                if w_ptx > 0.0 && !self.ptx.is_empty() {
+                    let ptx_cfg = self.cfg.ptx.as_ref().expect("ptx weights come from a ptx section");
+                    let first = self.state.updates * ptx_cfg.batch_size;
+                    let batch: Vec<&SftSample> = (first..first + ptx_cfg.batch_size).map(|p| &self.ptx[self.ptx_order.at(p)]).collect();
+                    let targets = batch.iter().map(|s| rlhf_sft::targets(s)).sum::<usize>().max(1) as f64;
+                    for micro in batch.chunks(ppo.micro_batch_size) {
+                        let loss = rlhf_sft::lm_loss(&self.actor, micro, self.pad_id, targets, &self.device)?;
+                        st.ptx_loss += loss.clone().into_scalar().elem::<f64>();
+                        tokens_total += micro.iter().map(|s| s.ids.len()).sum::<usize>();
+                        acc.accumulate(&self.actor, GradientsParams::from_grads((loss * w_ptx).backward(), &self.actor));
+                    }
+                }
+                let mut grads = acc.grads();
+                st.actor_grad_norm += clip_global_norm(&self.actor, &mut grads, ppo.optim.grad_clip);
+                self.actor = self.actor_optim.step(actor_lr, self.actor.clone(), grads);
+
+                // Critic: clipped value loss.
+                let mut acc = GradientsAccumulator::<RewardModel<B>>::new();
+                for micro in minibatch.chunks(ppo.micro_batch_size) {
+                    let (ids, attention, mask, _, _, old_values, returns) = self.select(&rollout, micro);
+                    let values = action_values(&self.critic, ids, attention, rollout.prompt_len)?;
+                    let loss = value_loss(values, old_values, returns, mask, ppo.value_clip, tokens);
+                    st.value_loss += loss.clone().into_scalar().elem::<f64>();
+                    acc.accumulate(&self.critic, GradientsParams::from_grads(loss.backward(), &self.critic));
+                }
+                let mut grads = acc.grads();
+                st.critic_grad_norm += clip_global_norm(&self.critic, &mut grads, ppo.optim.grad_clip);
+                self.critic = self.critic_optim.step(critic_lr, self.critic.clone(), grads);
+                self.state.updates += 1;
+                steps += 1;
+            }
+        }
+        let s = steps.max(1) as f64;
+        st.policy_loss /= s;
+        st.value_loss /= s;
+        st.ptx_loss /= s;
+        st.actor_grad_norm /= s;
+        st.critic_grad_norm /= s;
+        // Token-weighted over all passes.
+        st.entropy /= mask_total.max(1.0);
+        st.clip_frac /= mask_total.max(1.0);
+        st.approx_kl /= mask_total.max(1.0);
+        timing.train_s = clock.elapsed().as_secs_f64();
+        timing.trained_tokens = tokens_total;
+        Ok(st)
+    }
+
+    /// The rows `micro` of a rollout, moved onto the autodiff backend:
+    /// (ids, attention, mask, old log-probs, advantages, old values, returns).
+    #[allow(clippy::type_complexity)]
+    fn select(
+        &self,
+        r: &Rollout<B::InnerBackend>,
+        micro: &[usize],
+    ) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>, Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>) {
+        let idx = index::<B::InnerBackend>(micro, &self.device);
+        let f = |t: &Tensor<B::InnerBackend, 2>| Tensor::<B, 2>::from_inner(t.clone().select(0, idx.clone()));
+        let i = |t: &Tensor<B::InnerBackend, 2, Int>| Tensor::<B, 2, Int>::from_inner(t.clone().select(0, idx.clone()));
+        (i(&r.ids), i(&r.attention), f(&r.action_mask), f(&r.old_logp), f(&r.advantages), f(&r.old_values), f(&r.returns))
+    }
+
+    /// One whole iteration; returns the metrics line.
+    pub fn iteration(&mut self, iteration: usize) -> anyhow::Result<(Vec<(String, f64)>, RolloutStats, Vec<Vec<u32>>, Vec<Vec<u32>>)> {
+        let prompts = self.iteration_prompts(iteration);
+        let mut timing = Timing::default();
+        let (rollout, roll) = self.make_experience(&prompts, iteration, &mut timing)?;
+        let responses = response_ids(&rollout);
+        let kl_coef = self.state.kl_coef;
+        // The rollout is consumed (and its tensors dropped) by the update.
+        let upd = self.update(rollout, iteration, &mut timing)?;
+        if let Some(target) = self.cfg.ppo.target_kl {
+            let mut c = AdaptiveKl { value: self.state.kl_coef, target, horizon: self.cfg.ppo.kl_horizon };
+            c.update(roll.kl, prompts.len());
+            self.state.kl_coef = c.value;
+        }
+        let metrics = vec![
+            ("rm_score", roll.rm_score),
+            ("kl", roll.kl),
+            ("reward", roll.reward),
+            ("policy_loss", upd.policy_loss),
+            ("value_loss", upd.value_loss),
+            ("ptx_loss", upd.ptx_loss),
+            ("entropy", upd.entropy),
+            ("clip_frac", upd.clip_frac),
+            ("approx_kl", upd.approx_kl),
+            ("ratio_max", upd.ratio_max),
+            ("response_len", roll.response_len),
+            ("kl_coef", kl_coef),
+            ("actor_grad_norm", upd.actor_grad_norm),
+            ("critic_grad_norm", upd.critic_grad_norm),
+            ("gen_tokens_per_s", timing.generated_tokens as f64 / timing.generate_s.max(1e-9)),
+            ("train_tokens_per_s", timing.trained_tokens as f64 / timing.train_s.max(1e-9)),
+            ("generate_s", timing.generate_s),
+            ("score_s", timing.score_s),
+            ("train_s", timing.train_s),
+        ];
+        Ok((metrics.into_iter().map(|(k, v)| (k.to_string(), v)).collect(), roll, prompts, responses))
+    }
+
+    fn save(&self, out: &Path) -> anyhow::Result<PathBuf> {
+        let json = serde_json::to_string_pretty(&self.state)?;
+        Ok(save_checkpoint_with(out, self.state.iteration, &json, self.cfg.ppo.keep_checkpoints, |tmp| {
+            record_trainable(tmp, "actor", &self.actor, &self.actor_optim)?;
+            record_trainable(tmp, "critic", &self.critic, &self.critic_optim)
+        })?)
+    }
+
+    fn load(&mut self, dir: &Path) -> anyhow::Result<()> {
+        let optim = self.cfg.ppo.optim;
+        let (actor, ao) = load_trainable(dir, "actor", self.actor.clone(), optim.adamw::<B, CausalLm<B>>(), &self.device)?;
+        let (critic, co) = load_trainable(dir, "critic", self.critic.clone(), optim.adamw::<B, RewardModel<B>>(), &self.device)?;
+        (self.actor, self.actor_optim, self.critic, self.critic_optim) = (actor, ao, critic, co);
+        self.state = load_state(dir)?;
+        Ok(())
+    }
+}
+
+/// Each row's response tokens (host), cut at its length.
+fn response_ids<B: Backend>(r: &Rollout<B>) -> Vec<Vec<u32>> {
+    let [rows, total] = r.ids.dims();
+    let ids = r.ids.clone().slice([0..rows, r.prompt_len..total]).into_data().convert::<i64>().to_vec::<i64>().expect("ids");
+    let s = total - r.prompt_len;
+    (0..rows).map(|i| ids[i * s..i * s + r.lengths[i]].iter().map(|&t| t as u32).collect()).collect()
+}
+
+/// Runs stage 3 into `out`: `metrics.jsonl` (by iteration), `samples.jsonl`, checkpoints, and the
+/// actor as a Hugging Face folder in `out/final/`.
+pub fn run<B: AutodiffBackend>(cfg: &PpoConfig, out: &Path, resume: bool, device: &B::Device) -> anyhow::Result<CausalLm<B::InnerBackend>> {
+    cfg.validate()?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    rlhf_train::config::write_resolved(out, cfg)?;
+    B::seed(device, cfg.seed);
+    let m = &cfg.model;
+    let tok = Tokenizer::from_dir(&m.actor)?;
+    let fmt = ChatFormat::resolve(&tok, cfg.data.template)?;
+    let actor = CausalLm::<B>::from_hf_dir(&m.actor, device)?;
+    let reference = CausalLm::<B::InnerBackend>::from_hf_dir(m.reference.as_ref().unwrap_or(&m.actor), device)?;
+    let reward_model = RewardModel::<B::InnerBackend>::from_dir(&m.reward_model, device)?;
+    let critic = RewardModel::<B>::from_dir(m.critic.as_ref().unwrap_or(&m.reward_model), device)?;
+    let positions = actor.config().max_position_embeddings;
+    if cfg.data.max_prompt_len + cfg.generate.max_new_tokens > positions {
+        bail!(
+            "data.max_prompt_len ({}) + generate.max_new_tokens ({}) exceeds the actor's {positions} positions",
+            cfg.data.max_prompt_len,
+            cfg.generate.max_new_tokens
+        );
+    }
+    let prompts = read_prompts(&cfg.data.prompts, &cfg.data, &tok, &fmt)?;
+    if prompts.is_empty() {
+        bail!("{}: no prompts to train on", cfg.data.prompts.display());
+    }
+    let ptx = match &cfg.ptx {
+        Some(p) => {
+            let mode = if p.kind == PtxKind::Sft { rlhf_sft::Mode::Sft } else { rlhf_sft::Mode::Pretrain };
+            let files = rlhf_data::DataFiles {
+                train: p.data.clone(),
+                eval: None,
+                eval_fraction: 0.0,
+                format: p.format,
+                skip_invalid: p.skip_invalid,
+                max_len: p.max_len.min(positions),
+                template: cfg.data.template,
+            };
+            let samples = rlhf_sft::prepare(&p.data, &files, mode, &tok, &fmt)?.samples;
+            if samples.is_empty() && p.coef > 0.0 {
+                bail!("{}: no pretraining samples for the ptx term", p.data.display());
+            }
+            samples
+        }
+        None => vec![],
+    };
+    let pad_id = actor.config().pad_token_id.or(tok.pad_id()).or(tok.eos_id()).unwrap_or(0);
+    let stop_ids = fmt.stop_ids(&tok);
+    eprintln!(
+        "ppo: {:.2}M-parameter actor; {} prompts, {} ptx samples; {} iterations × {} rollouts",
+        actor.config().num_params() as f64 / 1e6,
+        prompts.len(),
+        ptx.len(),
+        cfg.ppo.iterations,
+        cfg.ppo.rollout_batch_size
+    );
+    let score_std = if cfg.ppo.normalize_score { reward_std(&m.reward_model) } else { None };
+    let mut t = Trainer::<B>::new(cfg.clone(), actor, critic, reference, reward_model, prompts, ptx, stop_ids, pad_id, score_std, device.clone());
+    if resume {
+        if let Some(dir) = latest_checkpoint(out) {
+            t.load(&dir)?;
+            eprintln!("resuming from {} (iteration {})", dir.display(), t.state.iteration);
+        }
+    }
+    let resumed_at = resume.then_some(t.state.iteration);
+    let mut metrics = MetricsLog::open(out, "iteration", resumed_at)?;
+    let samples_path = out.join("samples.jsonl");
+    rlhf_train::metrics::truncate_jsonl(&samples_path, "iteration", resumed_at)?;
+    let mut samples = std::fs::OpenOptions::new().create(true).append(true).open(&samples_path).with_context(|| format!("opening {}", samples_path.display()))?;
+    let ppo = &cfg.ppo;
+    let started = Instant::now();
+    let first = t.state.iteration;
+    for iteration in t.state.iteration..ppo.iterations {
+        let (values, roll, prompts, responses) = t.iteration(iteration)?;
+        t.state.iteration = iteration + 1;
+        let done = t.state.iteration;
+        if values.iter().any(|(_, v)| !v.is_finite()) {
+            bail!("iteration {done}: non-finite metrics {values:?}; the last good checkpoint is kept");
+        }
+        if done % ppo.log_every == 0 || done == ppo.iterations {
+            metrics.log(done, &values)?;
+            let get = |k: &str| values.iter().find(|(n, _)| n == k).map_or(0.0, |(_, v)| *v);
+            let per = started.elapsed().as_secs_f64() / (done - first) as f64;
+            eprintln!(
+                "iter {done:>4}/{} rm_score {:.3} kl {:.3} reward {:.3} policy_loss {:.4} value_loss {:.4} ptx {:.3} len {:.1} gen/score/train {:.1}/{:.1}/{:.1}s eta {:.0}s",
+                ppo.iterations,
+                get("rm_score"),
+                get("kl"),
+                get("reward"),
+                get("policy_loss"),
+                get("value_loss"),
+                get("ptx_loss"),
+                get("response_len"),
+                get("generate_s"),
+                get("score_s"),
+                get("train_s"),
+                per * (ppo.iterations - done) as f64
+            );
+        }
+        if ppo.sample_every > 0 && (done % ppo.sample_every == 0 || done == 1) {
+            for i in 0..ppo.samples_per_log.min(prompts.len()) {
+                let line = serde_json::json!({
+                    "iteration": done,
+                    "prompt": tok.decode(&prompts[i], false)?,
+                    "response": tok.decode(&responses[i], true)?,
+                    "score": roll.scores[i],
+                    "kl": roll.kl_per_row[i],
+                });
+                writeln!(samples, "{line}").with_context(|| format!("writing {}", samples_path.display()))?;
+            }
+        }
+        let last = done == ppo.iterations;
+        if (ppo.save_every > 0 && done % ppo.save_every == 0) || last {
+            t.save(out)?;
+        }
+        if ppo.halt_after == Some(done) && !last {
+            eprintln!("halting after iteration {done} (ppo.halt_after)");
+            return Ok(t.actor.valid());
+        }
+    }
+    let actor = t.actor.valid();
+    actor.save_hf_dir(&out.join("final"), Some(&m.actor))?;
+    eprintln!("ppo: final actor in {}", out.join("final").display());
+    Ok(actor)
+}
