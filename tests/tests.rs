@@ -5,5 +5,7 @@ mod data;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod model;
+mod pipeline;
+mod ppo;
 mod reward;
 mod sft;

@@ -190,3 +190,104 @@ impl rlhf_model::backend::TrainTask for SftBench {
 pub fn run_sft(args: SftBench) -> anyhow::Result<()> {
     rlhf_model::backend::dispatch_train(args.device, args.clone())?
 }
+
+#[derive(Debug, Clone, Args)]
+pub struct PpoBench {
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
+    /// Prompts (one response each) per iteration.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    #[arg(long, default_value_t = 32)]
+    prompt_len: usize,
+    /// Response length (a random model never stops early).
+    #[arg(long, default_value_t = 64)]
+    new_tokens: usize,
+    /// Responses per forward/backward.
+    #[arg(long, default_value_t = 8)]
+    micro_batch: usize,
+    #[command(flatten)]
+    size: BenchModel,
+    /// Timed iterations after one warm-up.
+    #[arg(long, default_value_t = 2)]
+    iterations: usize,
+}
+
+impl rlhf_model::backend::TrainTask for PpoBench {
+    type Output = anyhow::Result<()>;
+
+    /// One PPO-ptx iteration (1 epoch, 2 minibatches, ptx on) of four random models of the given size,
+    /// with its time split into generation / scoring / training.
+    fn run<B: burn::tensor::backend::AutodiffBackend>(self, device: B::Device) -> Self::Output {
+        use burn::module::AutodiffModule;
+        let max_pos = self.prompt_len + self.new_tokens;
+        let (cfg, actor) = self.size.random_model::<B>(max_pos, &device);
+        let reference = actor.valid();
+        let head = || rlhf_model::ScalarHead::init(cfg.hidden_size, &device);
+        let critic = rlhf_model::RewardModel { model: actor.model.clone(), head: head() };
+        let reward_model = rlhf_model::RewardModel { model: actor.model.clone(), head: head() }.valid();
+        let ids = |b: usize, len: usize| -> Vec<u32> { (0..len).map(|i| ((b * 7919 + i * 104_729) % (cfg.vocab_size - 1) + 1) as u32).collect() };
+        let prompts: Vec<Vec<u32>> = (0..self.batch).map(|b| ids(b, self.prompt_len)).collect();
+        let ptx: Vec<rlhf_data::encode::SftSample> =
+            (0..self.batch).map(|b| rlhf_data::encode::SftSample { ids: ids(b + 1000, max_pos), loss_mask: vec![true; max_pos] }).collect();
+        let ppo_cfg: rlhf_ppo::PpoConfig = toml::from_str(&format!(
+            r#"
+[model]
+actor = "-"
+reward_model = "-"
+[data]
+prompts = "-"
+[ptx]
+data = "-"
+coef = 0.1
+batch_size = {ptx}
+[generate]
+max_new_tokens = {new}
+[ppo]
+iterations = {its}
+rollout_batch_size = {batch}
+minibatch_size = {mini}
+micro_batch_size = {micro}
+actor_lr = 1e-5
+critic_lr = 1e-5
+kl_coef = 0.1
+"#,
+            ptx = self.micro_batch,
+            new = self.new_tokens,
+            its = self.iterations + 1,
+            batch = self.batch,
+            mini = self.batch.div_ceil(2),
+            micro = self.micro_batch
+        ))?;
+        let mut trainer = rlhf_ppo::Trainer::<B>::new(ppo_cfg, actor, critic, reference, reward_model, prompts, ptx, vec![], 0, None, device.clone());
+        println!(
+            "ppo iteration: 4 × {}, {} prompts × ({} prompt + {} new tokens), micro-batch {}, {}",
+            self.size.describe(cfg.num_params()),
+            self.batch,
+            self.prompt_len,
+            self.new_tokens,
+            self.micro_batch,
+            self.device
+        );
+        for it in 0..=self.iterations {
+            let start = Instant::now();
+            let (m, ..) = trainer.iteration(it)?;
+            let secs = start.elapsed().as_secs_f64();
+            let get = |k: &str| m.iter().find(|(n, _)| n == k).map_or(0.0, |(_, v)| *v);
+            let label = if it == 0 { "warm-up".to_string() } else { format!("iteration {it}") };
+            println!(
+                "  {label}: {secs:.2}s = generation {:.2}s ({:.0} tok/s) + scoring {:.2}s + training {:.2}s ({:.0} tok/s)",
+                get("generate_s"),
+                get("gen_tokens_per_s"),
+                get("score_s"),
+                get("train_s"),
+                get("train_tokens_per_s")
+            );
+        }
+        Ok(())
+    }
+}
+
+pub fn run_ppo(args: PpoBench) -> anyhow::Result<()> {
+    rlhf_model::backend::dispatch_train(args.device, args.clone())?
+}

@@ -1,9 +1,14 @@
-//! The `rlhf` command line: model inspection, logits, generation and benchmarks.
+//! The `rlhf` command line: the whole pipeline, evaluation, reports, chat, model inspection,
+//! generation, data tools and benchmarks.
 
 mod bench;
+mod chat;
 mod data;
+pub mod eval;
 mod generate;
 mod model;
+pub mod pipeline;
+pub mod report;
 mod reward;
 
 use std::path::PathBuf;
@@ -21,6 +26,17 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run stages from one config.
+    Pipeline {
+        #[command(subcommand)]
+        command: PipelineCommand,
+    },
+    /// Evaluate a run's SFT and PPO policies on held-out prompts (writes eval.json).
+    Eval(eval::EvalArgs),
+    /// Write a run's report.md and plots.
+    Report(report::ReportArgs),
+    /// Talk to a model through its chat template.
+    Chat(chat::ChatArgs),
     /// Inspect or run a Hugging Face model folder.
     Model {
         #[command(subcommand)]
@@ -43,6 +59,12 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum PipelineCommand {
+    /// data → pretrain → SFT → reward model → PPO-ptx → eval → report, skipping finished stages.
+    Run(pipeline::PipelineArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,12 +102,18 @@ enum BenchCommand {
     Generate(bench::GenerateBench),
     /// SFT training tokens/s (forward + backward + AdamW step) of a randomly initialised LLaMA.
     Sft(bench::SftBench),
+    /// One PPO-ptx iteration's time split into generation / scoring / training.
+    Ppo(bench::PpoBench),
 }
 
 /// Runs a command; the exit code is non-zero on failure, and 2 when records were skipped.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     match cli.command {
+        Command::Pipeline { command: PipelineCommand::Run(args) } => done(pipeline::run(args)),
+        Command::Eval(args) => done(eval::run(&args)),
+        Command::Report(args) => done(report::run(&args)),
+        Command::Chat(args) => done(chat::run(&args)),
         Command::Data { command } => data::run(command),
         Command::Reward { command: RewardCommand::Score(args) } => done(reward::score(&args)),
         Command::Model { command: ModelCommand::Info { model, json } } => done(model::info(&model, json)),
@@ -95,5 +123,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Generate(args) => done(generate::run(args)),
         Command::Bench { command: BenchCommand::Generate(args) } => done(bench::run_generate(args)),
         Command::Bench { command: BenchCommand::Sft(args) } => done(bench::run_sft(args)),
+        Command::Bench { command: BenchCommand::Ppo(args) } => done(bench::run_ppo(args)),
     }
 }

@@ -1,0 +1,127 @@
+//! `rlhf eval --run DIR`: the SFT and PPO policies of a pipeline run on held-out prompts, scored
+//! by the reward model (and the demo oracle where it applies) → `DIR/eval.json` and
+//! `DIR/eval_samples.jsonl`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use burn::tensor::backend::Backend;
+use clap::Args;
+use rlhf_data::{ChatFormat, Tokenizer};
+use rlhf_model::backend::{dispatch, BackendTask, DeviceSpec};
+use rlhf_model::{CausalLm, RewardModel};
+use rlhf_ppo::eval::{read_eval_prompts, rm_pairwise_acc, sample_and_score, summarize, win_rate, EvalConfig};
+use serde_json::json;
+
+#[derive(Debug, Clone, Args)]
+pub struct EvalArgs {
+    /// A pipeline run directory (with sft/, reward/ and ppo/).
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Held-out prompts (default: `[eval] prompts` of RUN/pipeline.toml).
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// Override an `[eval]` setting, e.g. `--set samples_per_prompt=4` (repeatable).
+    #[arg(long = "set")]
+    pub sets: Vec<String>,
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+}
+
+/// The `[eval]` settings of a run: RUN/pipeline.toml's section, then `prompts`, then `sets`.
+pub fn eval_config(run: &Path, prompts: Option<&Path>, sets: &[String]) -> anyhow::Result<EvalConfig> {
+    let pipeline = run.join("pipeline.toml");
+    let mut table = if pipeline.exists() {
+        let text = std::fs::read_to_string(&pipeline).with_context(|| format!("reading {}", pipeline.display()))?;
+        let t: toml::Table = toml::from_str(&text).with_context(|| format!("{}", pipeline.display()))?;
+        t.get("eval").and_then(|v| v.as_table()).cloned().unwrap_or_default()
+    } else {
+        toml::Table::new()
+    };
+    if let Some(p) = prompts {
+        table.insert("prompts".into(), toml::Value::String(p.display().to_string()));
+    }
+    table.entry("max_new_tokens").or_insert(toml::Value::Integer(64));
+    for s in sets {
+        rlhf_train::config::apply_override(&mut table, s)?;
+    }
+    if !table.contains_key("prompts") {
+        anyhow::bail!("no held-out prompts: pass --prompts FILE (or run through `rlhf pipeline run`, whose config has an [eval] section)");
+    }
+    toml::Value::Table(table).try_into().context("[eval]")
+}
+
+/// Evaluates the run's SFT and PPO policies; writes and returns `eval.json`'s content.
+pub fn evaluate_run<B: Backend>(run: &Path, cfg: &EvalConfig, device: &B::Device) -> anyhow::Result<serde_json::Value> {
+    let (sft_dir, ppo_dir, rm_dir) = (run.join("sft/final"), run.join("ppo/final"), run.join("reward/final"));
+    let tok = Tokenizer::from_dir(&ppo_dir)?;
+    let fmt = ChatFormat::resolve(&tok, None)?;
+    let sft = CausalLm::<B>::from_hf_dir(&sft_dir, device)?;
+    let ppo = CausalLm::<B>::from_hf_dir(&ppo_dir, device)?;
+    let rm = RewardModel::<B>::from_dir(&rm_dir, device)?;
+    let score_std = rlhf_ppo::reward_std(&rm_dir);
+    let prompts = read_eval_prompts(cfg, &tok, &fmt)?;
+    if prompts.is_empty() {
+        anyhow::bail!("{}: no usable held-out prompts", cfg.prompts.display());
+    }
+    let pad = ppo.config().pad_token_id.or(tok.pad_id()).or(tok.eos_id()).unwrap_or(0);
+    let stop = fmt.stop_ids(&tok);
+    let sft_scored = sample_and_score(&sft, None, &rm, score_std, &prompts, cfg, &tok, &stop, pad, device)?;
+    let ppo_scored = sample_and_score(&ppo, Some(&sft), &rm, score_std, &prompts, cfg, &tok, &stop, pad, device)?;
+    let (s, p) = (summarize(&sft_scored, false, &tok), summarize(&ppo_scored, true, &tok));
+    let kl = p.kl.unwrap_or(0.0);
+    let result = json!({
+        "prompts": prompts.len(),
+        "samples_per_prompt": cfg.samples_per_prompt,
+        "temperature": cfg.temperature,
+        "sft": s,
+        "ppo": p,
+        "rm": { "pairwise_acc": rm_pairwise_acc(&run.join("reward")) },
+        "win_rate_ppo_vs_sft": win_rate(&ppo_scored, &sft_scored),
+        "kl_bound": cfg.max_kl,
+        "kl_within_bound": cfg.max_kl.map(|b| kl <= b),
+    });
+    let mut lines = String::new();
+    for (a, b) in sft_scored.iter().zip(&ppo_scored) {
+        let row = json!({
+            "prompt": a.prompt,
+            "sft": a.response, "sft_rm": a.rm_score, "sft_oracle": a.oracle,
+            "ppo": b.response, "ppo_rm": b.rm_score, "ppo_oracle": b.oracle,
+        });
+        lines.push_str(&format!("{row}\n"));
+    }
+    rlhf_train::checkpoint::write_atomic(&run.join("eval_samples.jsonl"), lines.as_bytes())?;
+    rlhf_train::checkpoint::write_atomic(&run.join("eval.json"), serde_json::to_string_pretty(&result)?.as_bytes())?;
+    Ok(result)
+}
+
+/// A one-line summary of `eval.json`.
+pub fn summary_line(v: &serde_json::Value) -> String {
+    let f = |p: &str| v.pointer(p).and_then(|x| x.as_f64()).map_or("n/a".to_string(), |x| format!("{x:.3}"));
+    format!(
+        "oracle SFT {} → PPO {}; RM score SFT {} → PPO {}; RM win rate PPO vs SFT {}; KL(PPO‖SFT) {}",
+        f("/sft/oracle_score"),
+        f("/ppo/oracle_score"),
+        f("/sft/rm_score"),
+        f("/ppo/rm_score"),
+        f("/win_rate_ppo_vs_sft"),
+        f("/ppo/kl")
+    )
+}
+
+struct Task<'a>(&'a Path, &'a EvalConfig);
+
+impl BackendTask for Task<'_> {
+    type Output = anyhow::Result<serde_json::Value>;
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        evaluate_run::<B>(self.0, self.1, &device)
+    }
+}
+
+pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
+    let cfg = eval_config(&args.run, args.prompts.as_deref(), &args.sets)?;
+    let v = dispatch(args.device, Task(&args.run, &cfg))??;
+    println!("{}", summary_line(&v));
+    println!("eval: {}", args.run.join("eval.json").display());
+    Ok(())
+}

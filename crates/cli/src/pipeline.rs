@@ -1,0 +1,298 @@
+//! `rlhf pipeline run CONFIG --out DIR`: every stage from one TOML, each stage's `final/` feeding
+//! the next, in-process (the stage binaries stay available on their own).
+//!
+//! The config has one section per stage, each exactly the stage binary's config, plus `[data]`
+//! (the embedded demo set), `[eval]` and `[report]`. The string `{run}` anywhere in it stands for
+//! the output directory, which is how the stages are wired: `[sft] model.from = "{run}/pretrain/final"`.
+//!
+//! Layout: `DIR/{data,pretrain,sft,reward,ppo}/`, `DIR/eval.json`, `DIR/report.md`, and the resolved
+//! config `DIR/pipeline.toml`. A stage whose output is complete (its `final/`, written by an atomic
+//! rename) is skipped; a stage that runs makes every later stage run again.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use burn::tensor::backend::AutodiffBackend;
+use clap::{Args, ValueEnum};
+use rlhf_model::backend::{dispatch_train, DeviceSpec, TrainTask};
+use rlhf_ppo::eval::EvalConfig;
+use rlhf_ppo::PpoConfig;
+use rlhf_reward::RewardConfig;
+use rlhf_sft::SftConfig;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Data,
+    Pretrain,
+    Sft,
+    Reward,
+    Ppo,
+    Eval,
+    Report,
+}
+
+impl Stage {
+    const ALL: [Stage; 7] = [Stage::Data, Stage::Pretrain, Stage::Sft, Stage::Reward, Stage::Ppo, Stage::Eval, Stage::Report];
+
+    fn name(self) -> &'static str {
+        match self {
+            Stage::Data => "data",
+            Stage::Pretrain => "pretrain",
+            Stage::Sft => "sft",
+            Stage::Reward => "reward",
+            Stage::Ppo => "ppo",
+            Stage::Eval => "eval",
+            Stage::Report => "report",
+        }
+    }
+
+    /// What this stage leaves behind, and the file whose presence means it finished.
+    fn output(self, out: &Path) -> (PathBuf, PathBuf) {
+        match self {
+            Stage::Data => (out.join("data"), out.join("data/manifest.json")),
+            Stage::Eval => (out.join("eval.json"), out.join("eval.json")),
+            Stage::Report => (out.join("report.md"), out.join("report.md")),
+            s => (out.join(s.name()), out.join(s.name()).join("final/config.json")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PipelineArgs {
+    pub config: PathBuf,
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Run this stage and every later one again, even if complete.
+    #[arg(long, value_enum)]
+    pub from: Option<Stage>,
+    /// Continue an interrupted stage from its newest checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// Override a config value, e.g. `--set ppo.ppo.iterations=10` (repeatable).
+    #[arg(long = "set")]
+    pub sets: Vec<String>,
+}
+
+/// The embedded demo data set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoData {
+    #[serde(default)]
+    pub seed: u64,
+    pub pretrain_docs: usize,
+    pub sft: usize,
+    pub rankings: usize,
+    pub prompts: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportConfig {
+    /// Sample responses (SFT vs PPO) shown in the report.
+    #[serde(default = "six")]
+    pub samples: usize,
+}
+
+fn six() -> usize {
+    6
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Stages to run, in order (default: every stage with a section, then eval and report).
+    #[serde(default)]
+    pub stages: Option<Vec<Stage>>,
+    #[serde(default)]
+    pub data: Option<DemoData>,
+    #[serde(default)]
+    pub pretrain: Option<SftConfig>,
+    #[serde(default)]
+    pub sft: Option<SftConfig>,
+    #[serde(default)]
+    pub reward: Option<RewardConfig>,
+    #[serde(default)]
+    pub ppo: Option<PpoConfig>,
+    #[serde(default)]
+    pub eval: Option<EvalConfig>,
+    #[serde(default)]
+    pub report: Option<ReportConfig>,
+}
+
+impl PipelineConfig {
+    fn stages(&self) -> Vec<Stage> {
+        if let Some(s) = &self.stages {
+            return s.clone();
+        }
+        Stage::ALL
+            .into_iter()
+            .filter(|s| match s {
+                Stage::Data => self.data.is_some(),
+                Stage::Pretrain => self.pretrain.is_some(),
+                Stage::Sft => self.sft.is_some(),
+                Stage::Reward => self.reward.is_some(),
+                Stage::Ppo => self.ppo.is_some(),
+                Stage::Eval => self.eval.is_some(),
+                Stage::Report => true,
+            })
+            .collect()
+    }
+}
+
+/// Replaces `{run}` in every string of `value`.
+fn substitute(value: &mut toml::Value, run: &str) {
+    match value {
+        toml::Value::String(s) => *s = s.replace("{run}", run),
+        toml::Value::Array(a) => a.iter_mut().for_each(|v| substitute(v, run)),
+        toml::Value::Table(t) => t.iter_mut().for_each(|(_, v)| substitute(v, run)),
+        _ => {}
+    }
+}
+
+/// Reads CONFIG, applies `--set`, fills in `{run}`, and parses it.
+pub fn load(path: &Path, sets: &[String], out: &Path) -> anyhow::Result<(PipelineConfig, toml::Table)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut table: toml::Table = toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+    for s in sets {
+        rlhf_train::config::apply_override(&mut table, s)?;
+    }
+    let mut value = toml::Value::Table(table);
+    substitute(&mut value, &out.display().to_string());
+    let toml::Value::Table(table) = value else { unreachable!("a table stays a table") };
+    let cfg: PipelineConfig = toml::Value::Table(table.clone()).try_into().with_context(|| format!("{}", path.display()))?;
+    for (stage, present) in [
+        (Stage::Data, cfg.data.is_some()),
+        (Stage::Pretrain, cfg.pretrain.is_some()),
+        (Stage::Sft, cfg.sft.is_some()),
+        (Stage::Reward, cfg.reward.is_some()),
+        (Stage::Ppo, cfg.ppo.is_some()),
+        (Stage::Eval, cfg.eval.is_some()),
+    ] {
+        if cfg.stages().contains(&stage) && !present {
+            anyhow::bail!("{}: stage `{}` is listed but has no [{}] section", path.display(), stage.name(), stage.name());
+        }
+    }
+    Ok((cfg, table))
+}
+
+fn last_metric(run: &Path, key: &str) -> Option<f64> {
+    let rows = rlhf_train::metrics::read_metrics(&run.join("metrics.jsonl")).ok()?;
+    rows.iter().rev().find_map(|r| r.get(key)?.as_f64())
+}
+
+fn first_metric(run: &Path, key: &str) -> Option<f64> {
+    let rows = rlhf_train::metrics::read_metrics(&run.join("metrics.jsonl")).ok()?;
+    rows.iter().find_map(|r| r.get(key)?.as_f64())
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map_or("n/a".into(), |x| format!("{x:.3}"))
+}
+
+struct Pipeline {
+    cfg: PipelineConfig,
+    args: PipelineArgs,
+}
+
+impl Pipeline {
+    fn run_stage<B: AutodiffBackend>(&self, stage: Stage, resume: bool, device: &B::Device) -> anyhow::Result<String> {
+        let out = &self.args.out;
+        let dir = stage.output(out).0;
+        let cfg = &self.cfg;
+        Ok(match stage {
+            Stage::Data => {
+                let d = cfg.data.as_ref().expect("checked in load");
+                let sizes = rlhf_data::demo::DemoSizes { pretrain_docs: d.pretrain_docs, sft: d.sft, rankings: d.rankings, prompts: d.prompts };
+                rlhf_data::demo::write_demo(&dir, d.seed, sizes)?;
+                format!("demo set: {} pretraining documents, {} demonstrations, {} K=4 rankings, {} prompts", d.pretrain_docs, d.sft, d.rankings, d.prompts)
+            }
+            Stage::Pretrain | Stage::Sft => {
+                let c = if stage == Stage::Pretrain { cfg.pretrain.as_ref() } else { cfg.sft.as_ref() }.expect("checked in load");
+                rlhf_sft::run::<B>(c, &dir, resume, device)?;
+                format!("loss {} eval_loss {}", fmt_opt(last_metric(&dir, "loss")), fmt_opt(last_metric(&dir, "eval_loss")))
+            }
+            Stage::Reward => {
+                rlhf_reward::run::<B>(cfg.reward.as_ref().expect("checked in load"), &dir, resume, device)?;
+                format!(
+                    "held-out pairwise accuracy {} top-1 {}",
+                    fmt_opt(last_metric(&dir, "eval_pairwise_acc")),
+                    fmt_opt(last_metric(&dir, "eval_top1_acc"))
+                )
+            }
+            Stage::Ppo => {
+                rlhf_ppo::run::<B>(cfg.ppo.as_ref().expect("checked in load"), &dir, resume, device)?;
+                format!(
+                    "rm_score {} → {}, kl {}",
+                    fmt_opt(first_metric(&dir, "rm_score")),
+                    fmt_opt(last_metric(&dir, "rm_score")),
+                    fmt_opt(last_metric(&dir, "kl"))
+                )
+            }
+            Stage::Eval => {
+                let v = crate::eval::evaluate_run::<B::InnerBackend>(out, cfg.eval.as_ref().expect("checked in load"), device)?;
+                crate::eval::summary_line(&v)
+            }
+            Stage::Report => {
+                let samples = cfg.report.as_ref().map_or(6, |r| r.samples);
+                crate::report::write_report(out, samples)?;
+                String::new()
+            }
+        })
+    }
+
+    fn run<B: AutodiffBackend>(&self, device: &B::Device) -> anyhow::Result<()> {
+        let out = &self.args.out;
+        let stages = self.cfg.stages();
+        let mut rerun = false;
+        let started = Instant::now();
+        for (i, &stage) in stages.iter().enumerate() {
+            let (output, marker) = stage.output(out);
+            let forced = rerun || self.args.from.is_some_and(|f| stage >= f);
+            if marker.exists() && !forced {
+                eprintln!("[{}/{}] {}: complete, skipped ({})", i + 1, stages.len(), stage.name(), output.display());
+                continue;
+            }
+            // A forced stage starts over; an unfinished one resumes when asked to.
+            let resume = self.args.resume && !forced && !marker.exists();
+            if !resume && output.exists() {
+                if output.is_dir() {
+                    std::fs::remove_dir_all(&output).with_context(|| format!("removing {}", output.display()))?;
+                } else {
+                    std::fs::remove_file(&output).with_context(|| format!("removing {}", output.display()))?;
+                }
+            }
+            eprintln!("[{}/{}] {}: {}…", i + 1, stages.len(), stage.name(), if resume { "resuming" } else { "running" });
+            let clock = Instant::now();
+            let summary = self.run_stage::<B>(stage, resume, device).with_context(|| format!("stage `{}`", stage.name()))?;
+            let secs = clock.elapsed().as_secs_f64();
+            if marker.exists() {
+                println!("{}: done in {:.0}s — {summary} → {}", stage.name(), secs, output.display());
+            } else {
+                println!("{}: stopped early after {:.0}s (halt_after); run again with --resume to finish", stage.name(), secs);
+                return Ok(());
+            }
+            rerun = true;
+        }
+        println!("pipeline finished in {:.0}s; report: {}", started.elapsed().as_secs_f64(), out.join("report.md").display());
+        Ok(())
+    }
+}
+
+impl TrainTask for Pipeline {
+    type Output = anyhow::Result<()>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<()> {
+        Pipeline::run::<B>(&self, &device)
+    }
+}
+
+pub fn run(args: PipelineArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let (cfg, resolved) = load(&args.config, &args.sets, &args.out)?;
+    rlhf_train::checkpoint::write_atomic(&args.out.join("pipeline.toml"), toml::to_string_pretty(&resolved)?.as_bytes())?;
+    dispatch_train(args.device, Pipeline { cfg, args })?
+}

@@ -1,0 +1,84 @@
+//! `rlhf pipeline run configs/pipeline/ci.toml`: the whole chain from nothing on CPU. PPO must
+//! beat SFT on held-out prompts by the oracle and by the reward model, with the KL in bounds; an
+//! interrupted PPO stage resumes; a finished pipeline re-runs as all skips; the report and its
+//! plots exist.
+
+use std::process::{Command, Output};
+
+fn rlhf(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rlhf")).args(args).env("RAYON_NUM_THREADS", "2").output().unwrap()
+}
+
+fn check(o: &Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "{err}");
+    err + &String::from_utf8_lossy(&o.stdout)
+}
+
+#[test]
+fn ci_pipeline_ppo_beats_sft_and_resumes() {
+    let repo = std::env::var("RLHF_REPO").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    let config = format!("{repo}/configs/pipeline/ci.toml");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let out_s = out.to_str().unwrap();
+
+    // Interrupted during PPO (after its checkpoint at iteration 10)…
+    let log = check(&rlhf(&["pipeline", "run", &config, "--out", out_s, "--set", "ppo.ppo.halt_after=10"]));
+    assert!(log.contains("ppo: stopped early"), "{log}");
+    assert!(out.join("sft/final/config.json").exists() && !out.join("ppo/final").exists());
+    // …and finished with --resume: earlier stages are skipped, PPO continues from iteration 10.
+    let log = check(&rlhf(&["pipeline", "run", &config, "--out", out_s, "--resume"]));
+    for stage in ["data", "pretrain", "sft", "reward"] {
+        assert!(log.contains(&format!("{stage}: complete, skipped")), "{stage}: {log}");
+    }
+    assert!(log.contains("resuming from"), "{log}");
+    let ppo = rlhf_train::metrics::read_metrics(&out.join("ppo/metrics.jsonl")).unwrap();
+    let iterations: Vec<u64> = ppo.iter().map(|r| r["iteration"].as_u64().unwrap()).collect();
+    assert_eq!(iterations, (1..=iterations.len() as u64).collect::<Vec<_>>(), "one line per iteration, none repeated");
+
+    // PPO raised the reward model's score over its iterations…
+    let rm: Vec<f64> = ppo.iter().map(|r| r["rm_score"].as_f64().unwrap()).collect();
+    let k = rm.len() / 4;
+    let (early, late) = (rm[..k].iter().sum::<f64>() / k as f64, rm[rm.len() - k..].iter().sum::<f64>() / k as f64);
+    assert!(late > early, "rm_score: first quarter {early:.3}, last quarter {late:.3}");
+
+    // …and beats SFT on held-out prompts, by the oracle and by the RM, within the KL bound.
+    let eval: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
+    let g = |p: &str| eval.pointer(p).and_then(|v| v.as_f64()).unwrap_or_else(|| panic!("{p} missing: {eval}"));
+    assert!(g("/ppo/oracle_score") > g("/sft/oracle_score"), "{eval}");
+    assert!(g("/ppo/rm_score") > g("/sft/rm_score"), "{eval}");
+    assert!(g("/win_rate_ppo_vs_sft") > 0.5, "{eval}");
+    assert!(g("/rm/pairwise_acc") > 0.7, "{eval}");
+    assert_eq!(eval["kl_within_bound"], true, "{eval}");
+
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for plot in ["eval.png", "sft_loss.png", "rm_accuracy.png", "ppo.png"] {
+        assert!(report.contains(&format!("plots/{plot}")), "{plot} not in the report");
+        let bytes = std::fs::read(out.join("plots").join(plot)).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{plot} is not a PNG");
+    }
+    assert!(report.contains("| prompt | SFT | PPO |"), "{report}");
+
+    // A finished pipeline re-runs as skips only.
+    let log = check(&rlhf(&["pipeline", "run", &config, "--out", out_s]));
+    for stage in ["data", "pretrain", "sft", "reward", "ppo", "eval", "report"] {
+        assert!(log.contains(&format!("{stage}: complete, skipped")), "{stage}: {log}");
+    }
+
+    // The PPO model chats (one turn from stdin).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(["chat", "--model", out.join("ppo/final").to_str().unwrap(), "--temperature", "0", "--max-new-tokens", "16"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all("What is 2 plus 3?\n/reset\n3加4等于多少？\n".as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    let text = check(&o);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let (before, after) = stdout.split_once("(conversation reset)").unwrap_or_else(|| panic!("no reset notice: {text}"));
+    assert!(!before.trim().is_empty() && !after.trim().is_empty(), "a reply before and after the reset: {text}");
+}

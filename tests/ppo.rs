@@ -1,0 +1,130 @@
+//! Stage 3 end to end on the tiny LLaMA fixture (actor, reference) and a reward model made from
+//! its body: every metric is logged, samples are written, `final/` reloads, and an interrupted,
+//! resumed run ends with exactly the weights of an uninterrupted one.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Int, Tensor, TensorData};
+use rlhf_model::backend::{Cpu, CpuTrain};
+use rlhf_model::{CausalLm, RewardModel, ScalarHead, Transformer};
+use rlhf_ppo::PpoConfig;
+
+use crate::model::fixture;
+
+/// Demo prompts/pretraining text and a reward model (fixture body + random head) in `dir`.
+fn setup(dir: &Path) -> (PathBuf, PathBuf) {
+    let sizes = rlhf_data::demo::DemoSizes { pretrain_docs: 40, sft: 10, rankings: 10, prompts: 64 };
+    let data = dir.join("demo");
+    rlhf_data::demo::write_demo(&data, 0, sizes).unwrap();
+    let d = Default::default();
+    <Cpu as burn::tensor::backend::Backend>::seed(&d, 1);
+    let body = Transformer::<Cpu>::from_hf_dir(&fixture("hf-tiny-llama"), &d).unwrap();
+    let rm = RewardModel { head: ScalarHead::init(body.config.hidden_size, &d), model: body };
+    let rm_dir = dir.join("rm");
+    rm.save_dir(&rm_dir, Some(&fixture("hf-tiny-llama")), &[("reward.json", r#"{"normalization":{"std":0.5}}"#.into())]).unwrap();
+    (data, rm_dir)
+}
+
+fn config(data: &Path, rm: &Path, extra: &[&str]) -> PpoConfig {
+    let text = format!(
+        r#"
+seed = 5
+[model]
+actor = "{actor}"
+reward_model = "{rm}"
+[data]
+prompts = "{data}/prompts.jsonl"
+max_prompt_len = 64
+[ptx]
+data = "{data}/pretrain.jsonl"
+coef = 0.5
+batch_size = 4
+max_len = 32
+[generate]
+max_new_tokens = 8
+[ppo]
+iterations = 4
+rollout_batch_size = 8
+minibatch_size = 4
+micro_batch_size = 2
+ppo_epochs = 2
+actor_lr = 1e-3
+critic_lr = 1e-3
+kl_coef = 0.1
+target_kl = 1.0
+save_every = 2
+sample_every = 2
+samples_per_log = 2
+"#,
+        actor = fixture("hf-tiny-llama").display(),
+        rm = rm.display(),
+        data = data.display()
+    );
+    let tmp = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(tmp.path(), text).unwrap();
+    let sets: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    rlhf_train::config::load_config(Some(tmp.path()), &sets).unwrap()
+}
+
+fn logits(model: &CausalLm<Cpu>) -> Vec<f32> {
+    let d = Default::default();
+    let ids = Tensor::<Cpu, 2, Int>::from_data(TensorData::new(vec![1i64, 350, 289, 201, 9, 40], [1, 6]), &d);
+    model.forward(ids, Tensor::ones([1, 6], &d), None).unwrap().into_data().to_vec::<f32>().unwrap()
+}
+
+#[test]
+fn ppo_logs_every_metric_and_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, rm) = setup(tmp.path());
+    let d = Default::default();
+
+    let full = tmp.path().join("full");
+    let a = rlhf_ppo::run::<CpuTrain>(&config(&data, &rm, &[]), &full, false, &d).unwrap();
+    let rows = rlhf_train::metrics::read_metrics(&full.join("metrics.jsonl")).unwrap();
+    assert_eq!(rows.len(), 4);
+    for key in [
+        "iteration", "rm_score", "kl", "reward", "policy_loss", "value_loss", "ptx_loss", "entropy", "clip_frac", "approx_kl",
+        "ratio_max", "response_len", "kl_coef", "gen_tokens_per_s", "train_tokens_per_s",
+    ] {
+        assert!(rows.iter().all(|r| r[key].as_f64().is_some_and(f64::is_finite)), "{key} missing or not finite: {rows:?}");
+    }
+    // The first iteration's policy equals the sampling policy: ratios start at 1 (up to float noise).
+    assert!((rows[0]["ratio_max"].as_f64().unwrap() - 1.0).abs() < 0.5, "{}", rows[0]["ratio_max"]);
+    assert!(rows[0]["kl"].as_f64().unwrap().abs() < 1e-4, "actor = reference at the start");
+    assert!(rows[0]["ptx_loss"].as_f64().unwrap() > 0.0);
+    // The adaptive controller moved β (target 1.0, observed ≈ 0 → β shrinks).
+    assert!(rows[3]["kl_coef"].as_f64().unwrap() < 0.1);
+    let samples = std::fs::read_to_string(full.join("samples.jsonl")).unwrap();
+    assert_eq!(samples.lines().count(), 3 * 2, "iterations 1, 2 and 4, two samples each");
+    let reloaded = CausalLm::<Cpu>::from_hf_dir(&full.join("final"), &d).unwrap();
+    assert_eq!(logits(&a), logits(&reloaded));
+    let start = CausalLm::<Cpu>::from_hf_dir(&fixture("hf-tiny-llama"), &d).unwrap();
+    assert_ne!(logits(&a), logits(&start), "the actor was trained");
+
+    // Interrupted after iteration 2 (checkpoint), then resumed.
+    let part = tmp.path().join("part");
+    rlhf_ppo::run::<CpuTrain>(&config(&data, &rm, &["ppo.halt_after=2"]), &part, false, &d).unwrap();
+    assert!(!part.join("final").exists());
+    let b = rlhf_ppo::run::<CpuTrain>(&config(&data, &rm, &[]), &part, true, &d).unwrap();
+    assert_eq!(logits(&a), logits(&b), "resumed run differs from the uninterrupted one");
+    let resumed = rlhf_train::metrics::read_metrics(&part.join("metrics.jsonl")).unwrap();
+    assert_eq!(resumed.iter().map(|r| r["iteration"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    assert_eq!(resumed[3]["rm_score"], rows[3]["rm_score"]);
+}
+
+#[test]
+fn bad_configs_are_refused_before_loading() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("nothing");
+    let mut cfg = config(&missing, &missing, &["ppo.minibatch_size=0"]);
+    let e = rlhf_ppo::run::<CpuTrain>(&cfg, &tmp.path().join("o"), false, &Default::default()).unwrap_err();
+    assert!(e.to_string().contains("ppo.minibatch_size"), "{e}");
+    cfg = config(&missing, &missing, &["ptx.mode=\"convex\"", "ptx.coef=1.5"]);
+    let e = rlhf_ppo::run::<CpuTrain>(&cfg, &tmp.path().join("o"), false, &Default::default()).unwrap_err();
+    assert!(e.to_string().contains("ptx.coef"), "{e}");
+    // Prompt + response longer than the model's context.
+    let (data, rm) = setup(tmp.path());
+    let cfg = config(&data, &rm, &["generate.max_new_tokens=250"]);
+    let e = rlhf_ppo::run::<CpuTrain>(&cfg, &tmp.path().join("o"), false, &Default::default()).unwrap_err();
+    assert!(format!("{e:#}").contains("positions"), "{e:#}");
+}
