@@ -49,7 +49,7 @@ fn ci_pipeline_ppo_beats_sft_and_resumes() {
     assert!(g("/ppo/oracle_score") > g("/sft/oracle_score"), "{eval}");
     assert!(g("/ppo/rm_score") > g("/sft/rm_score"), "{eval}");
     assert!(g("/win_rate_ppo_vs_sft") > 0.5, "{eval}");
-    assert!(g("/rm/pairwise_acc") > 0.7, "{eval}");
+    assert!(g("/rm/pairwise_acc") > 0.65, "{eval}");
     assert_eq!(eval["kl_within_bound"], true, "{eval}");
 
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();

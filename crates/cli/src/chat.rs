@@ -29,6 +29,9 @@ pub struct ChatArgs {
     pub top_p: Option<f64>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// A built-in chat format, for tokenizers without a chat template.
+    #[arg(long, value_enum)]
+    pub template: Option<rlhf_data::BuiltinTemplate>,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
 }
@@ -39,7 +42,7 @@ impl BackendTask for &ChatArgs {
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
         let model = CausalLm::<B>::from_hf_dir(&self.model, &device)?;
         let tok = Tokenizer::from_dir(&self.model)?;
-        let fmt = ChatFormat::resolve(&tok, None)?;
+        let fmt = ChatFormat::resolve(&tok, self.template)?;
         let positions = model.config().max_position_embeddings;
         if self.max_new_tokens >= positions {
             bail!("--max-new-tokens {} leaves no room for a prompt in {positions} positions", self.max_new_tokens);

@@ -55,7 +55,7 @@ pub fn eval_config(run: &Path, prompts: Option<&Path>, sets: &[String]) -> anyho
 pub fn evaluate_run<B: Backend>(run: &Path, cfg: &EvalConfig, device: &B::Device) -> anyhow::Result<serde_json::Value> {
     let (sft_dir, ppo_dir, rm_dir) = (run.join("sft/final"), run.join("ppo/final"), run.join("reward/final"));
     let tok = Tokenizer::from_dir(&ppo_dir)?;
-    let fmt = ChatFormat::resolve(&tok, None)?;
+    let fmt = ChatFormat::resolve(&tok, cfg.template)?;
     let sft = CausalLm::<B>::from_hf_dir(&sft_dir, device)?;
     let ppo = CausalLm::<B>::from_hf_dir(&ppo_dir, device)?;
     let rm = RewardModel::<B>::from_dir(&rm_dir, device)?;
@@ -68,7 +68,7 @@ pub fn evaluate_run<B: Backend>(run: &Path, cfg: &EvalConfig, device: &B::Device
     let stop = fmt.stop_ids(&tok);
     let sft_scored = sample_and_score(&sft, None, &rm, score_std, &prompts, cfg, &tok, &stop, pad, device)?;
     let ppo_scored = sample_and_score(&ppo, Some(&sft), &rm, score_std, &prompts, cfg, &tok, &stop, pad, device)?;
-    let (s, p) = (summarize(&sft_scored, false, &tok), summarize(&ppo_scored, true, &tok));
+    let (s, p) = (summarize(&sft_scored, false), summarize(&ppo_scored, true));
     let kl = p.kl.unwrap_or(0.0);
     let result = json!({
         "prompts": prompts.len(),

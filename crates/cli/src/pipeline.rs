@@ -240,7 +240,7 @@ impl Pipeline {
             Stage::Report => {
                 let samples = cfg.report.as_ref().map_or(6, |r| r.samples);
                 crate::report::write_report(out, samples)?;
-                String::new()
+                format!("plots in {}", out.join("plots").display())
             }
         })
     }
@@ -260,6 +260,9 @@ impl Pipeline {
             // A forced stage starts over; an unfinished one resumes when asked to.
             let resume = self.args.resume && !forced && !marker.exists();
             if !resume && output.exists() {
+                if !forced && !marker.exists() && rlhf_train::checkpoint::latest_checkpoint(&output).is_some() {
+                    eprintln!("{}: an unfinished run is in {}; starting over (pass --resume to continue it)", stage.name(), output.display());
+                }
                 if output.is_dir() {
                     std::fs::remove_dir_all(&output).with_context(|| format!("removing {}", output.display()))?;
                 } else {

@@ -68,7 +68,14 @@ where
         .y_label_area_size(56)
         .build_cartesian_2d(x0..x1.max(x0 + 1.0), (y0 - pad)..(y1 + pad))
         .map_err(plot_err)?;
-    chart.configure_mesh().x_desc(x_label).label_style(("sans-serif", 12)).max_light_lines(2).draw().map_err(plot_err)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .x_label_formatter(&|x: &f64| if x.fract() == 0.0 { format!("{x:.0}") } else { format!("{x}") })
+        .label_style(("sans-serif", 12))
+        .max_light_lines(2)
+        .draw()
+        .map_err(plot_err)?;
     for (i, (name, s)) in lines.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         chart
@@ -120,16 +127,8 @@ fn bar_chart(path: &Path, metrics: &[(&str, f64, f64)]) -> anyhow::Result<()> {
         chart
             .configure_mesh()
             .disable_x_mesh()
-            .x_labels(3)
-            .x_label_formatter(&|x: &f64| {
-                if (x - 0.5).abs() < 0.01 {
-                    "SFT".into()
-                } else if (x - 1.5).abs() < 0.01 {
-                    "PPO".into()
-                } else {
-                    String::new()
-                }
-            })
+            .x_labels(0)
+            .max_light_lines(1)
             .label_style(("sans-serif", 12))
             .draw()
             .map_err(plot_err)?;
@@ -137,7 +136,11 @@ fn bar_chart(path: &Path, metrics: &[(&str, f64, f64)]) -> anyhow::Result<()> {
             let x = i as f64;
             chart.draw_series(std::iter::once(Rectangle::new([(x + 0.15, 0.0), (x + 0.85, v)], COLORS[i].filled()))).map_err(plot_err)?;
             chart
-                .draw_series(std::iter::once(Text::new(format!("{v:.3}"), (x + 0.3, v.max(0.0) + pad * 0.3), ("sans-serif", 13))))
+                .draw_series(std::iter::once(Text::new(
+                    format!("{} {v:.3}", ["SFT", "PPO"][i]),
+                    (x + 0.18, v.max(0.0) + pad * 0.35),
+                    ("sans-serif", 13),
+                )))
                 .map_err(plot_err)?;
         }
     }

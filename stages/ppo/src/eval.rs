@@ -38,6 +38,9 @@ pub struct EvalConfig {
     /// The PPO policy's KL to the SFT model (per response) should stay below this.
     #[serde(default)]
     pub max_kl: Option<f64>,
+    /// A built-in chat template, for tokenizers without one (as in the stages' `[data]`).
+    #[serde(default)]
+    pub template: Option<rlhf_data::BuiltinTemplate>,
 }
 
 fn two() -> usize {
@@ -85,6 +88,8 @@ pub struct Scored {
     pub logp: f64,
     #[serde(skip)]
     pub baseline_logp: f64,
+    /// Response tokens (up to and including the stop token).
+    pub tokens: usize,
 }
 
 /// Means over a policy's responses.
@@ -142,6 +147,7 @@ pub fn sample_and_score<B: Backend>(
         };
         for (i, (p, gen)) in chunk.iter().zip(g.to_host()).enumerate() {
             let response = tok.decode(&gen.new_ids, true)?;
+            let tokens = gen.new_ids.len();
             let oracle = rlhf_data::demo::oracle(&p.text, &response).map(|s| s.total());
             out.push(Scored {
                 prompt: p.text.clone(),
@@ -150,6 +156,7 @@ pub fn sample_and_score<B: Backend>(
                 oracle,
                 logp: logp[i],
                 baseline_logp: base[i],
+                tokens,
             });
         }
     }
@@ -157,14 +164,14 @@ pub fn sample_and_score<B: Backend>(
 }
 
 /// Means of scored responses; `with_kl` adds the mean log-ratio to the baseline.
-pub fn summarize(scored: &[Scored], with_kl: bool, tok: &Tokenizer) -> PolicyScores {
+pub fn summarize(scored: &[Scored], with_kl: bool) -> PolicyScores {
     let n = scored.len().max(1) as f64;
     let oracle: Vec<f64> = scored.iter().filter_map(|s| s.oracle).collect();
     PolicyScores {
         rm_score: scored.iter().map(|s| f64::from(s.rm_score)).sum::<f64>() / n,
         oracle_score: (!oracle.is_empty()).then(|| oracle.iter().sum::<f64>() / oracle.len() as f64),
         kl: with_kl.then(|| scored.iter().map(|s| s.logp - s.baseline_logp).sum::<f64>() / n),
-        response_len: scored.iter().map(|s| tok.encode(&s.response, false).map_or(0, |v| v.len()) as f64).sum::<f64>() / n,
+        response_len: scored.iter().map(|s| s.tokens as f64).sum::<f64>() / n,
     }
 }
 
@@ -193,7 +200,7 @@ mod tests {
     use super::*;
 
     fn s(rm: f32) -> Scored {
-        Scored { prompt: String::new(), response: String::new(), rm_score: rm, oracle: None, logp: 0.0, baseline_logp: 0.0 }
+        Scored { prompt: String::new(), response: String::new(), rm_score: rm, oracle: None, logp: 0.0, baseline_logp: 0.0, tokens: 0 }
     }
 
     #[test]

@@ -348,7 +348,8 @@ pub fn run<B: AutodiffBackend>(cfg: &SftConfig, out: &Path, resume: bool, device
         bail!("{}: no training examples left (dropped {}, skipped {})", cfg.data.train.display(), train.dropped, train.skipped);
     }
     eprintln!(
-        "sft: {:.2}M-parameter {:?}; {} train / {} eval examples; {} truncated, {} dropped (no target left after truncation to {} tokens)",
+        "{}: {:.2}M-parameter {:?}; {} train / {} eval examples; {} truncated, {} dropped (no target left after truncation to {} tokens)",
+        if cfg.mode == Mode::Sft { "sft" } else { "pretrain" },
         model.config().num_params() as f64 / 1e6,
         model.config().arch,
         train.samples.len(),
