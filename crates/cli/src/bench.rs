@@ -271,7 +271,7 @@ kl_coef = 0.1
         );
         for it in 0..=self.iterations {
             let start = Instant::now();
-            let (m, ..) = trainer.iteration(it)?;
+            let m = trainer.iteration(it)?.metrics;
             let secs = start.elapsed().as_secs_f64();
             let get = |k: &str| m.iter().find(|(n, _)| n == k).map_or(0.0, |(_, v)| *v);
             let label = if it == 0 { "warm-up".to_string() } else { format!("iteration {it}") };

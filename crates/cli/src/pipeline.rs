@@ -299,3 +299,45 @@ pub fn run(args: PipelineArgs) -> anyhow::Result<()> {
     rlhf_train::checkpoint::write_atomic(&args.out.join("pipeline.toml"), toml::to_string_pretty(&resolved)?.as_bytes())?;
     dispatch_train(args.device, Pipeline { cfg, args })?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join("p.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn run_placeholder_is_filled_and_stages_follow_the_sections() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = write(tmp.path(), "[data]\npretrain_docs = 1\nsft = 1\nrankings = 1\nprompts = 1\n[eval]\nprompts = \"{run}/data/heldout.jsonl\"\nmax_new_tokens = 4\n");
+        let (cfg, table) = load(&p, &["eval.samples_per_prompt=3".into()], Path::new("/out")).unwrap();
+        let eval = cfg.eval.as_ref().unwrap();
+        assert_eq!(eval.prompts, PathBuf::from("/out/data/heldout.jsonl"));
+        assert_eq!(eval.samples_per_prompt, 3);
+        assert_eq!(table["eval"]["prompts"].as_str(), Some("/out/data/heldout.jsonl"));
+        assert_eq!(cfg.stages(), vec![Stage::Data, Stage::Eval, Stage::Report]);
+    }
+
+    #[test]
+    fn a_listed_stage_needs_its_section_and_unknown_keys_are_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = write(tmp.path(), "stages = [\"sft\", \"report\"]\n");
+        let e = load(&p, &[], Path::new("/out")).unwrap_err();
+        assert!(format!("{e:#}").contains("stage `sft` is listed but has no [sft] section"), "{e:#}");
+        let p = write(tmp.path(), "[reprot]\nsamples = 2\n");
+        let e = load(&p, &[], Path::new("/out")).unwrap_err();
+        assert!(format!("{e:#}").contains("reprot"), "{e:#}");
+    }
+
+    #[test]
+    fn stages_are_ordered_and_complete_by_their_marker() {
+        assert!(Stage::Sft < Stage::Reward && Stage::Reward < Stage::Ppo && Stage::Ppo < Stage::Eval);
+        let out = Path::new("/r");
+        assert_eq!(Stage::Ppo.output(out), (PathBuf::from("/r/ppo"), PathBuf::from("/r/ppo/final/config.json")));
+        assert_eq!(Stage::Data.output(out).1, PathBuf::from("/r/data/manifest.json"));
+    }
+}

@@ -423,7 +423,7 @@ impl<B: Backend> CausalLm<B> {
         let unexpected: Vec<String> = files
             .untaken()
             .into_iter()
-            .filter(|n| !is_ignorable(n) && !(cfg.tie_word_embeddings && n == "lm_head.weight"))
+            .filter(|n| !(is_ignorable(n) || (cfg.tie_word_embeddings && n == "lm_head.weight")))
             .collect();
         if !unexpected.is_empty() {
             return Err(ModelError::UnexpectedTensors { names: unexpected });

@@ -60,7 +60,7 @@ impl TrainConfig {
         if self.steps == 0 || self.batch_size == 0 {
             return bad("train.steps and train.batch_size must be positive".into());
         }
-        if self.micro_batch_size == 0 || self.batch_size % self.micro_batch_size != 0 {
+        if self.micro_batch_size == 0 || !self.batch_size.is_multiple_of(self.micro_batch_size) {
             return bad(format!(
                 "train.batch_size ({}) must be a multiple of train.micro_batch_size ({})",
                 self.batch_size, self.micro_batch_size
@@ -75,6 +75,9 @@ impl TrainConfig {
         Ok(())
     }
 }
+
+/// Named values a loss reports alongside itself (summed over micro-batches by the loop).
+pub type Diagnostics = Vec<(&'static str, f64)>;
 
 /// What a stage trains: its micro-batches and its loss.
 pub trait Objective<B: AutodiffBackend, M: AutodiffModule<B>> {
@@ -92,7 +95,7 @@ pub trait Objective<B: AutodiffBackend, M: AutodiffModule<B>> {
 
     /// Loss of one micro-batch already divided by `normalizer`, and diagnostics summed the same way
     /// (the loop adds them over micro-batches).
-    fn loss(&self, model: &M, batch: &Self::Batch, normalizer: f64) -> Result<(Tensor<B, 1>, Vec<(&'static str, f64)>)>;
+    fn loss(&self, model: &M, batch: &Self::Batch, normalizer: f64) -> Result<(Tensor<B, 1>, Diagnostics)>;
 
     /// Metrics on the held-out split (names already prefixed `eval_`).
     fn evaluate(&self, model: &M::InnerModule) -> Result<Vec<(String, f64)>>;
@@ -154,7 +157,7 @@ where
         state.step = step + 1;
         state.examples_seen += cfg.batch_size;
 
-        if state.step % cfg.log_every == 0 || state.step == cfg.steps {
+        if state.step.is_multiple_of(cfg.log_every) || state.step == cfg.steps {
             let secs = log_clock.elapsed().as_secs_f64().max(1e-9);
             let mut values: Vec<(String, f64)> = vec![
                 ("loss".into(), loss),
@@ -174,14 +177,14 @@ where
             log_clock = Instant::now();
         }
         let last = state.step == cfg.steps;
-        if (cfg.eval_every > 0 && state.step % cfg.eval_every == 0) || last {
+        if (cfg.eval_every > 0 && state.step.is_multiple_of(cfg.eval_every)) || last {
             let eval = objective.evaluate(&model.valid())?;
             if !eval.is_empty() {
                 progress.line(&format!("step {:>6} {}", state.step, eval.iter().map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>().join(" ")));
                 metrics.log(state.step, &eval)?;
             }
         }
-        if (cfg.save_every > 0 && state.step % cfg.save_every == 0) || last {
+        if (cfg.save_every > 0 && state.step.is_multiple_of(cfg.save_every)) || last {
             last_checkpoint = save_checkpoint(run, &state, &model, &optim, cfg.keep_checkpoints)?.display().to_string();
         }
         if cfg.halt_after == Some(state.step) && !last {

@@ -242,7 +242,7 @@ impl PpoConfig {
                 bail!("{name} must be a positive number, found {lr}");
             }
         }
-        if !(self.generate.temperature > 0.0) {
+        if self.generate.temperature.is_nan() || self.generate.temperature <= 0.0 {
             bail!("generate.temperature must be > 0");
         }
         if p.kl_coef < 0.0 || !(0.0..=1.0).contains(&p.gamma) || !(0.0..=1.0).contains(&p.lam) || p.clip_eps <= 0.0 {

@@ -38,6 +38,18 @@ use objective::*;
 
 type Adam<M, B> = OptimizerAdaptor<AdamW, M, B>;
 
+/// Decorrelates the ptx data order from the prompt order drawn with the same seed.
+const PTX_STREAM: u64 = 0x0050_5458;
+
+/// What one iteration produced: its metrics line, the rollout's statistics, and the prompts and
+/// responses (token ids) it sampled.
+pub struct IterationReport {
+    pub metrics: Vec<(String, f64)>,
+    pub rollout: RolloutStats,
+    pub prompts: Vec<Vec<u32>>,
+    pub responses: Vec<Vec<u32>>,
+}
+
 /// Where a PPO run stands (saved with every checkpoint).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct PpoState {
@@ -221,7 +233,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             actor_optim: cfg.ppo.optim.adamw::<B, CausalLm<B>>(),
             critic_optim: cfg.ppo.optim.adamw::<B, RewardModel<B>>(),
             prompt_order: EpochOrder::new(prompts.len(), cfg.seed),
-            ptx_order: EpochOrder::new(ptx.len().max(1), cfg.seed ^ 0x5054_58),
+            ptx_order: EpochOrder::new(ptx.len().max(1), cfg.seed ^ PTX_STREAM),
             cfg,
             actor,
             critic,
@@ -417,8 +429,8 @@ impl<B: AutodiffBackend> Trainer<B> {
         (i(&r.ids), i(&r.attention), f(&r.action_mask), f(&r.old_logp), f(&r.advantages), f(&r.old_values), f(&r.returns))
     }
 
-    /// One whole iteration; returns the metrics line.
-    pub fn iteration(&mut self, iteration: usize) -> anyhow::Result<(Vec<(String, f64)>, RolloutStats, Vec<Vec<u32>>, Vec<Vec<u32>>)> {
+    /// One whole iteration: experience, then the update.
+    pub fn iteration(&mut self, iteration: usize) -> anyhow::Result<IterationReport> {
         let prompts = self.iteration_prompts(iteration);
         let mut timing = Timing::default();
         let (rollout, roll) = self.make_experience(&prompts, iteration, &mut timing)?;
@@ -452,7 +464,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             ("score_s", timing.score_s),
             ("train_s", timing.train_s),
         ];
-        Ok((metrics.into_iter().map(|(k, v)| (k.to_string(), v)).collect(), roll, prompts, responses))
+        Ok(IterationReport { metrics: metrics.into_iter().map(|(k, v)| (k.to_string(), v)).collect(), rollout: roll, prompts, responses })
     }
 
     fn save(&self, out: &Path) -> anyhow::Result<PathBuf> {
@@ -554,13 +566,13 @@ pub fn run<B: AutodiffBackend>(cfg: &PpoConfig, out: &Path, resume: bool, device
     let started = Instant::now();
     let first = t.state.iteration;
     for iteration in t.state.iteration..ppo.iterations {
-        let (values, roll, prompts, responses) = t.iteration(iteration)?;
+        let IterationReport { metrics: values, rollout: roll, prompts, responses } = t.iteration(iteration)?;
         t.state.iteration = iteration + 1;
         let done = t.state.iteration;
         if values.iter().any(|(_, v)| !v.is_finite()) {
             bail!("iteration {done}: non-finite metrics {values:?}; the last good checkpoint is kept");
         }
-        if done % ppo.log_every == 0 || done == ppo.iterations {
+        if done.is_multiple_of(ppo.log_every) || done == ppo.iterations {
             metrics.log(done, &values)?;
             let get = |k: &str| values.iter().find(|(n, _)| n == k).map_or(0.0, |(_, v)| *v);
             let per = started.elapsed().as_secs_f64() / (done - first) as f64;
@@ -580,7 +592,7 @@ pub fn run<B: AutodiffBackend>(cfg: &PpoConfig, out: &Path, resume: bool, device
                 per * (ppo.iterations - done) as f64
             );
         }
-        if ppo.sample_every > 0 && (done % ppo.sample_every == 0 || done == 1) {
+        if ppo.sample_every > 0 && (done.is_multiple_of(ppo.sample_every) || done == 1) {
             for i in 0..ppo.samples_per_log.min(prompts.len()) {
                 let line = serde_json::json!({
                     "iteration": done,
@@ -593,7 +605,7 @@ pub fn run<B: AutodiffBackend>(cfg: &PpoConfig, out: &Path, resume: bool, device
             }
         }
         let last = done == ppo.iterations;
-        if (ppo.save_every > 0 && done % ppo.save_every == 0) || last {
+        if (ppo.save_every > 0 && done.is_multiple_of(ppo.save_every)) || last {
             t.save(out)?;
         }
         if ppo.halt_after == Some(done) && !last {

@@ -297,7 +297,7 @@ mod tests {
         let adv = [1.0f32, 2.0, 1.0, -1.0];
         let mask = [1.0f32, 1.0, 1.0, 1.0];
         let (loss, stats) = policy_loss(t2::<B>(&logp, [1, 4]), t2(&old, [1, 4]), t2(&adv, [1, 4]), t2(&mask, [1, 4]), eps, 4.0);
-        let want = -(1.1 * 1.0 + 1.2 * 2.0 + 0.5 * 1.0 + 1.5 * -1.0) / 4.0;
+        let want = -(1.1 * 1.0 + 1.2 * 2.0 + 0.5 * 1.0 - 1.5 * 1.0) / 4.0;
         assert!(close(loss.into_scalar().into(), want));
         let st = stats.into_data().to_vec::<f32>().unwrap();
         assert_eq!(st[0], 3.0); // |ρ − 1| > 0.2 for 1.5, 0.5, 1.5
