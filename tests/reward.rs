@@ -151,4 +151,19 @@ fn shipped_configs_parse() {
         let p = entry.unwrap().path();
         rlhf_train::config::load_config::<RewardConfig>(Some(&p), &[]).unwrap_or_else(|e| panic!("{e}"));
     }
+    for entry in std::fs::read_dir(root.join("ppo")).unwrap() {
+        let p = entry.unwrap().path();
+        let cfg = rlhf_train::config::load_config::<rlhf_ppo::PpoConfig>(Some(&p), &[]).unwrap_or_else(|e| panic!("{e}"));
+        cfg.validate().unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    }
+    for entry in std::fs::read_dir(root.join("pipeline")).unwrap() {
+        let p = entry.unwrap().path();
+        let (cfg, _) = rlhf_cli::pipeline::load(&p, &[], Path::new("/run")).unwrap_or_else(|e| panic!("{e:#}"));
+        for c in cfg.pretrain.iter().chain(&cfg.sft) {
+            c.train.validate().unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        }
+        if let Some(c) = &cfg.ppo {
+            c.validate().unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        }
+    }
 }
