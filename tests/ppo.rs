@@ -1,8 +1,9 @@
 //! Stage 3 end to end on the tiny LLaMA fixture (actor, reference) and a reward model made from
-//! its body: every metric is logged, samples are written, `final/` reloads, and an interrupted,
-//! resumed run ends with exactly the weights of an uninterrupted one.
+//! its body: every metric is logged, samples are written, and an interrupted, resumed run ends with
+//! exactly the weights of an uninterrupted one.
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use burn::tensor::{Int, Tensor, TensorData};
 use rlhf_model::backend::{Cpu, CpuTrain};
@@ -25,8 +26,8 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf) {
     (data, rm_dir)
 }
 
-fn config(data: &Path, rm: &Path, extra: &[&str]) -> PpoConfig {
-    let text = format!(
+fn config_text(data: &Path, rm: &Path) -> String {
+    format!(
         r#"
 seed = 5
 [model]
@@ -59,9 +60,12 @@ samples_per_log = 2
         actor = fixture("hf-tiny-llama").display(),
         rm = rm.display(),
         data = data.display()
-    );
+    )
+}
+
+fn config(data: &Path, rm: &Path, extra: &[&str]) -> PpoConfig {
     let tmp = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(tmp.path(), text).unwrap();
+    std::fs::write(tmp.path(), config_text(data, rm)).unwrap();
     let sets: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
     rlhf_train::config::load_config(Some(tmp.path()), &sets).unwrap()
 }
@@ -72,15 +76,35 @@ fn logits(model: &CausalLm<Cpu>) -> Vec<f32> {
     model.forward(ids, Tensor::ones([1, 6], &d), None).unwrap().into_data().to_vec::<f32>().unwrap()
 }
 
+/// Runs the PPO stage alone through `rlhf pipeline run` (a process of its own: the CPU backend's RNG is
+/// process-wide, so runs sharing this test process with other tests would not draw reproducibly).
+fn run_ppo(cfg: &str, out: &Path, args: &[&str]) -> Output {
+    let mut pipeline = toml::Table::new();
+    pipeline.insert("stages".into(), toml::Value::Array(vec![toml::Value::String("ppo".into())]));
+    pipeline.insert("ppo".into(), toml::Value::Table(toml::from_str(cfg).unwrap()));
+    let path = out.with_extension("toml");
+    std::fs::write(&path, toml::to_string(&pipeline).unwrap()).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(["pipeline", "run", path.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .args(args)
+        .env("RAYON_NUM_THREADS", "2")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    o
+}
+
 #[test]
 fn ppo_logs_every_metric_and_resumes_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let (data, rm) = setup(tmp.path());
+    let cfg = config_text(&data, &rm);
     let d = Default::default();
 
     let full = tmp.path().join("full");
-    let a = rlhf_ppo::run::<CpuTrain>(&config(&data, &rm, &[]), &full, false, &d).unwrap();
-    let rows = rlhf_train::metrics::read_metrics(&full.join("metrics.jsonl")).unwrap();
+    run_ppo(&cfg, &full, &[]);
+    let run = full.join("ppo");
+    let rows = rlhf_train::metrics::read_metrics(&run.join("metrics.jsonl")).unwrap();
     assert_eq!(rows.len(), 4);
     for key in [
         "iteration", "rm_score", "kl", "reward", "policy_loss", "value_loss", "ptx_loss", "entropy", "clip_frac", "approx_kl",
@@ -94,20 +118,21 @@ fn ppo_logs_every_metric_and_resumes_exactly() {
     // iteration 2 runs with a smaller β.
     assert_eq!(rows[0]["kl_coef"].as_f64().unwrap(), 0.1);
     assert!(rows[1]["kl_coef"].as_f64().unwrap() < 0.1);
-    let samples = std::fs::read_to_string(full.join("samples.jsonl")).unwrap();
+    let samples = std::fs::read_to_string(run.join("samples.jsonl")).unwrap();
     assert_eq!(samples.lines().count(), 3 * 2, "iterations 1, 2 and 4, two samples each");
-    let reloaded = CausalLm::<Cpu>::from_hf_dir(&full.join("final"), &d).unwrap();
-    assert!(logits(&a) == logits(&reloaded), "final/ reloads with different logits");
+    let a = CausalLm::<Cpu>::from_hf_dir(&run.join("final"), &d).unwrap();
     let start = CausalLm::<Cpu>::from_hf_dir(&fixture("hf-tiny-llama"), &d).unwrap();
     assert!(logits(&a) != logits(&start), "the actor was not trained");
 
     // Interrupted after iteration 2 (checkpoint), then resumed.
     let part = tmp.path().join("part");
-    rlhf_ppo::run::<CpuTrain>(&config(&data, &rm, &["ppo.halt_after=2"]), &part, false, &d).unwrap();
-    assert!(!part.join("final").exists());
-    let b = rlhf_ppo::run::<CpuTrain>(&config(&data, &rm, &[]), &part, true, &d).unwrap();
+    let o = run_ppo(&cfg, &part, &["--set", "ppo.ppo.halt_after=2"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("ppo: stopped early"));
+    assert!(!part.join("ppo/final").exists());
+    run_ppo(&cfg, &part, &["--resume"]);
+    let b = CausalLm::<Cpu>::from_hf_dir(&part.join("ppo/final"), &d).unwrap();
     assert!(logits(&a) == logits(&b), "resumed run differs from the uninterrupted one");
-    let resumed = rlhf_train::metrics::read_metrics(&part.join("metrics.jsonl")).unwrap();
+    let resumed = rlhf_train::metrics::read_metrics(&part.join("ppo/metrics.jsonl")).unwrap();
     assert_eq!(resumed.iter().map(|r| r["iteration"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
     assert_eq!(resumed[3]["rm_score"], rows[3]["rm_score"]);
 }

@@ -181,13 +181,11 @@ pub fn load(path: &Path, sets: &[String], out: &Path) -> anyhow::Result<(Pipelin
 }
 
 fn last_metric(run: &Path, key: &str) -> Option<f64> {
-    let rows = rlhf_train::metrics::read_metrics(&run.join("metrics.jsonl")).ok()?;
-    rows.iter().rev().find_map(|r| r.get(key)?.as_f64())
+    rlhf_train::metrics::last_value(&rlhf_train::metrics::read_metrics(&run.join("metrics.jsonl")).ok()?, key)
 }
 
 fn first_metric(run: &Path, key: &str) -> Option<f64> {
-    let rows = rlhf_train::metrics::read_metrics(&run.join("metrics.jsonl")).ok()?;
-    rows.iter().find_map(|r| r.get(key)?.as_f64())
+    rlhf_train::metrics::first_value(&rlhf_train::metrics::read_metrics(&run.join("metrics.jsonl")).ok()?, key)
 }
 
 fn fmt_opt(v: Option<f64>) -> String {

@@ -164,8 +164,7 @@ pub fn write_report(run: &Path, samples: usize) -> anyhow::Result<()> {
     let rm = read_rows(&run.join("reward/metrics.jsonl"));
     let ppo = read_rows(&run.join("ppo/metrics.jsonl"));
     let eval: Option<Value> = std::fs::read_to_string(run.join("eval.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
-    let last = |rows: &[Value], k: &str| rows.iter().rev().find_map(|r| r.get(k)?.as_f64());
-    let first = |rows: &[Value], k: &str| rows.iter().find_map(|r| r.get(k)?.as_f64());
+    use rlhf_train::metrics::{first_value as first, last_value as last};
 
     let mut md = String::from("# RLHF run report\n\n");
     let _ = writeln!(md, "Run directory: `{}`. Metrics are in each stage's `metrics.jsonl` (and TensorBoard event files).\n", run.display());

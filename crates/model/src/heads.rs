@@ -105,6 +105,14 @@ impl<B: Backend> RewardModel<B> {
     pub fn forward(&self, input_ids: Tensor<B, 2, Int>, attention_mask: Tensor<B, 2, Int>) -> Result<Tensor<B, 2>> {
         Ok(self.head.forward(self.model.forward(input_ids, attention_mask, None)?))
     }
+
+    /// One score per sequence: the output at its last real token (left or right padding).
+    ///
+    /// # Shapes
+    /// - `input_ids`: [batch, seq]; `attention_mask`: [batch, seq] → [batch]
+    pub fn score(&self, input_ids: Tensor<B, 2, Int>, attention_mask: Tensor<B, 2, Int>) -> Result<Tensor<B, 1>> {
+        Ok(at_last_token(self.forward(input_ids, attention_mask.clone())?, attention_mask))
+    }
 }
 
 /// The value at the last real token (the last position whose mask is 1) of each row, for left or

@@ -66,6 +66,16 @@ pub fn read_metrics(path: &Path) -> Result<Vec<Value>> {
     Ok(BufReader::new(file).lines().map_while(std::io::Result::ok).filter_map(|l| serde_json::from_str(&l).ok()).collect())
 }
 
+/// The first logged value of `key` (metrics lines hold only the keys logged at that step).
+pub fn first_value(rows: &[Value], key: &str) -> Option<f64> {
+    rows.iter().find_map(|r| r.get(key)?.as_f64())
+}
+
+/// The last logged value of `key`.
+pub fn last_value(rows: &[Value], key: &str) -> Option<f64> {
+    rows.iter().rev().find_map(|r| r.get(key)?.as_f64())
+}
+
 /// A minimal TensorBoard event-file writer: TFRecord framing (length, masked CRC-32C) around
 /// `Event` protos holding scalar summaries. Protobuf is encoded by hand: three message types.
 pub struct EventWriter {

@@ -4,15 +4,13 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use rlhf_data::encode::encode_prompt;
-use rlhf_data::{load, ChatFormat, Encoded, Format, Kind, LoadOptions, Record, Tokenizer};
-use rlhf_model::{at_last_token, generate, CausalLm, GenerateConfig, RewardModel, Sampler};
+use rlhf_data::{ChatFormat, Format, Tokenizer};
+use rlhf_model::{generate, CausalLm, GenerateConfig, RewardModel, Sampler};
 use serde::{Deserialize, Serialize};
 
-use crate::action_log_probs;
+use crate::{action_log_probs, Prompt};
 
 /// The `[eval]` settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,24 +54,9 @@ fn default_batch() -> usize {
     64
 }
 
-/// A held-out prompt: the last user message (what the oracle judges) and its encoding.
-#[derive(Debug, Clone)]
-pub struct EvalPrompt {
-    pub text: String,
-    pub ids: Vec<u32>,
-}
-
-pub fn read_eval_prompts(cfg: &EvalConfig, tok: &Tokenizer, fmt: &ChatFormat) -> anyhow::Result<Vec<EvalPrompt>> {
-    let loaded = load(&cfg.prompts, LoadOptions { kind: Kind::Prompt, format: cfg.format, skip_invalid: false })?;
-    let mut out = Vec::new();
-    for (line, r) in &loaded.records {
-        let Record::Prompt(msgs) = r else { continue };
-        let text = msgs.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone()).unwrap_or_default();
-        if let Encoded::Kept(ids) = encode_prompt(tok, fmt, msgs, cfg.max_prompt_len).with_context(|| format!("{}:{line}", cfg.prompts.display()))? {
-            out.push(EvalPrompt { text, ids });
-        }
-    }
-    Ok(out)
+/// The held-out prompts named by `cfg`.
+pub fn read_eval_prompts(cfg: &EvalConfig, tok: &Tokenizer, fmt: &ChatFormat) -> anyhow::Result<Vec<Prompt>> {
+    crate::read_prompts(&cfg.prompts, cfg.format, false, cfg.max_prompt_len, tok, fmt)
 }
 
 /// One sampled response and its scores.
@@ -112,7 +95,7 @@ pub fn sample_and_score<B: Backend>(
     baseline: Option<&CausalLm<B>>,
     rm: &RewardModel<B>,
     score_std: Option<f64>,
-    prompts: &[EvalPrompt],
+    prompts: &[Prompt],
     cfg: &EvalConfig,
     tok: &Tokenizer,
     stop_ids: &[u32],
@@ -120,7 +103,7 @@ pub fn sample_and_score<B: Backend>(
     device: &B::Device,
 ) -> anyhow::Result<Vec<Scored>> {
     let sampler = if cfg.temperature > 0.0 { Sampler::Sample { temperature: cfg.temperature, top_k: None, top_p: None } } else { Sampler::Greedy };
-    let expanded: Vec<&EvalPrompt> = prompts.iter().flat_map(|p| std::iter::repeat_n(p, cfg.samples_per_prompt.max(1))).collect();
+    let expanded: Vec<&Prompt> = prompts.iter().flat_map(|p| std::iter::repeat_n(p, cfg.samples_per_prompt.max(1))).collect();
     let mut out = Vec::with_capacity(expanded.len());
     for (chunk_no, chunk) in expanded.chunks(cfg.batch_size.max(1)).enumerate() {
         let ids: Vec<Vec<u32>> = chunk.iter().map(|p| p.ids.clone()).collect();
@@ -136,7 +119,7 @@ pub fn sample_and_score<B: Backend>(
         let seq = Tensor::cat(vec![g.prompt_ids.clone(), g.new_ids.clone()], 1);
         let attention = Tensor::cat(vec![g.prompt_mask.clone(), g.new_mask.clone()], 1);
         let mask = g.new_mask.clone().float();
-        let raw = at_last_token(rm.forward(seq.clone(), attention.clone())?, attention.clone()).into_data().convert::<f32>().to_vec::<f32>().expect("f32");
+        let raw = rm.score(seq.clone(), attention.clone())?.into_data().convert::<f32>().to_vec::<f32>().expect("f32");
         let sums = |m: &CausalLm<B>| -> anyhow::Result<Vec<f64>> {
             let (lp, _) = action_log_probs(m, seq.clone(), attention.clone(), prompt_len, false)?;
             Ok((lp * mask.clone()).sum_dim(1).into_data().convert::<f64>().to_vec::<f64>().expect("f64"))
@@ -192,7 +175,7 @@ pub fn win_rate(a: &[Scored], b: &[Scored]) -> f64 {
 /// The reward model's held-out pairwise accuracy, as its run last logged it.
 pub fn rm_pairwise_acc(reward_run: &Path) -> Option<f64> {
     let rows = rlhf_train::metrics::read_metrics(&reward_run.join("metrics.jsonl")).ok()?;
-    rows.iter().rev().find_map(|r| r.get("eval_pairwise_acc")?.as_f64())
+    rlhf_train::metrics::last_value(&rows, "eval_pairwise_acc")
 }
 
 #[cfg(test)]

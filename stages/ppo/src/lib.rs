@@ -25,8 +25,8 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use rlhf_data::batch::{shuffled, EpochOrder};
 use rlhf_data::encode::{encode_prompt, SftSample};
-use rlhf_data::{load, ChatFormat, Encoded, Kind, LoadOptions, Record, Tokenizer};
-use rlhf_model::{at_last_token, generate, CausalLm, GenerateConfig, RewardModel};
+use rlhf_data::{load, ChatFormat, Encoded, Format, Kind, LoadOptions, Record, Tokenizer};
+use rlhf_model::{generate, CausalLm, GenerateConfig, RewardModel};
 use rlhf_train::checkpoint::{latest_checkpoint, load_state, load_trainable, record_trainable, save_checkpoint_with};
 use rlhf_train::metrics::MetricsLog;
 use rlhf_train::optim::clip_global_norm;
@@ -62,22 +62,31 @@ pub struct PpoState {
     pub kl_coef: f64,
 }
 
-/// Reads and encodes a prompt set; too-long prompts are dropped and counted.
-pub fn read_prompts(path: &Path, data: &PromptData, tok: &Tokenizer, fmt: &ChatFormat) -> anyhow::Result<Vec<Vec<u32>>> {
-    let loaded = load(path, LoadOptions { kind: Kind::Prompt, format: data.format, skip_invalid: data.skip_invalid })?;
+/// A prompt: its last user message (what the demo oracle judges) and its encoding through the chat
+/// template with the generation prompt.
+#[derive(Debug, Clone)]
+pub struct Prompt {
+    pub text: String,
+    pub ids: Vec<u32>,
+}
+
+/// Reads and encodes a prompt set; prompts longer than `max_len` tokens are dropped and counted.
+pub fn read_prompts(path: &Path, format: Format, skip_invalid: bool, max_len: usize, tok: &Tokenizer, fmt: &ChatFormat) -> anyhow::Result<Vec<Prompt>> {
+    let loaded = load(path, LoadOptions { kind: Kind::Prompt, format, skip_invalid })?;
     if loaded.skipped.count() > 0 {
         eprintln!("{}: {}", path.display(), loaded.skipped);
     }
     let (mut prompts, mut dropped) = (Vec::new(), 0);
     for (line, r) in &loaded.records {
         let Record::Prompt(msgs) = r else { continue };
-        match encode_prompt(tok, fmt, msgs, data.max_prompt_len).with_context(|| format!("{}:{line}", path.display()))? {
-            Encoded::Kept(ids) | Encoded::Truncated(ids) => prompts.push(ids),
+        let text = msgs.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone()).unwrap_or_default();
+        match encode_prompt(tok, fmt, msgs, max_len).with_context(|| format!("{}:{line}", path.display()))? {
+            Encoded::Kept(ids) | Encoded::Truncated(ids) => prompts.push(Prompt { text, ids }),
             Encoded::Dropped => dropped += 1,
         }
     }
     if dropped > 0 {
-        eprintln!("{}: {dropped} prompts longer than {} tokens dropped", path.display(), data.max_prompt_len);
+        eprintln!("{}: {dropped} prompts longer than {max_len} tokens dropped", path.display());
     }
     Ok(prompts)
 }
@@ -288,8 +297,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let ref_logp = self.in_chunks(rows, |r| Ok(action_log_probs(&self.reference, slice(&ids, &r), slice(&attention, &r), prompt_len, false)?.0))?;
         let old_values = self.in_chunks(rows, |r| action_values(&critic, slice(&ids, &r), slice(&attention, &r), prompt_len))?;
         let raw_scores = self.in_chunks(rows, |r| {
-            let (i, a) = (slice(&ids, &r), slice(&attention, &r));
-            Ok(at_last_token(self.reward_model.forward(i, a.clone())?, a).unsqueeze_dim::<2>(1))
+            Ok(self.reward_model.score(slice(&ids, &r), slice(&attention, &r))?.unsqueeze_dim::<2>(1))
         })?;
         let kl = kl_per_token(old_logp.clone(), ref_logp, ppo.kl_estimator) * action_mask.clone();
         let kl_host = host_rows(kl);
@@ -364,7 +372,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                     st.ratio_max = st.ratio_max.max(host[2]);
                     st.policy_loss += host[3];
                     st.entropy += host[4];
-                    mask_total += mask.sum().into_scalar().elem::<f64>();
+                    mask_total += micro.iter().map(|&r| rollout.lengths[r]).sum::<usize>() as f64;
                     tokens_total += ids.dims()[0] * ids.dims()[1];
                     acc.accumulate(&self.actor, GradientsParams::from_grads(loss.backward(), &self.actor));
                 }
@@ -515,7 +523,8 @@ pub fn run<B: AutodiffBackend>(cfg: &PpoConfig, out: &Path, resume: bool, device
             cfg.generate.max_new_tokens
         );
     }
-    let prompts = read_prompts(&cfg.data.prompts, &cfg.data, &tok, &fmt)?;
+    let d = &cfg.data;
+    let prompts: Vec<Vec<u32>> = read_prompts(&d.prompts, d.format, d.skip_invalid, d.max_prompt_len, &tok, &fmt)?.into_iter().map(|p| p.ids).collect();
     if prompts.is_empty() {
         bail!("{}: no prompts to train on", cfg.data.prompts.display());
     }

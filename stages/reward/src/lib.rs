@@ -13,7 +13,7 @@ use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use rlhf_data::batch::{pad_right, EpochOrder};
 use rlhf_data::encode::{encode_ranking, encode_sft, RankingSample};
 use rlhf_data::{load, ChatFormat, DataFiles, Encoded, Format, Kind, LoadOptions, Record, Tokenizer};
-use rlhf_model::{at_last_token, RewardModel, ScalarHead, Transformer};
+use rlhf_model::{RewardModel, ScalarHead, Transformer};
 use rlhf_train::{Objective, TrainConfig, TrainError};
 use serde::{Deserialize, Serialize};
 
@@ -76,7 +76,7 @@ pub fn score_sequences<B: Backend>(model: &RewardModel<B>, seqs: &[Vec<u32>], pa
     let shape = [padded.batch, padded.len];
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(padded.ids, shape), device);
     let mask = Tensor::<B, 2, Int>::from_data(TensorData::new(padded.mask, shape), device);
-    Ok(at_last_token(model.forward(ids, mask.clone())?, mask))
+    Ok(model.score(ids, mask)?)
 }
 
 /// Scores of every response of `samples` (flat, in order) and the pairs between them.
