@@ -41,3 +41,38 @@ where
         }
     }
 }
+
+/// The whole `main` of a stage binary: its clap parser (`StageArgs`), the config type and the stage
+/// crate's `run::<B>(&cfg, out, resume, &device)`, dispatched on the autodiff backend `--device` picks.
+///
+/// ```ignore
+/// rlhf_train::stage_binary!("rlhf-ppo", "Stage 3: PPO-ptx", rlhf_ppo::PpoConfig, rlhf_ppo);
+/// ```
+#[macro_export]
+macro_rules! stage_binary {
+    ($name:literal, $about:literal, $config:ty, $stage:ident) => {
+        #[derive(Debug, clap::Parser)]
+        #[command(name = $name, version, about = $about)]
+        struct Cli {
+            #[command(flatten)]
+            args: $crate::cli::StageArgs,
+        }
+
+        struct Task {
+            cfg: $config,
+            args: $crate::cli::StageArgs,
+        }
+
+        impl rlhf_model::backend::TrainTask for Task {
+            type Output = anyhow::Result<()>;
+            fn run<B: burn::tensor::backend::AutodiffBackend>(self, device: B::Device) -> anyhow::Result<()> {
+                $stage::run::<B>(&self.cfg, &self.args.out, self.args.resume, &device)?;
+                Ok(())
+            }
+        }
+
+        fn main() -> std::process::ExitCode {
+            $crate::cli::stage_main(<Cli as clap::Parser>::parse().args, |cfg, args| Task { cfg, args })
+        }
+    };
+}

@@ -364,6 +364,7 @@ pub fn run<B: AutodiffBackend>(cfg: &SftConfig, out: &Path, resume: bool, device
     let model = model.valid();
     if cfg.train.halt_after.is_none_or(|h| h >= cfg.train.steps) {
         model.save_hf_dir(&out.join("final"), Some(&tok_dir))?;
+        eprintln!("{}: final model in {}", if cfg.mode == Mode::Sft { "sft" } else { "pretrain" }, out.join("final").display());
     }
     Ok(model)
 }
