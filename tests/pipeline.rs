@@ -1,7 +1,7 @@
 //! `rlhf pipeline run configs/pipeline/ci.toml`: the whole chain from nothing on CPU. PPO must
 //! beat SFT on held-out prompts by the oracle and by the reward model, with the KL in bounds; an
-//! interrupted PPO stage resumes; a finished pipeline re-runs as all skips; the report and its
-//! plots exist.
+//! interrupted PPO stage resumes; a finished pipeline re-runs as all skips, and a changed section
+//! reruns from its stage on; the report and its plots exist.
 
 use std::process::{Command, Output};
 
@@ -65,6 +65,16 @@ fn ci_pipeline_ppo_beats_sft_and_resumes() {
     for stage in ["data", "pretrain", "sft", "reward", "ppo", "eval", "report"] {
         assert!(log.contains(&format!("{stage}: complete, skipped")), "{stage}: {log}");
     }
+
+    // A changed section reruns its stage and every later one; earlier stages stay skipped.
+    let log = check(&rlhf(&["pipeline", "run", &config, "--out", out_s, "--set", "eval.max_kl=6.0"]));
+    for stage in ["data", "pretrain", "sft", "reward", "ppo"] {
+        assert!(log.contains(&format!("{stage}: complete, skipped")), "{stage}: {log}");
+    }
+    assert!(log.contains("eval: its [eval] section changed since it ran; running it again"), "{log}");
+    assert!(log.contains("eval: done in") && log.contains("report: done in"), "{log}");
+    let eval: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(eval["kl_bound"].as_f64(), Some(6.0), "{eval}");
 
     // The PPO model chats (one turn from stdin).
     let mut child = Command::new(env!("CARGO_BIN_EXE_rlhf"))

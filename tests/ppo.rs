@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 
 use burn::tensor::{Int, Tensor, TensorData};
 use rlhf_model::backend::{Cpu, CpuTrain};
-use rlhf_model::{CausalLm, RewardModel, ScalarHead, Transformer};
+use rlhf_model::{generate, CausalLm, GenerateConfig, GenerationBatch, RewardModel, Sampler, ScalarHead, Transformer};
 use rlhf_ppo::PpoConfig;
 
 use crate::model::fixture;
@@ -138,12 +138,13 @@ fn ppo_logs_every_metric_and_resumes_exactly() {
 }
 
 /// With a vanishing learning rate the policy never moves, so the recomputed log-probs of the
-/// update equal the rollout's: every ratio is 1, nothing is clipped, the approximate KL is 0.
+/// update equal the rollout's: every ratio is 1, nothing is clipped, the approximate KL is 0
+/// (with the rollout generated three responses at a time).
 #[test]
 fn update_log_probs_match_the_rollout() {
     let tmp = tempfile::tempdir().unwrap();
     let (data, rm) = setup(tmp.path());
-    let cfg = config(&data, &rm, &["ppo.iterations=1", "ppo.actor_lr=1e-12", "ptx.coef=0.0"]);
+    let cfg = config(&data, &rm, &["ppo.iterations=1", "ppo.actor_lr=1e-12", "ptx.coef=0.0", "generate.batch_size=3"]);
     rlhf_ppo::run::<CpuTrain>(&cfg, &tmp.path().join("run"), false, &Default::default()).unwrap();
     let rows = rlhf_train::metrics::read_metrics(&tmp.path().join("run/metrics.jsonl")).unwrap();
     let get = |k: &str| rows[0][k].as_f64().unwrap();
@@ -153,6 +154,35 @@ fn update_log_probs_match_the_rollout() {
     assert_eq!(get("ptx_loss"), 0.0, "coef 0: no ptx batch");
 }
 
+/// Responses generated in separate batches (different prompt lengths, different numbers of
+/// steps) and stacked: every row keeps its tokens, and the sampler's own log-probs (KV cache, per
+/// batch) equal PPO's recomputation over the stacked rows, so the extra padding changes nothing.
+#[test]
+fn rollouts_generated_in_batches_stack_exactly() {
+    let d = Default::default();
+    let model = CausalLm::<Cpu>::from_hf_dir(&fixture("hf-tiny-llama"), &d).unwrap();
+    let prompts = [vec![1u32, 350, 289], vec![1, 9], vec![1, 40, 41, 42, 43, 44], vec![1, 7, 8, 9], vec![5]];
+    let sampler = Sampler::Sample { temperature: 1.0, top_k: None, top_p: None };
+    let cfg = |max_new_tokens| GenerateConfig { max_new_tokens, sampler: sampler.clone(), stop_ids: vec![], pad_id: 0, seed: Some(3) };
+    let parts = vec![
+        generate(&model, &prompts[0..2], &cfg(6), &d).unwrap(),
+        generate(&model, &prompts[2..4], &cfg(6), &d).unwrap(),
+        generate(&model, &prompts[4..5], &cfg(3), &d).unwrap(),
+    ];
+    let want: Vec<_> = parts.iter().flat_map(|p| p.to_host()).collect();
+    let batch = GenerationBatch::concat(parts, 0);
+    assert_eq!((batch.prompt_ids.dims(), batch.new_ids.dims()), ([5, 6], [5, 6]));
+    assert_eq!(batch.to_host(), want);
+    let mask = batch.new_mask.clone().float();
+    assert_eq!(mask.clone().sum().into_scalar(), 27.0, "6 + 6 + 6 + 6 + 3 real tokens");
+
+    let ids = Tensor::cat(vec![batch.prompt_ids.clone(), batch.new_ids.clone()], 1);
+    let attention = Tensor::cat(vec![batch.prompt_mask.clone(), batch.new_mask.clone()], 1);
+    let (logp, _) = rlhf_ppo::action_log_probs(&model, ids, attention, 6, false).unwrap();
+    let diff: f32 = ((logp - batch.logprobs.clone()) * mask).abs().max().into_scalar();
+    assert!(diff < 1e-4, "max |Δ log π| {diff}");
+}
+
 #[test]
 fn bad_configs_are_refused_before_loading() {
     let tmp = tempfile::tempdir().unwrap();
@@ -160,6 +190,9 @@ fn bad_configs_are_refused_before_loading() {
     let mut cfg = config(&missing, &missing, &["ppo.minibatch_size=0"]);
     let e = rlhf_ppo::run::<CpuTrain>(&cfg, &tmp.path().join("o"), false, &Default::default()).unwrap_err();
     assert!(e.to_string().contains("ppo.minibatch_size"), "{e}");
+    cfg = config(&missing, &missing, &["generate.batch_size=0"]);
+    let e = rlhf_ppo::run::<CpuTrain>(&cfg, &tmp.path().join("o"), false, &Default::default()).unwrap_err();
+    assert!(e.to_string().contains("generate.batch_size"), "{e}");
     cfg = config(&missing, &missing, &["ptx.mode=\"convex\"", "ptx.coef=1.5"]);
     let e = rlhf_ppo::run::<CpuTrain>(&cfg, &tmp.path().join("o"), false, &Default::default()).unwrap_err();
     assert!(e.to_string().contains("ptx.coef"), "{e}");

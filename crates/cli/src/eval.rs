@@ -64,7 +64,7 @@ pub fn evaluate_run<B: Backend>(run: &Path, cfg: &EvalConfig, device: &B::Device
     if prompts.is_empty() {
         anyhow::bail!("{}: no usable held-out prompts", cfg.prompts.display());
     }
-    let pad = ppo.config().pad_token_id.or(tok.pad_id()).or(tok.eos_id()).unwrap_or(0);
+    let pad = tok.pad_id_for(ppo.config().pad_token_id);
     let stop = fmt.stop_ids(&tok);
     let sft_scored = sample_and_score(&sft, None, &rm, score_std, &prompts, cfg, &tok, &stop, pad, device)?;
     let ppo_scored = sample_and_score(&ppo, Some(&sft), &rm, score_std, &prompts, cfg, &tok, &stop, pad, device)?;

@@ -7,8 +7,11 @@
 //!
 //! Layout: `DIR/{data,pretrain,sft,reward,ppo}/`, `DIR/eval.json`, `DIR/report.md`, and the resolved
 //! config `DIR/pipeline.toml`. A stage whose output is complete (its `final/`, written by an atomic
-//! rename) is skipped; a stage that runs makes every later stage run again.
+//! rename) is skipped — unless its section of the config changed since it ran, or a stage before it
+//! was redone since (`DIR/pipeline_state.json` remembers both); a stage that runs makes every later
+//! stage run again.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -154,13 +157,29 @@ fn substitute(value: &mut toml::Value, run: &str) {
     }
 }
 
-/// Reads CONFIG, applies `--set`, fills in `{run}`, and parses it.
-pub fn load(path: &Path, sets: &[String], out: &Path) -> anyhow::Result<(PipelineConfig, toml::Table)> {
+/// What a stage's run depended on in the config: its section with `{run}` unfilled and without
+/// `halt_after` (which says when to stop, not what to compute).
+fn fingerprint(section: Option<&toml::Value>) -> String {
+    fn strip(v: &mut toml::Value) {
+        if let toml::Value::Table(t) = v {
+            t.remove("halt_after");
+            t.iter_mut().for_each(|(_, v)| strip(v));
+        }
+    }
+    let mut v = section.cloned().unwrap_or(toml::Value::Table(toml::Table::new()));
+    strip(&mut v);
+    v.to_string()
+}
+
+/// Reads CONFIG, applies `--set`, fills in `{run}`, and parses it. Also returns the resolved table
+/// and each stage's [`fingerprint`].
+pub fn load(path: &Path, sets: &[String], out: &Path) -> anyhow::Result<(PipelineConfig, toml::Table, BTreeMap<Stage, String>)> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut table: toml::Table = toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
     for s in sets {
         rlhf_train::config::apply_override(&mut table, s)?;
     }
+    let fingerprints = Stage::ALL.into_iter().map(|s| (s, fingerprint(table.get(s.name())))).collect();
     let mut value = toml::Value::Table(table);
     substitute(&mut value, &out.display().to_string());
     let toml::Value::Table(table) = value else { unreachable!("a table stays a table") };
@@ -177,7 +196,61 @@ pub fn load(path: &Path, sets: &[String], out: &Path) -> anyhow::Result<(Pipelin
             anyhow::bail!("{}: stage `{}` is listed but has no [{}] section", path.display(), stage.name(), stage.name());
         }
     }
-    Ok((cfg, table))
+    Ok((cfg, table, fingerprints))
+}
+
+/// One finished stage in `pipeline_state.json`: the fingerprint of the config it ran with, and
+/// when it finished relative to the other stages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Finished {
+    config: String,
+    seq: u64,
+}
+
+/// `DIR/pipeline_state.json`: which stages finished, in what order, from which config. A stage
+/// leaves it when it starts over and enters it when it finishes.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Ledger {
+    finished: BTreeMap<Stage, Finished>,
+}
+
+impl Ledger {
+    fn path(out: &Path) -> PathBuf {
+        out.join("pipeline_state.json")
+    }
+
+    fn read(out: &Path) -> anyhow::Result<Self> {
+        let path = Self::path(out);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text).with_context(|| format!("{}: not a pipeline state file (delete it to rerun every stage)", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    fn write(&self, out: &Path) -> anyhow::Result<()> {
+        Ok(rlhf_train::checkpoint::write_atomic(&Self::path(out), serde_json::to_string_pretty(self)?.as_bytes())?)
+    }
+
+    /// Why `stage`'s complete output no longer matches the config (`earlier` = the stages before
+    /// it in this pipeline). A stage the ledger never saw finish is judged by its output alone.
+    fn stale(&self, stage: Stage, earlier: &[Stage], config: &str) -> Option<String> {
+        let done = self.finished.get(&stage)?;
+        if done.config != config {
+            return Some(format!("its [{}] section changed since it ran", stage.name()));
+        }
+        let redone = earlier.iter().find(|s| self.finished.get(s).is_some_and(|e| e.seq > done.seq))?;
+        Some(format!("`{}` was redone after it ran", redone.name()))
+    }
+
+    fn started(&mut self, stage: Stage) {
+        self.finished.remove(&stage);
+    }
+
+    fn finished(&mut self, stage: Stage, config: &str) {
+        let seq = self.finished.values().map(|f| f.seq).max().unwrap_or(0) + 1;
+        self.finished.insert(stage, Finished { config: config.to_string(), seq });
+    }
 }
 
 fn last_metric(run: &Path, key: &str) -> Option<f64> {
@@ -195,6 +268,7 @@ fn fmt_opt(v: Option<f64>) -> String {
 struct Pipeline {
     cfg: PipelineConfig,
     args: PipelineArgs,
+    fingerprints: BTreeMap<Stage, String>,
 }
 
 impl Pipeline {
@@ -246,17 +320,27 @@ impl Pipeline {
     fn run<B: AutodiffBackend>(&self, device: &B::Device) -> anyhow::Result<()> {
         let out = &self.args.out;
         let stages = self.cfg.stages();
+        let mut ledger = Ledger::read(out)?;
         let mut rerun = false;
         let started = Instant::now();
         for (i, &stage) in stages.iter().enumerate() {
             let (output, marker) = stage.output(out);
-            let forced = rerun || self.args.from.is_some_and(|f| stage >= f);
+            let config = &self.fingerprints[&stage];
+            let mut forced = rerun || self.args.from.is_some_and(|f| stage >= f);
+            if let Some(why) = ledger.stale(stage, &stages[..i], config).filter(|_| !forced) {
+                eprintln!("{}: {why}; running it again", stage.name());
+                forced = true;
+            }
             if marker.exists() && !forced {
                 eprintln!("[{}/{}] {}: complete, skipped ({})", i + 1, stages.len(), stage.name(), output.display());
                 continue;
             }
             // A forced stage starts over; an unfinished one resumes when asked to.
             let resume = self.args.resume && !forced && !marker.exists();
+            if !resume {
+                ledger.started(stage);
+                ledger.write(out)?;
+            }
             if !resume && output.exists() {
                 if !forced && !marker.exists() && rlhf_train::checkpoint::latest_checkpoint(&output).is_some() {
                     eprintln!("{}: an unfinished run is in {}; starting over (pass --resume to continue it)", stage.name(), output.display());
@@ -272,6 +356,8 @@ impl Pipeline {
             let summary = self.run_stage::<B>(stage, resume, device).with_context(|| format!("stage `{}`", stage.name()))?;
             let secs = clock.elapsed().as_secs_f64();
             if marker.exists() {
+                ledger.finished(stage, config);
+                ledger.write(out)?;
                 println!("{}: done in {:.0}s — {summary} → {}", stage.name(), secs, output.display());
             } else {
                 println!("{}: stopped early after {:.0}s (halt_after); run again with --resume to finish", stage.name(), secs);
@@ -293,9 +379,9 @@ impl TrainTask for Pipeline {
 
 pub fn run(args: PipelineArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let (cfg, resolved) = load(&args.config, &args.sets, &args.out)?;
+    let (cfg, resolved, fingerprints) = load(&args.config, &args.sets, &args.out)?;
     rlhf_train::checkpoint::write_atomic(&args.out.join("pipeline.toml"), toml::to_string_pretty(&resolved)?.as_bytes())?;
-    dispatch_train(args.device, Pipeline { cfg, args })?
+    dispatch_train(args.device, Pipeline { cfg, args, fingerprints })?
 }
 
 #[cfg(test)]
@@ -312,7 +398,7 @@ mod tests {
     fn run_placeholder_is_filled_and_stages_follow_the_sections() {
         let tmp = tempfile::tempdir().unwrap();
         let p = write(tmp.path(), "[data]\npretrain_docs = 1\nsft = 1\nrankings = 1\nprompts = 1\n[eval]\nprompts = \"{run}/data/heldout.jsonl\"\nmax_new_tokens = 4\n");
-        let (cfg, table) = load(&p, &["eval.samples_per_prompt=3".into()], Path::new("/out")).unwrap();
+        let (cfg, table, _) = load(&p, &["eval.samples_per_prompt=3".into()], Path::new("/out")).unwrap();
         let eval = cfg.eval.as_ref().unwrap();
         assert_eq!(eval.prompts, PathBuf::from("/out/data/heldout.jsonl"));
         assert_eq!(eval.samples_per_prompt, 3);
@@ -329,6 +415,44 @@ mod tests {
         let p = write(tmp.path(), "[reprot]\nsamples = 2\n");
         let e = load(&p, &[], Path::new("/out")).unwrap_err();
         assert!(format!("{e:#}").contains("reprot"), "{e:#}");
+    }
+
+    #[test]
+    fn fingerprints_see_config_changes_but_not_halt_after() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = write(tmp.path(), "[eval]\nprompts = \"{run}/data/heldout.jsonl\"\nmax_new_tokens = 4\n[ppo.ppo]\niterations = 3\n");
+        let table: toml::Table = toml::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        let mut halted = table.clone();
+        rlhf_train::config::apply_override(&mut halted, "ppo.ppo.halt_after=2").unwrap();
+        let mut longer = table.clone();
+        rlhf_train::config::apply_override(&mut longer, "ppo.ppo.iterations=4").unwrap();
+        assert_eq!(fingerprint(table.get("ppo")), fingerprint(halted.get("ppo")));
+        assert_ne!(fingerprint(table.get("ppo")), fingerprint(longer.get("ppo")));
+        // `{run}` stays unfilled: moving the run directory changes nothing.
+        let (_, _, a) = load(&write(tmp.path(), "[eval]\nprompts = \"{run}/h.jsonl\"\nmax_new_tokens = 4\n"), &[], Path::new("/a")).unwrap();
+        let (_, _, b) = load(&tmp.path().join("p.toml"), &[], Path::new("/b")).unwrap();
+        assert_eq!(a, b);
+        assert!(a[&Stage::Eval].contains("{run}/h.jsonl"));
+    }
+
+    #[test]
+    fn ledger_marks_changed_configs_and_redone_inputs_stale() {
+        let mut l = Ledger::default();
+        l.finished(Stage::Sft, "a");
+        l.finished(Stage::Reward, "b");
+        assert_eq!(l.stale(Stage::Reward, &[Stage::Sft], "b"), None);
+        assert_eq!(l.stale(Stage::Ppo, &[Stage::Sft, Stage::Reward], "c"), None, "never seen finishing: judged by its output");
+        assert!(l.stale(Stage::Reward, &[Stage::Sft], "b2").unwrap().contains("[reward] section changed"));
+        // SFT redone (e.g. a crash before reward started over): reward is stale.
+        l.started(Stage::Sft);
+        l.finished(Stage::Sft, "a");
+        assert!(l.stale(Stage::Reward, &[Stage::Sft], "b").unwrap().contains("`sft` was redone"));
+        // The state file round-trips.
+        let tmp = tempfile::tempdir().unwrap();
+        l.write(tmp.path()).unwrap();
+        assert_eq!(Ledger::read(tmp.path()).unwrap().finished, l.finished);
+        std::fs::write(tmp.path().join("pipeline_state.json"), "{").unwrap();
+        assert!(format!("{:#}", Ledger::read(tmp.path()).unwrap_err()).contains("pipeline_state.json"));
     }
 
     #[test]

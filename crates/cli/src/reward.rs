@@ -43,7 +43,7 @@ impl BackendTask for &ScoreArgs {
         let tok = Tokenizer::from_dir(&self.model)?;
         let fmt = ChatFormat::from_tokenizer(&tok)?;
         let max_len = self.max_len.min(model.model.config.max_position_embeddings);
-        let pad = model.model.config.pad_token_id.or(tok.pad_id()).unwrap_or(0);
+        let pad = tok.pad_id_for(model.model.config.pad_token_id);
         let kind = if self.kind == ScoreKind::Ranking { Kind::Ranking } else { Kind::Sft };
         let loaded = load(&self.data, LoadOptions { kind, format: self.format, skip_invalid: false })?;
         let (mut total, mut n) = (rlhf_reward::RankingStats::default(), 0usize);

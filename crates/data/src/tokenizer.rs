@@ -123,6 +123,12 @@ impl Tokenizer {
         self.pad_token.as_deref().and_then(|t| self.token_id(t))
     }
 
+    /// The id that pads batches for a model: its `pad_token_id`, else the tokenizer's pad token,
+    /// else EOS, else 0. Padding is always masked, so any id works; these keep decoded text clean.
+    pub fn pad_id_for(&self, model_pad: Option<u32>) -> u32 {
+        model_pad.or(self.pad_id()).or(self.eos_id()).unwrap_or(0)
+    }
+
     pub fn chat_template(&self) -> Option<&str> {
         self.chat_template.as_deref()
     }

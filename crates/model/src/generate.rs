@@ -2,7 +2,8 @@
 //! for the whole batch on the device.
 
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{backend::Backend, ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::ops::PadMode;
+use burn::tensor::{backend::Backend, Element, ElementConversion, Int, Numeric, Tensor, TensorData};
 
 use crate::error::{ModelError, Result};
 use crate::heads::CausalLm;
@@ -65,6 +66,46 @@ impl<B: Backend> GenerationBatch<B> {
             })
             .collect()
     }
+}
+
+impl<B: Backend> GenerationBatch<B> {
+    /// Stacks batches generated separately: prompts are left-padded and new tokens right-padded
+    /// to the longest, with mask 0 there. Positions follow the mask, so the extra padding changes
+    /// no row's meaning.
+    pub fn concat(parts: Vec<Self>, pad_id: u32) -> Self {
+        let prompt_len = parts.iter().map(|b| b.prompt_ids.dims()[1]).max().unwrap_or(0);
+        let steps = parts.iter().map(|b| b.new_ids.dims()[1]).max().unwrap_or(0);
+        // Token ids are exact in f32 up to 2^24, far above any vocabulary.
+        let pad = pad_id as f32;
+        let (mut prompt_ids, mut prompt_mask, mut new_ids, mut new_mask, mut logprobs) = (vec![], vec![], vec![], vec![], vec![]);
+        for b in parts {
+            let before = prompt_len - b.prompt_ids.dims()[1];
+            let after = steps - b.new_ids.dims()[1];
+            prompt_ids.push(pad_columns(b.prompt_ids, before, 0, pad));
+            prompt_mask.push(pad_columns(b.prompt_mask, before, 0, 0.0));
+            new_ids.push(pad_columns(b.new_ids, 0, after, pad));
+            new_mask.push(pad_columns(b.new_mask, 0, after, 0.0));
+            logprobs.push(pad_columns(b.logprobs, 0, after, 0.0));
+        }
+        Self {
+            prompt_ids: Tensor::cat(prompt_ids, 0),
+            prompt_mask: Tensor::cat(prompt_mask, 0),
+            new_ids: Tensor::cat(new_ids, 0),
+            new_mask: Tensor::cat(new_mask, 0),
+            logprobs: Tensor::cat(logprobs, 0),
+        }
+    }
+}
+
+/// `t` with `before` columns of `fill` in front and `after` behind.
+fn pad_columns<B: Backend, K: Numeric<B>>(t: Tensor<B, 2, K>, before: usize, after: usize, fill: f32) -> Tensor<B, 2, K>
+where
+    K::Elem: Element,
+{
+    if before + after == 0 {
+        return t;
+    }
+    t.pad([(before, after)], PadMode::Constant(fill))
 }
 
 /// Left-pads prompts to a common length.

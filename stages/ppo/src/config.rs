@@ -99,6 +99,10 @@ pub struct GenerationConfig {
     pub top_k: Option<usize>,
     #[serde(default)]
     pub top_p: Option<f64>,
+    /// Responses generated together (default: the whole rollout batch). Smaller batches bound the
+    /// KV cache's memory; each stops as soon as its own rows have.
+    #[serde(default)]
+    pub batch_size: Option<usize>,
 }
 
 impl GenerationConfig {
@@ -241,6 +245,9 @@ impl PpoConfig {
             if !(lr > 0.0 && lr.is_finite()) {
                 bail!("{name} must be a positive number, found {lr}");
             }
+        }
+        if self.generate.batch_size == Some(0) {
+            bail!("generate.batch_size must be at least 1");
         }
         if self.generate.temperature.is_nan() || self.generate.temperature <= 0.0 {
             bail!("generate.temperature must be > 0");

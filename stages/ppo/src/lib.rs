@@ -26,7 +26,7 @@ use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use rlhf_data::batch::{shuffled, EpochOrder};
 use rlhf_data::encode::{encode_prompt, SftSample};
 use rlhf_data::{load, ChatFormat, Encoded, Format, Kind, LoadOptions, Record, Tokenizer};
-use rlhf_model::{generate, CausalLm, GenerateConfig, RewardModel};
+use rlhf_model::{generate, CausalLm, GenerateConfig, GenerationBatch, RewardModel};
 use rlhf_train::checkpoint::{latest_checkpoint, load_state, load_trainable, record_trainable, save_checkpoint_with};
 use rlhf_train::metrics::MetricsLog;
 use rlhf_train::optim::clip_global_norm;
@@ -271,14 +271,26 @@ impl<B: AutodiffBackend> Trainer<B> {
         Ok(Tensor::cat(parts, 0))
     }
 
+    /// The actor's responses to `prompts`, `generate.batch_size` at a time. The backend RNG is
+    /// seeded once per iteration; later batches continue its stream.
+    fn generate_rollouts(&self, actor: &CausalLm<B::InnerBackend>, prompts: &[Vec<u32>], iteration: usize) -> anyhow::Result<GenerationBatch<B::InnerBackend>> {
+        let seed = self.cfg.seed.wrapping_mul(1_000_003).wrapping_add(iteration as u64);
+        let per_batch = self.cfg.generate.batch_size.unwrap_or(prompts.len()).max(1);
+        let parts = prompts
+            .chunks(per_batch)
+            .enumerate()
+            .map(|(i, chunk)| generate(actor, chunk, &GenerateConfig { seed: (i == 0).then_some(seed), ..self.gen.clone() }, &self.device))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(GenerationBatch::concat(parts, self.pad_id))
+    }
+
     /// Step 1: sample responses and turn them into advantages and returns.
     pub fn make_experience(&self, prompts: &[Vec<u32>], iteration: usize, timing: &mut Timing) -> anyhow::Result<(Rollout<B::InnerBackend>, RolloutStats)> {
         let device = &self.device;
         let ppo = &self.cfg.ppo;
         let clock = Instant::now();
         let actor = self.actor.valid();
-        let gen_cfg = GenerateConfig { seed: Some(self.cfg.seed.wrapping_mul(1_000_003).wrapping_add(iteration as u64)), ..self.gen.clone() };
-        let out = generate(&actor, prompts, &gen_cfg, device)?;
+        let out = self.generate_rollouts(&actor, prompts, iteration)?;
         let prompt_len = out.prompt_ids.dims()[1];
         let steps = out.new_ids.dims()[1];
         let rows = prompts.len();
@@ -548,7 +560,7 @@ pub fn run<B: AutodiffBackend>(cfg: &PpoConfig, out: &Path, resume: bool, device
         }
         None => vec![],
     };
-    let pad_id = actor.config().pad_token_id.or(tok.pad_id()).or(tok.eos_id()).unwrap_or(0);
+    let pad_id = tok.pad_id_for(actor.config().pad_token_id);
     let stop_ids = fmt.stop_ids(&tok);
     eprintln!(
         "ppo: {:.2}M-parameter actor; {} prompts, {} ptx samples; {} iterations × {} rollouts",

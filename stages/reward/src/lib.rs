@@ -278,7 +278,7 @@ pub fn run<B: AutodiffBackend>(cfg: &RewardConfig, out: &Path, resume: bool, dev
         bail!("{}: no rankings to train on", cfg.data.train.display());
     }
     let model = RewardModel { head: ScalarHead::init(body.config.hidden_size, device), model: body };
-    let pad_id = model.model.config.pad_token_id.or(tok.pad_id()).or(tok.eos_id()).unwrap_or(0);
+    let pad_id = tok.pad_id_for(model.model.config.pad_token_id);
     eprintln!("reward: {} train / {} eval rankings", train.len(), eval.len());
     let objective = RewardObjective::<B> {
         order: EpochOrder::new(train.len(), cfg.seed),

@@ -358,7 +358,7 @@ pub fn run<B: AutodiffBackend>(cfg: &SftConfig, out: &Path, resume: bool, device
         train.dropped,
         cfg.data.max_len
     );
-    let pad_id = model.config().pad_token_id.or(tok.pad_id()).or(tok.eos_id()).unwrap_or(0);
+    let pad_id = tok.pad_id_for(model.config().pad_token_id);
     let objective = SftObjective::<B>::new(train.samples, eval, &cfg.train, cfg.seed, pad_id, device.clone());
     let model = rlhf_train::train(model, &objective, &cfg.train, cfg.seed, out, resume, device)?;
     let model = model.valid();
