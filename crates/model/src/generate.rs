@@ -66,9 +66,7 @@ impl<B: Backend> GenerationBatch<B> {
             })
             .collect()
     }
-}
 
-impl<B: Backend> GenerationBatch<B> {
     /// Stacks batches generated separately: prompts are left-padded and new tokens right-padded
     /// to the longest, with mask 0 there. Positions follow the mask, so the extra padding changes
     /// no row's meaning.
