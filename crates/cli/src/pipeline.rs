@@ -340,14 +340,12 @@ impl Pipeline {
             if !resume {
                 ledger.started(stage);
                 ledger.write(out)?;
-            }
-            if !resume && output.exists() {
                 if !forced && !marker.exists() && rlhf_train::checkpoint::latest_checkpoint(&output).is_some() {
                     eprintln!("{}: an unfinished run is in {}; starting over (pass --resume to continue it)", stage.name(), output.display());
                 }
                 if output.is_dir() {
                     std::fs::remove_dir_all(&output).with_context(|| format!("removing {}", output.display()))?;
-                } else {
+                } else if output.exists() {
                     std::fs::remove_file(&output).with_context(|| format!("removing {}", output.display()))?;
                 }
             }
