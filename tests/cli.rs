@@ -1,14 +1,8 @@
 //! The `rlhf` binary end to end: `model logits`, `generate --json`, `model info`, and clear errors.
 
-use std::process::Command;
-
 use safetensors::SafeTensors;
 
-use crate::model::fixture;
-
-fn rlhf(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_rlhf")).args(args).env("RAYON_NUM_THREADS", "2").output().unwrap()
-}
+use crate::common::{fixture, rlhf};
 
 #[test]
 fn model_logits_writes_transformers_logits() {

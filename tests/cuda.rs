@@ -6,10 +6,11 @@
 //! that off. On an H100 the fixtures' logits (|logit| ≤ 2.8) then differ from transformers' f32 by up
 //! to 3.1e-3, i.e. ~1e-3 relative, so the bound is 5e-3 absolute; greedy tokens must match exactly.
 
-use rlhf_model::backend::{cuda_device, Cpu, Gpu};
+use rlhf_runtime::{cuda_device, Cpu, Gpu};
 use rlhf_model::CausalLm;
 
-use crate::model::{check_greedy_on, fixture, greedy_on, logits_diff_on};
+use crate::common::fixture;
+use crate::model::{check_greedy_on, greedy_on, logits_diff_on};
 
 fn gpu() -> Option<burn::backend::cuda::CudaDevice> {
     match cuda_device(0) {

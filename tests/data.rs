@@ -6,11 +6,7 @@ use std::path::{Path, PathBuf};
 use rlhf_data::encode::{encode_prompt, encode_ranking, encode_sft};
 use rlhf_data::{load, BuiltinTemplate, ChatFormat, Encoded, Format, Kind, LoadOptions, Record, Tokenizer};
 
-use crate::model::fixture;
-
-fn shared(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(rel)
-}
+use crate::common::{fixture, shared};
 
 fn opts(kind: Kind) -> LoadOptions {
     LoadOptions { kind, format: Format::Auto, skip_invalid: false }

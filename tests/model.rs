@@ -2,21 +2,16 @@
 //! properties the stages rely on: padding invariance, KV cache = recomputation, export round-trip,
 //! hostile checkpoints.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
-use rlhf_model::backend::Cpu;
+use rlhf_runtime::Cpu;
 use rlhf_model::generate::left_pad;
 use rlhf_model::{generate, CausalLm, GenerateConfig, Sampler, TransformerConfig};
 use safetensors::SafeTensors;
 
-/// A fixture folder. `RLHF_REPO` overrides the checkout path baked in at compile time, so a test
-/// binary built here can run on the GPU machine's copy of the tree.
-pub fn fixture(name: &str) -> PathBuf {
-    let repo = std::env::var("RLHF_REPO").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
-    Path::new(&repo).join("tests/fixtures").join(name)
-}
+pub use crate::common::fixture;
 
 fn device() -> <Cpu as burn::tensor::backend::BackendTypes>::Device {
     Default::default()

@@ -5,9 +5,7 @@
 
 use std::process::{Command, Output};
 
-fn rlhf(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rlhf")).args(args).env("RAYON_NUM_THREADS", "2").output().unwrap()
-}
+use crate::common::rlhf;
 
 fn check(o: &Output) -> String {
     let err = String::from_utf8_lossy(&o.stderr).to_string();

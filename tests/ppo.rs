@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use burn::tensor::{Int, Tensor, TensorData};
-use rlhf_model::backend::{Cpu, CpuTrain};
-use rlhf_model::{generate, CausalLm, GenerateConfig, GenerationBatch, RewardModel, Sampler, ScalarHead, Transformer};
+use rlhf_runtime::{Cpu, CpuTrain};
+use rlhf_model::reward_info::{Normalization, REWARD_INFO_FILE};
+use rlhf_model::{generate, CausalLm, GenerateConfig, GenerationBatch, RewardInfo, RewardModel, Sampler, ScalarHead, Transformer};
 use rlhf_ppo::PpoConfig;
 
-use crate::model::fixture;
+use crate::common::fixture;
 
 /// Demo prompts/pretraining text and a reward model (fixture body + random head) in `dir`.
 fn setup(dir: &Path) -> (PathBuf, PathBuf) {
@@ -22,7 +23,12 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf) {
     let body = Transformer::<Cpu>::from_hf_dir(&fixture("hf-tiny-llama"), &d).unwrap();
     let rm = RewardModel { head: ScalarHead::init(body.config.hidden_size, &d), model: body };
     let rm_dir = dir.join("rm");
-    rm.save_dir(&rm_dir, Some(&fixture("hf-tiny-llama")), &[("reward.json", r#"{"normalization":{"std":0.5}}"#.into())]).unwrap();
+    let info = RewardInfo {
+        score_position: "last real token".into(),
+        template_end_of_turn: "<|im_end|>".into(),
+        normalization: Normalization { reference: "test".into(), count: 1, mean_before: 0.0, std: 0.5, bias_added: 0.0 },
+    };
+    rm.save_dir(&rm_dir, Some(&fixture("hf-tiny-llama")), &[(REWARD_INFO_FILE, info.to_json())]).unwrap();
     (data, rm_dir)
 }
 
@@ -178,7 +184,7 @@ fn rollouts_generated_in_batches_stack_exactly() {
 
     let ids = Tensor::cat(vec![batch.prompt_ids.clone(), batch.new_ids.clone()], 1);
     let attention = Tensor::cat(vec![batch.prompt_mask.clone(), batch.new_mask.clone()], 1);
-    let (logp, _) = rlhf_ppo::action_log_probs(&model, ids, attention, 6, false).unwrap();
+    let (logp, _) = rlhf_model::ops::action_log_probs(&model, ids, attention, 6, false).unwrap();
     let diff: f32 = ((logp - batch.logprobs.clone()) * mask).abs().max().into_scalar();
     assert!(diff < 1e-4, "max |Δ log π| {diff}");
 }

@@ -5,11 +5,12 @@
 use std::path::Path;
 
 use rlhf_data::{load, Format, Kind, LoadOptions, Record};
-use rlhf_model::backend::{Cpu, CpuTrain};
+use rlhf_runtime::{Cpu, CpuTrain};
 use rlhf_model::RewardModel;
-use rlhf_reward::{ranking_pairs, RewardConfig};
+use rlhf_data::encode::ranking_pairs;
+use rlhf_reward::RewardConfig;
 
-use crate::model::fixture;
+use crate::common::{column, fixture};
 
 fn config(model: &Path, train: &Path, steps: usize, extra: &[&str]) -> RewardConfig {
     let text = format!(
@@ -37,10 +38,6 @@ save_every = 10
     std::fs::write(tmp.path(), text).unwrap();
     let sets: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
     rlhf_train::config::load_config(Some(tmp.path()), &sets).unwrap()
-}
-
-fn column(rows: &[serde_json::Value], key: &str) -> Vec<f64> {
-    rows.iter().filter_map(|r| r.get(key)?.as_f64()).collect()
 }
 
 #[test]

@@ -4,11 +4,12 @@
 use std::path::Path;
 
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
-use rlhf_model::backend::{Cpu, CpuTrain};
+use rlhf_model::ops::next_token_loss;
 use rlhf_model::CausalLm;
-use rlhf_sft::{sft_loss, SftConfig};
+use rlhf_runtime::{Cpu, CpuTrain};
+use rlhf_sft::SftConfig;
 
-use crate::model::fixture;
+use crate::common::{column, fixture};
 
 fn demo(dir: &Path) -> std::path::PathBuf {
     let sizes = rlhf_data::demo::DemoSizes { pretrain_docs: 100, sft: 300, rankings: 10, prompts: 10 };
@@ -42,10 +43,6 @@ save_every = 4
     std::fs::write(tmp.path(), text).unwrap();
     let sets: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
     rlhf_train::config::load_config(Some(tmp.path()), &sets).unwrap()
-}
-
-fn column(rows: &[serde_json::Value], key: &str) -> Vec<f64> {
-    rows.iter().filter_map(|r| r.get(key)?.as_f64()).collect()
 }
 
 #[test]
@@ -84,7 +81,7 @@ fn prompt_tokens_contribute_nothing() {
     let loss = |t: Vec<i64>| {
         let t = Tensor::<Cpu, 2, Int>::from_data(TensorData::new(t, [2, 5]), &d);
         let m = Tensor::<Cpu, 2>::from_data(TensorData::new(mask.clone(), [2, 5]), &d);
-        sft_loss(logits.clone(), t, m, 5.0).into_scalar()
+        next_token_loss(logits.clone(), t, m, 5.0).into_scalar()
     };
     assert_eq!(loss(targets.clone()), loss(changed));
     // …while changing a target where the mask is 1 does change it.

@@ -1,6 +1,7 @@
 //! Integration tests, one module per feature (ripgrep's layout).
 
 mod cli;
+mod common;
 mod data;
 #[cfg(feature = "cuda")]
 mod cuda;

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 use clap::Args;
-use rlhf_model::backend::{dispatch, BackendTask, DeviceSpec};
+use rlhf_runtime::{dispatch, DeviceSpec, Inference, InferenceTask};
 use rlhf_model::{generate, Arch, CausalLm, GenerateConfig, Sampler, TransformerConfig};
 
 #[derive(Debug, Clone, Args)]
@@ -81,7 +81,7 @@ impl BenchModel {
     }
 }
 
-impl BackendTask for GenerateBench {
+impl InferenceTask for GenerateBench {
     type Output = anyhow::Result<()>;
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
@@ -127,7 +127,7 @@ impl BackendTask for GenerateBench {
 }
 
 pub fn run_generate(args: GenerateBench) -> anyhow::Result<()> {
-    dispatch(args.device, args.clone())?
+    dispatch(args.device, Inference(args.clone()))?
 }
 
 #[derive(Debug, Clone, Args)]
@@ -146,12 +146,13 @@ pub struct SftBench {
     steps: usize,
 }
 
-impl rlhf_model::backend::TrainTask for SftBench {
+impl rlhf_runtime::Task for SftBench {
     type Output = anyhow::Result<()>;
 
+    /// One optimizer step = forward + backward + the update path every stage uses
+    /// ([`rlhf_train::Trainable`]: non-finite check, global-norm clip, AdamW).
     fn run<B: burn::tensor::backend::AutodiffBackend>(self, device: B::Device) -> Self::Output {
-        use burn::optim::{GradientsParams, Optimizer};
-        use rlhf_train::Objective;
+        use burn::tensor::ElementConversion;
         let (cfg, model) = self.size.random_model::<B>(self.seq, &device);
         let samples: Vec<rlhf_data::encode::SftSample> = (0..self.batch)
             .map(|b| rlhf_data::encode::SftSample {
@@ -159,23 +160,19 @@ impl rlhf_model::backend::TrainTask for SftBench {
                 loss_mask: vec![true; self.seq],
             })
             .collect();
-        let train_cfg: rlhf_train::TrainConfig = serde_json::from_value(serde_json::json!({
-            "steps": self.steps + 2, "batch_size": self.batch, "micro_batch_size": self.batch, "lr": 1e-4
-        }))?;
-        let objective = rlhf_sft::SftObjective::<B>::new(samples, vec![], &train_cfg, 0, 0, device.clone());
-        let mut optim = train_cfg.optim.adamw::<B, CausalLm<B>>();
-        let mut model = model;
+        let batch: Vec<&rlhf_data::encode::SftSample> = samples.iter().collect();
+        let targets = samples.iter().map(|s| s.targets()).sum::<usize>() as f64;
+        let mut model = rlhf_train::Trainable::new("model", model, &rlhf_train::optim::OptimConfig::default(), &device);
         println!("sft step: {}, batch {} × seq {}, {}", self.size.describe(cfg.num_params()), self.batch, self.seq, self.device);
         let mut best = f64::INFINITY;
         for step in 0..self.steps + 2 {
             let start = Instant::now();
-            let batches = objective.step_batches(step);
-            let norm = objective.normalizer(&batches);
-            let (loss, _) = objective.loss(&model, &batches[0], norm)?;
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(1e-4, model, grads);
+            let loss = rlhf_train::batch::lm_loss(&model.module, &batch, 0, targets, &device)?;
+            let value = loss.clone().into_scalar().elem::<f64>();
+            model.backward(loss, value);
+            model.step(1e-4, step + 1, "none")?;
             // Reading a parameter back syncs the device.
-            let _ = model.model.norm.weight.val().into_data();
+            let _ = model.module.model.norm.weight.val().into_data();
             let secs = start.elapsed().as_secs_f64();
             if step >= 2 {
                 best = best.min(secs);
@@ -188,7 +185,7 @@ impl rlhf_model::backend::TrainTask for SftBench {
 }
 
 pub fn run_sft(args: SftBench) -> anyhow::Result<()> {
-    rlhf_model::backend::dispatch_train(args.device, args.clone())?
+    rlhf_runtime::dispatch(args.device, args.clone())?
 }
 
 #[derive(Debug, Clone, Args)]
@@ -213,7 +210,7 @@ pub struct PpoBench {
     iterations: usize,
 }
 
-impl rlhf_model::backend::TrainTask for PpoBench {
+impl rlhf_runtime::Task for PpoBench {
     type Output = anyhow::Result<()>;
 
     /// One PPO-ptx iteration (1 epoch, 2 minibatches, ptx on) of four random models of the given size,
@@ -289,5 +286,5 @@ kl_coef = 0.1
 }
 
 pub fn run_ppo(args: PpoBench) -> anyhow::Result<()> {
-    rlhf_model::backend::dispatch_train(args.device, args.clone())?
+    rlhf_runtime::dispatch(args.device, args.clone())?
 }

@@ -9,7 +9,7 @@ use burn::tensor::backend::Backend;
 use clap::Args;
 use rlhf_data::encode::encode_prompt;
 use rlhf_data::{ChatFormat, Encoded, Message, Tokenizer};
-use rlhf_model::backend::{dispatch, BackendTask, DeviceSpec};
+use rlhf_runtime::{dispatch, DeviceSpec, Inference, InferenceTask};
 use rlhf_model::{generate, CausalLm, GenerateConfig, Sampler};
 
 #[derive(Debug, Clone, Args)]
@@ -36,7 +36,7 @@ pub struct ChatArgs {
     pub device: DeviceSpec,
 }
 
-impl BackendTask for &ChatArgs {
+impl InferenceTask for &ChatArgs {
     type Output = anyhow::Result<()>;
 
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
@@ -108,5 +108,5 @@ impl BackendTask for &ChatArgs {
 }
 
 pub fn run(args: &ChatArgs) -> anyhow::Result<()> {
-    dispatch(args.device, args)?
+    dispatch(args.device, Inference(args))?
 }

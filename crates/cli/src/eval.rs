@@ -8,9 +8,9 @@ use anyhow::Context;
 use burn::tensor::backend::Backend;
 use clap::Args;
 use rlhf_data::{ChatFormat, Tokenizer};
-use rlhf_model::backend::{dispatch, BackendTask, DeviceSpec};
-use rlhf_model::{CausalLm, RewardModel};
-use rlhf_ppo::eval::{read_eval_prompts, rm_pairwise_acc, sample_and_score, summarize, win_rate, EvalConfig};
+use rlhf_runtime::{dispatch, DeviceSpec, Inference, InferenceTask};
+use rlhf_model::{CausalLm, RewardInfo, RewardModel};
+use rlhf_eval::{read_eval_prompts, rm_pairwise_acc, sample_and_score, summarize, win_rate, EvalConfig};
 use serde_json::json;
 
 #[derive(Debug, Clone, Args)]
@@ -59,7 +59,7 @@ pub fn evaluate_run<B: Backend>(run: &Path, cfg: &EvalConfig, device: &B::Device
     let sft = CausalLm::<B>::from_hf_dir(&sft_dir, device)?;
     let ppo = CausalLm::<B>::from_hf_dir(&ppo_dir, device)?;
     let rm = RewardModel::<B>::from_dir(&rm_dir, device)?;
-    let score_std = rlhf_ppo::reward_std(&rm_dir);
+    let score_std = RewardInfo::load(&rm_dir)?.map(|i| i.normalization.std);
     let prompts = read_eval_prompts(cfg, &tok, &fmt)?;
     if prompts.is_empty() {
         anyhow::bail!("{}: no usable held-out prompts", cfg.prompts.display());
@@ -111,7 +111,7 @@ pub fn summary_line(v: &serde_json::Value) -> String {
 
 struct Task<'a>(&'a Path, &'a EvalConfig);
 
-impl BackendTask for Task<'_> {
+impl InferenceTask for Task<'_> {
     type Output = anyhow::Result<serde_json::Value>;
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
         evaluate_run::<B>(self.0, self.1, &device)
@@ -120,7 +120,7 @@ impl BackendTask for Task<'_> {
 
 pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let cfg = eval_config(&args.run, args.prompts.as_deref(), &args.sets)?;
-    let v = dispatch(args.device, Task(&args.run, &cfg))??;
+    let v = dispatch(args.device, Inference(Task(&args.run, &cfg)))??;
     println!("{}", summary_line(&v));
     println!("eval: {}", args.run.join("eval.json").display());
     Ok(())

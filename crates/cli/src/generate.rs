@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use burn::tensor::backend::Backend;
 use clap::Args;
 use rlhf_data::{Message, Tokenizer};
-use rlhf_model::backend::{dispatch, BackendTask, DeviceSpec};
+use rlhf_runtime::{dispatch, DeviceSpec, Inference, InferenceTask};
 use rlhf_model::{generate, CausalLm, GenerateConfig, Generation, Sampler};
 
 #[derive(Debug, Args)]
@@ -71,7 +71,7 @@ struct GenerateTask<'a> {
     cfg: GenerateConfig,
 }
 
-impl BackendTask for GenerateTask<'_> {
+impl InferenceTask for GenerateTask<'_> {
     type Output = anyhow::Result<Vec<Generation>>;
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
@@ -113,7 +113,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         pad_id,
         seed: Some(args.seed),
     };
-    let outputs = dispatch(args.device, GenerateTask { args: &args, prompts: prompts.clone(), cfg })??;
+    let outputs = dispatch(args.device, Inference(GenerateTask { args: &args, prompts: prompts.clone(), cfg }))??;
     for (prompt, out) in prompts.iter().zip(outputs) {
         let text = match &tokenizer {
             Some(tok) => tok.decode(&out.new_ids, true)?,

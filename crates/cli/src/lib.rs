@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use rlhf_model::backend::DeviceSpec;
+use rlhf_runtime::DeviceSpec;
 
 #[derive(Debug, Parser)]
 #[command(name = "rlhf", version, about = "Three-stage RLHF (SFT → reward model → PPO-ptx) on burn")]

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
-use rlhf_model::backend::{dispatch, BackendTask, DeviceSpec};
+use rlhf_runtime::{dispatch, DeviceSpec, Inference, InferenceTask};
 use rlhf_model::hf::{write_safetensors, HostTensor, SafetensorsFiles};
 use rlhf_model::{CausalLm, TransformerConfig};
 use safetensors::tensor::Dtype;
@@ -75,7 +75,7 @@ struct LogitsTask<'a> {
     shape: [usize; 2],
 }
 
-impl BackendTask for LogitsTask<'_> {
+impl InferenceTask for LogitsTask<'_> {
     type Output = anyhow::Result<HostTensor>;
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
@@ -92,7 +92,7 @@ impl BackendTask for LogitsTask<'_> {
 
 pub fn logits(dir: &Path, input: &Path, output: &Path, device: DeviceSpec) -> anyhow::Result<()> {
     let (ids, mask, shape) = read_batch(input)?;
-    let logits = dispatch(device, LogitsTask { dir, ids, mask, shape })??;
+    let logits = dispatch(device, Inference(LogitsTask { dir, ids, mask, shape }))??;
     write_safetensors(output, &[("logits".to_string(), logits)])?;
     Ok(())
 }

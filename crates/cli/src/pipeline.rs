@@ -18,8 +18,8 @@ use std::time::Instant;
 use anyhow::Context;
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, ValueEnum};
-use rlhf_model::backend::{dispatch_train, DeviceSpec, TrainTask};
-use rlhf_ppo::eval::EvalConfig;
+use rlhf_runtime::{dispatch, DeviceSpec, Task};
+use rlhf_eval::EvalConfig;
 use rlhf_ppo::PpoConfig;
 use rlhf_reward::RewardConfig;
 use rlhf_sft::SftConfig;
@@ -368,7 +368,7 @@ impl Pipeline {
     }
 }
 
-impl TrainTask for Pipeline {
+impl Task for Pipeline {
     type Output = anyhow::Result<()>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<()> {
         Pipeline::run::<B>(&self, &device)
@@ -379,7 +379,7 @@ pub fn run(args: PipelineArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let (cfg, resolved, fingerprints) = load(&args.config, &args.sets, &args.out)?;
     rlhf_train::checkpoint::write_atomic(&args.out.join("pipeline.toml"), toml::to_string_pretty(&resolved)?.as_bytes())?;
-    dispatch_train(args.device, Pipeline { cfg, args, fingerprints })?
+    dispatch(args.device, Pipeline { cfg, args, fingerprints })?
 }
 
 #[cfg(test)]

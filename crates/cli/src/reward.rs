@@ -8,9 +8,10 @@ use burn::tensor::ElementConversion;
 use clap::{Args, ValueEnum};
 use rlhf_data::encode::{encode_ranking, encode_sft};
 use rlhf_data::{load, ChatFormat, Encoded, Format, Kind, LoadOptions, Record, Tokenizer};
-use rlhf_model::backend::{dispatch, BackendTask, DeviceSpec};
+use rlhf_runtime::{dispatch, DeviceSpec, Inference, InferenceTask};
 use rlhf_model::RewardModel;
-use rlhf_reward::{ranking_stats, score_sequences};
+use rlhf_eval::{ranking_stats, RankingStats};
+use rlhf_train::batch::score_sequences;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ScoreKind {
@@ -35,7 +36,7 @@ pub struct ScoreArgs {
     device: DeviceSpec,
 }
 
-impl BackendTask for &ScoreArgs {
+impl InferenceTask for &ScoreArgs {
     type Output = anyhow::Result<()>;
 
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
@@ -46,7 +47,7 @@ impl BackendTask for &ScoreArgs {
         let pad = tok.pad_id_for(model.model.config.pad_token_id);
         let kind = if self.kind == ScoreKind::Ranking { Kind::Ranking } else { Kind::Sft };
         let loaded = load(&self.data, LoadOptions { kind, format: self.format, skip_invalid: false })?;
-        let (mut total, mut n) = (rlhf_reward::RankingStats::default(), 0usize);
+        let (mut total, mut n) = (RankingStats::default(), 0usize);
         for (line, r) in &loaded.records {
             let at = || format!("{}:{line}", self.data.display());
             match r {
@@ -58,9 +59,7 @@ impl BackendTask for &ScoreArgs {
                     // All K responses in one forward pass.
                     let scores = score_sequences(&model, &s.sequences, pad, &device)?.into_data().convert::<f32>().to_vec::<f32>().expect("f32");
                     let st = ranking_stats(&scores, &[&s]);
-                    total.prompts += st.prompts;
-                    total.pairwise_acc += st.pairwise_acc;
-                    total.top1_acc += st.top1_acc;
+                    total.add(&st);
                     println!("{}", serde_json::json!({ "line": line, "scores": scores, "ranks": s.ranks, "pairwise_acc": st.pairwise_acc / st.prompts.max(1.0) }));
                 }
                 Record::Sft(m) => {
@@ -84,5 +83,5 @@ impl BackendTask for &ScoreArgs {
 }
 
 pub fn score(args: &ScoreArgs) -> anyhow::Result<()> {
-    dispatch(args.device, args)?
+    dispatch(args.device, Inference(args))?
 }

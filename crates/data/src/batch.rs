@@ -1,4 +1,5 @@
-//! Padding, seeded shuffling and the train/eval split. Host-side: stages turn these into tensors.
+//! Padding, seeded shuffling and the train/eval split. Host-side: crates/train turns these into tensors
+//! (generation left-pads its prompts itself, in crates/model).
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -13,32 +14,16 @@ pub struct Padded {
     pub len: usize,
 }
 
-fn pad(seqs: &[Vec<u32>], pad_id: u32, left: bool) -> Padded {
+/// Right padding, for training.
+pub fn pad_right(seqs: &[Vec<u32>], pad_id: u32) -> Padded {
     let len = seqs.iter().map(Vec::len).max().unwrap_or(0);
     let mut out = Padded { ids: Vec::with_capacity(seqs.len() * len), mask: Vec::with_capacity(seqs.len() * len), batch: seqs.len(), len };
     for s in seqs {
         let n = len - s.len();
-        let (pad_ids, pad_mask) = (std::iter::repeat_n(pad_id as i64, n), std::iter::repeat_n(0, n));
-        let (ids, mask) = (s.iter().map(|&t| t as i64), std::iter::repeat_n(1, s.len()));
-        if left {
-            out.ids.extend(pad_ids.chain(ids));
-            out.mask.extend(pad_mask.chain(mask));
-        } else {
-            out.ids.extend(ids.chain(pad_ids));
-            out.mask.extend(mask.chain(pad_mask));
-        }
+        out.ids.extend(s.iter().map(|&t| t as i64).chain(std::iter::repeat_n(pad_id as i64, n)));
+        out.mask.extend(std::iter::repeat_n(1, s.len()).chain(std::iter::repeat_n(0, n)));
     }
     out
-}
-
-/// Right padding, for training.
-pub fn pad_right(seqs: &[Vec<u32>], pad_id: u32) -> Padded {
-    pad(seqs, pad_id, false)
-}
-
-/// Left padding, for generation (every prompt ends at the same column).
-pub fn pad_left(seqs: &[Vec<u32>], pad_id: u32) -> Padded {
-    pad(seqs, pad_id, true)
 }
 
 /// A per-token flag (e.g. SFT loss mask) right-padded with `false`, as 0/1 [batch, len].
@@ -109,12 +94,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn right_and_left_padding() {
+    fn right_padding() {
         let seqs = vec![vec![5, 6, 7], vec![8]];
         let r = pad_right(&seqs, 0);
         assert_eq!((r.ids, r.mask), (vec![5, 6, 7, 8, 0, 0], vec![1, 1, 1, 1, 0, 0]));
-        let l = pad_left(&seqs, 0);
-        assert_eq!((l.ids, l.mask), (vec![5, 6, 7, 0, 0, 8], vec![1, 1, 1, 0, 0, 1]));
         assert_eq!(pad_flags_right(&[vec![false, true], vec![true]], 3), vec![0.0, 1.0, 0.0, 1.0, 0.0, 0.0]);
     }
 

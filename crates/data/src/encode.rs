@@ -185,6 +185,34 @@ pub struct RankingSample {
     pub prompt_len: usize,
 }
 
+/// One preference a ranking states: response `better` (an index into a flat list of responses)
+/// beats `worse`; `weight` is 1/P for the P untied pairs of its prompt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pair {
+    pub better: usize,
+    pub worse: usize,
+    pub weight: f32,
+}
+
+/// The C(K,2) ordered pairs of one ranking (lower rank = better; tied pairs state no preference and
+/// are dropped), offset by `first` — the index of the prompt's first response in the flat list.
+pub fn ranking_pairs(ranks: &[u32], first: usize) -> Vec<Pair> {
+    let mut pairs = Vec::new();
+    for i in 0..ranks.len() {
+        for j in i + 1..ranks.len() {
+            let (b, w) = match ranks[i].cmp(&ranks[j]) {
+                std::cmp::Ordering::Less => (i, j),
+                std::cmp::Ordering::Greater => (j, i),
+                std::cmp::Ordering::Equal => continue,
+            };
+            pairs.push(Pair { better: first + b, worse: first + w, weight: 0.0 });
+        }
+    }
+    let weight = 1.0 / pairs.len().max(1) as f32;
+    pairs.iter_mut().for_each(|p| p.weight = weight);
+    pairs
+}
+
 /// Encodes each response after the shared prompt and ends it with the end-of-turn token, so the
 /// reward is read at a well-defined position. Over-long responses are cut to fit `max_len` (the
 /// end-of-turn token is kept last); a prompt leaving no room drops the record.

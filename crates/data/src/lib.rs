@@ -7,6 +7,7 @@ pub mod encode;
 pub mod error;
 pub mod files;
 pub mod formats;
+pub mod prepare;
 pub mod reader;
 pub mod tokenizer;
 
@@ -15,3 +16,4 @@ pub use tokenizer::{Message, Tokenizer};
 pub use formats::{load, Format, Kind, LoadOptions, Loaded, Ranking, Record, SkipReport};
 pub use encode::{BuiltinTemplate, ChatFormat, Encoded};
 pub use files::DataFiles;
+pub use prepare::{prepare, Example, PrepareOptions, Prepared, Prompt};

@@ -4,13 +4,14 @@
 //! The body ([`Transformer`]) returns hidden states; [`CausalLm`] adds the unembedding and
 //! [`RewardModel`] a scalar head.
 
-pub mod backend;
 pub mod cache;
 pub mod config;
 pub mod error;
 pub mod generate;
 pub mod heads;
 pub mod hf;
+pub mod ops;
+pub mod reward_info;
 pub mod rope;
 pub mod sampling;
 pub mod transformer;
@@ -20,9 +21,10 @@ pub use config::{Arch, HfConfig, TransformerConfig};
 pub use error::{ModelError, Result};
 pub use generate::{generate, GenerateConfig, Generation, GenerationBatch};
 pub use heads::{at_last_token, CausalLm, RewardModel, ScalarHead};
+pub use reward_info::RewardInfo;
 pub use sampling::Sampler;
 pub use transformer::Transformer;
 
 /// The backend unit tests run on.
 #[cfg(test)]
-pub type TestBackend = crate::backend::Cpu;
+pub type TestBackend = burn::backend::Flex<f32>;

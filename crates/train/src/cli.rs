@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use rlhf_model::backend::{dispatch_train, DeviceSpec, TrainTask};
+use rlhf_runtime::{dispatch, DeviceSpec, Task};
 use serde::de::DeserializeOwned;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -28,11 +28,11 @@ pub struct StageArgs {
 pub fn stage_main<C, T>(args: StageArgs, task: impl FnOnce(C, StageArgs) -> T) -> ExitCode
 where
     C: DeserializeOwned,
-    T: TrainTask<Output = anyhow::Result<()>>,
+    T: Task<Output = anyhow::Result<()>>,
 {
     let result = crate::config::load_config::<C>(Some(&args.config), &args.sets)
         .map_err(anyhow::Error::from)
-        .and_then(|cfg| dispatch_train(args.device, task(cfg, args.clone()))?);
+        .and_then(|cfg| dispatch(args.device, task(cfg, args.clone()))?);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -63,7 +63,7 @@ macro_rules! stage_binary {
             args: $crate::cli::StageArgs,
         }
 
-        impl rlhf_model::backend::TrainTask for Task {
+        impl $crate::runtime::Task for Task {
             type Output = anyhow::Result<()>;
             fn run<B: burn::tensor::backend::AutodiffBackend>(self, device: B::Device) -> anyhow::Result<()> {
                 $stage::run::<B>(&self.cfg, &self.args.out, self.args.resume, &device)?;

@@ -14,11 +14,14 @@ pub enum TrainError {
     Config { path: PathBuf, message: String },
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
-    /// The loss went NaN/inf: training stops, the last good checkpoint is kept.
-    #[error("loss is {loss} at step {step}; stopped. Last good checkpoint: {last_checkpoint}")]
-    NonFiniteLoss { step: usize, loss: f64, last_checkpoint: String },
+    /// A loss or gradient norm went NaN/inf: training stops before the step (the module is left
+    /// as it was), and the last good checkpoint is kept.
+    #[error("{module}: {what} is {value} at step {step}; stopped. Last good checkpoint: {last_checkpoint}")]
+    NonFinite { module: &'static str, what: &'static str, value: f64, step: usize, last_checkpoint: String },
     #[error(transparent)]
     Model(#[from] rlhf_model::ModelError),
+    #[error(transparent)]
+    Data(#[from] rlhf_data::DataError),
     #[error("{0}")]
     Other(String),
 }

@@ -1,12 +1,12 @@
 //! The one training loop. Stages plug in an [`Objective`]; the loop reads top to bottom like
 //! nanoGPT's train.py: lr from the schedule → micro-batches (loss / normaliser, gradients summed,
-//! so accumulation averages) → global-norm clip → step → log → eval / checkpoint.
+//! so accumulation averages) → the step ([`Trainable::step`]: non-finite check, global-norm clip,
+//! AdamW) → log → eval / checkpoint.
 
 use std::path::Path;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
 use serde::{Deserialize, Serialize};
@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{latest_checkpoint, load_checkpoint, save_checkpoint, TrainState};
 use crate::error::{Result, TrainError};
 use crate::metrics::MetricsLog;
-use crate::optim::{clip_global_norm, OptimConfig};
+use crate::optim::OptimConfig;
 use crate::schedule::{get_lr, LrSchedule};
+use crate::step::Trainable;
 
 /// The `[train]` section shared by the stages.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -103,20 +104,19 @@ pub trait Objective<B: AutodiffBackend, M: AutodiffModule<B>> {
 
 /// Trains `model` for `cfg.steps` steps in `run` (checkpoints, metrics.jsonl, event files).
 /// With `resume`, continues from the newest complete checkpoint.
-pub fn train<B, M, O>(mut model: M, objective: &O, cfg: &TrainConfig, seed: u64, run: &Path, resume: bool, device: &B::Device) -> Result<M>
+pub fn train<B, M, O>(model: M, objective: &O, cfg: &TrainConfig, seed: u64, run: &Path, resume: bool, device: &B::Device) -> Result<M>
 where
     B: AutodiffBackend,
     M: AutodiffModule<B>,
     O: Objective<B, M>,
 {
     cfg.validate()?;
-    let mut optim = cfg.optim.adamw::<B, M>();
+    let mut model = Trainable::new("model", model, &cfg.optim, device);
     let mut state = TrainState { step: 0, seed, examples_seen: 0 };
     let mut last_checkpoint = String::from("none");
     if resume {
         if let Some(dir) = latest_checkpoint(run) {
-            let (m, o, s) = load_checkpoint(&dir, model, optim, device)?;
-            (model, optim, state) = (m, o, s);
+            state = load_checkpoint(&dir, &mut [&mut model])?;
             last_checkpoint = dir.display().to_string();
             eprintln!("resuming from {} (step {})", dir.display(), state.step);
         }
@@ -132,37 +132,29 @@ where
         let lr = get_lr(&cfg.schedule, step, cfg.steps);
         let batches = objective.step_batches(step);
         let normalizer = objective.normalizer(&batches);
-        let mut accumulator = GradientsAccumulator::<M>::new();
-        let mut loss = 0.0;
         let mut diagnostics: Vec<(&'static str, f64)> = Vec::new();
         for batch in &batches {
-            let (micro_loss, micro_diag) = objective.loss(&model, batch, normalizer)?;
-            loss += micro_loss.clone().into_scalar().elem::<f64>();
+            let (micro_loss, micro_diag) = objective.loss(&model.module, batch, normalizer)?;
+            let value = micro_loss.clone().into_scalar().elem::<f64>();
             for (k, v) in micro_diag {
                 match diagnostics.iter_mut().find(|(name, _)| *name == k) {
                     Some((_, acc)) => *acc += v,
                     None => diagnostics.push((k, v)),
                 }
             }
-            let grads = GradientsParams::from_grads(micro_loss.backward(), &model);
-            accumulator.accumulate(&model, grads);
+            model.backward(micro_loss, value);
             tokens_since_log += objective.tokens(batch);
         }
-        if !loss.is_finite() {
-            return Err(TrainError::NonFiniteLoss { step: step + 1, loss, last_checkpoint });
-        }
-        let mut grads = accumulator.grads();
-        let grad_norm = clip_global_norm(&model, &mut grads, cfg.optim.grad_clip);
-        model = optim.step(lr, model, grads);
+        let done = model.step(lr, step + 1, &last_checkpoint)?;
         state.step = step + 1;
         state.examples_seen += cfg.batch_size;
 
         if state.step.is_multiple_of(cfg.log_every) || state.step == cfg.steps {
             let secs = log_clock.elapsed().as_secs_f64().max(1e-9);
             let mut values: Vec<(String, f64)> = vec![
-                ("loss".into(), loss),
+                ("loss".into(), done.loss),
                 ("lr".into(), lr),
-                ("grad_norm".into(), grad_norm),
+                ("grad_norm".into(), done.grad_norm),
                 ("tokens_per_s".into(), tokens_since_log as f64 / secs),
             ];
             values.extend(diagnostics.iter().map(|(k, v)| (k.to_string(), *v)));
@@ -170,7 +162,7 @@ where
             let per_step = started.elapsed().as_secs_f64() / (state.step - first_step) as f64;
             progress.report(
                 state.step,
-                &format!("loss {loss:.4} lr {lr:.2e} grad_norm {grad_norm:.3} {:.0} tok/s", tokens_since_log as f64 / secs),
+                &format!("loss {:.4} lr {lr:.2e} grad_norm {:.3} {:.0} tok/s", done.loss, done.grad_norm, tokens_since_log as f64 / secs),
                 per_step * (cfg.steps - state.step) as f64,
             );
             tokens_since_log = 0;
@@ -178,14 +170,14 @@ where
         }
         let last = state.step == cfg.steps;
         if (cfg.eval_every > 0 && state.step.is_multiple_of(cfg.eval_every)) || last {
-            let eval = objective.evaluate(&model.valid())?;
+            let eval = objective.evaluate(&model.module.valid())?;
             if !eval.is_empty() {
                 progress.line(&format!("step {:>6} {}", state.step, eval.iter().map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>().join(" ")));
                 metrics.log(state.step, &eval)?;
             }
         }
         if (cfg.save_every > 0 && state.step.is_multiple_of(cfg.save_every)) || last {
-            last_checkpoint = save_checkpoint(run, &state, &model, &optim, cfg.keep_checkpoints)?.display().to_string();
+            last_checkpoint = save_checkpoint(run, state.step, &state, cfg.keep_checkpoints, &[&model])?.display().to_string();
         }
         if cfg.halt_after == Some(state.step) && !last {
             progress.line(&format!("halting after step {} (train.halt_after)", state.step));
@@ -193,7 +185,7 @@ where
         }
     }
     progress.finish();
-    Ok(model)
+    Ok(model.module)
 }
 
 /// A progress bar (step, loss, tokens/s, ETA) on a terminal; plain log lines otherwise.

@@ -10,7 +10,6 @@
 //!    critic step on L_value.
 
 pub mod config;
-pub mod eval;
 pub mod objective;
 
 use std::io::Write;
@@ -19,24 +18,22 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use burn::module::AutodiffModule;
-use burn::optim::{adaptor::OptimizerAdaptor, AdamW, GradientsAccumulator, GradientsParams, Optimizer};
-use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use rlhf_data::batch::{shuffled, EpochOrder};
-use rlhf_data::encode::{encode_prompt, SftSample};
-use rlhf_data::{load, ChatFormat, Encoded, Format, Kind, LoadOptions, Record, Tokenizer};
-use rlhf_model::{generate, CausalLm, GenerateConfig, GenerationBatch, RewardModel};
-use rlhf_train::checkpoint::{latest_checkpoint, load_state, load_trainable, record_trainable, save_checkpoint_with};
+use rlhf_data::encode::SftSample;
+use rlhf_data::{prepare, ChatFormat, Kind, PrepareOptions, Prompt, Tokenizer};
+use rlhf_model::ops::{action_log_probs, action_values};
+use rlhf_model::{generate, CausalLm, GenerateConfig, GenerationBatch, RewardInfo, RewardModel};
+use rlhf_train::batch::lm_loss;
+use rlhf_train::checkpoint::{latest_checkpoint, load_checkpoint, save_checkpoint};
 use rlhf_train::metrics::MetricsLog;
-use rlhf_train::optim::clip_global_norm;
 use rlhf_train::schedule::get_lr;
+use rlhf_train::Trainable;
 use serde::{Deserialize, Serialize};
 
 pub use config::{GenerationConfig, PpoConfig, PpoModels, PpoTrainConfig, PromptData, PtxConfig, PtxKind};
 use objective::*;
-
-type Adam<M, B> = OptimizerAdaptor<AdamW, M, B>;
 
 /// Decorrelates the ptx data order from the prompt order drawn with the same seed.
 const PTX_STREAM: u64 = 0x0050_5458;
@@ -60,73 +57,6 @@ pub struct PpoState {
     pub seed: u64,
     /// β, which the adaptive controller changes.
     pub kl_coef: f64,
-}
-
-/// A prompt: its last user message (what the demo oracle judges) and its encoding through the chat
-/// template with the generation prompt.
-#[derive(Debug, Clone)]
-pub struct Prompt {
-    pub text: String,
-    pub ids: Vec<u32>,
-}
-
-/// Reads and encodes a prompt set; prompts longer than `max_len` tokens are dropped and counted.
-pub fn read_prompts(path: &Path, format: Format, skip_invalid: bool, max_len: usize, tok: &Tokenizer, fmt: &ChatFormat) -> anyhow::Result<Vec<Prompt>> {
-    let loaded = load(path, LoadOptions { kind: Kind::Prompt, format, skip_invalid })?;
-    if loaded.skipped.count() > 0 {
-        eprintln!("{}: {}", path.display(), loaded.skipped);
-    }
-    let (mut prompts, mut dropped) = (Vec::new(), 0);
-    for (line, r) in &loaded.records {
-        let Record::Prompt(msgs) = r else { continue };
-        let text = msgs.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone()).unwrap_or_default();
-        match encode_prompt(tok, fmt, msgs, max_len).with_context(|| format!("{}:{line}", path.display()))? {
-            Encoded::Kept(ids) | Encoded::Truncated(ids) => prompts.push(Prompt { text, ids }),
-            Encoded::Dropped => dropped += 1,
-        }
-    }
-    if dropped > 0 {
-        eprintln!("{}: {dropped} prompts longer than {max_len} tokens dropped", path.display());
-    }
-    Ok(prompts)
-}
-
-/// The reference std of a reward model's scores (its `reward.json`), if recorded.
-pub fn reward_std(dir: &Path) -> Option<f64> {
-    let text = std::fs::read_to_string(dir.join("reward.json")).ok()?;
-    serde_json::from_str::<serde_json::Value>(&text).ok()?.pointer("/normalization/std")?.as_f64()
-}
-
-/// log π(a_t | s_t) of each response token, and optionally the policy entropy there.
-/// Positions `prompt_len − 1 .. T − 1` predict the response tokens `prompt_len .. T`.
-///
-/// # Shapes
-/// - `ids`, `attention`: [rows, T] → [rows, T − prompt_len] (twice)
-pub fn action_log_probs<B: Backend>(
-    model: &CausalLm<B>,
-    ids: Tensor<B, 2, Int>,
-    attention: Tensor<B, 2, Int>,
-    prompt_len: usize,
-    with_entropy: bool,
-) -> anyhow::Result<(Tensor<B, 2>, Option<Tensor<B, 2>>)> {
-    let [rows, total] = ids.dims();
-    let hidden = model.model.forward(ids.clone(), attention, None)?;
-    let d = hidden.dims()[2];
-    let logits = model.logits(hidden.slice([0..rows, prompt_len - 1..total - 1, 0..d]));
-    let log_probs = log_softmax(logits, 2);
-    let actions = ids.slice([0..rows, prompt_len..total]);
-    let entropy = with_entropy.then(|| token_entropy(log_probs.clone()));
-    let logp = log_probs.gather(2, actions.unsqueeze_dim(2)).squeeze_dim::<2>(2);
-    Ok((logp, entropy))
-}
-
-/// V(s_t) for each response token: the critic's output at the position before it.
-///
-/// # Shapes
-/// - `ids`, `attention`: [rows, T] → [rows, T − prompt_len]
-pub fn action_values<B: Backend>(critic: &RewardModel<B>, ids: Tensor<B, 2, Int>, attention: Tensor<B, 2, Int>, prompt_len: usize) -> anyhow::Result<Tensor<B, 2>> {
-    let [rows, total] = ids.dims();
-    Ok(critic.forward(ids, attention)?.slice([0..rows, prompt_len - 1..total - 1]))
 }
 
 /// One iteration's experience, on the device (inference backend), rows = sampled responses.
@@ -202,12 +132,12 @@ fn index<B: Backend>(rows: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
 /// Everything PPO holds: the four models, two optimizers, prompts, ptx data and settings.
 pub struct Trainer<B: AutodiffBackend> {
     pub cfg: PpoConfig,
-    pub actor: CausalLm<B>,
-    pub critic: RewardModel<B>,
+    /// The policy being trained, with its optimizer.
+    pub actor: Trainable<B, CausalLm<B>>,
+    /// The value model being trained, with its optimizer.
+    pub critic: Trainable<B, RewardModel<B>>,
     pub reference: CausalLm<B::InnerBackend>,
     pub reward_model: RewardModel<B::InnerBackend>,
-    actor_optim: Adam<CausalLm<B>, B>,
-    critic_optim: Adam<RewardModel<B>, B>,
     pub prompts: Vec<Vec<u32>>,
     pub ptx: Vec<SftSample>,
     pub state: PpoState,
@@ -217,6 +147,8 @@ pub struct Trainer<B: AutodiffBackend> {
     pub device: B::Device,
     prompt_order: EpochOrder,
     ptx_order: EpochOrder,
+    /// Named in the error when a step is refused.
+    last_checkpoint: String,
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
@@ -239,13 +171,12 @@ impl<B: AutodiffBackend> Trainer<B> {
         let gen = GenerateConfig { max_new_tokens: g.max_new_tokens, sampler: g.sampler(), stop_ids, pad_id, seed: None };
         let state = PpoState { iteration: 0, updates: 0, seed: cfg.seed, kl_coef: cfg.ppo.kl_coef };
         Self {
-            actor_optim: cfg.ppo.optim.adamw::<B, CausalLm<B>>(),
-            critic_optim: cfg.ppo.optim.adamw::<B, RewardModel<B>>(),
+            actor: Trainable::new("actor", actor, &cfg.ppo.optim, &device),
+            critic: Trainable::new("critic", critic, &cfg.ppo.optim, &device),
+            last_checkpoint: "none".into(),
             prompt_order: EpochOrder::new(prompts.len(), cfg.seed),
             ptx_order: EpochOrder::new(ptx.len().max(1), cfg.seed ^ PTX_STREAM),
             cfg,
-            actor,
-            critic,
             reference,
             reward_model,
             prompts,
@@ -289,7 +220,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let device = &self.device;
         let ppo = &self.cfg.ppo;
         let clock = Instant::now();
-        let actor = self.actor.valid();
+        let actor = self.actor.module.valid();
         let out = self.generate_rollouts(&actor, prompts, iteration)?;
         let prompt_len = out.prompt_ids.dims()[1];
         let steps = out.new_ids.dims()[1];
@@ -303,11 +234,11 @@ impl<B: AutodiffBackend> Trainer<B> {
         timing.generated_tokens = lengths.iter().sum();
 
         let clock = Instant::now();
-        let critic = self.critic.valid();
+        let critic = self.critic.module.valid();
         let slice = |t: &Tensor<B::InnerBackend, 2, Int>, r: &std::ops::Range<usize>| t.clone().slice([r.clone(), 0..prompt_len + steps]);
         let old_logp = self.in_chunks(rows, |r| Ok(action_log_probs(&actor, slice(&ids, &r), slice(&attention, &r), prompt_len, false)?.0))?;
         let ref_logp = self.in_chunks(rows, |r| Ok(action_log_probs(&self.reference, slice(&ids, &r), slice(&attention, &r), prompt_len, false)?.0))?;
-        let old_values = self.in_chunks(rows, |r| action_values(&critic, slice(&ids, &r), slice(&attention, &r), prompt_len))?;
+        let old_values = self.in_chunks(rows, |r| Ok(action_values(&critic, slice(&ids, &r), slice(&attention, &r), prompt_len)?))?;
         let raw_scores = self.in_chunks(rows, |r| {
             Ok(self.reward_model.score(slice(&ids, &r), slice(&attention, &r))?.unsqueeze_dim::<2>(1))
         })?;
@@ -367,11 +298,11 @@ impl<B: AutodiffBackend> Trainer<B> {
                     get_lr(&ppo.actor_schedule(), self.state.updates, total_updates),
                     get_lr(&ppo.critic_schedule(), self.state.updates, total_updates),
                 );
+                let step = self.state.updates + 1;
                 // Actor: clipped policy loss (− entropy bonus), then the ptx term.
-                let mut acc = GradientsAccumulator::<CausalLm<B>>::new();
                 for micro in minibatch.chunks(ppo.micro_batch_size) {
                     let (ids, attention, mask, old_logp, adv, _, _) = self.select(&rollout, micro);
-                    let (logp, entropy) = action_log_probs(&self.actor, ids.clone(), attention, rollout.prompt_len, true)?;
+                    let (logp, entropy) = action_log_probs(&self.actor.module, ids.clone(), attention, rollout.prompt_len, true)?;
                     let entropy = entropy.expect("requested");
                     let (loss, diag) = policy_loss(logp, old_logp, adv, mask.clone(), ppo.clip_eps, tokens);
                     let entropy_sum = (entropy * mask.clone()).sum();
@@ -386,36 +317,33 @@ impl<B: AutodiffBackend> Trainer<B> {
                     st.entropy += host[4];
                     mask_total += micro.iter().map(|&r| rollout.lengths[r]).sum::<usize>() as f64;
                     tokens_total += ids.dims()[0] * ids.dims()[1];
-                    acc.accumulate(&self.actor, GradientsParams::from_grads(loss.backward(), &self.actor));
+                    self.actor.backward(loss, host[3]);
                 }
                 if w_ptx > 0.0 && !self.ptx.is_empty() {
                     let ptx_cfg = self.cfg.ptx.as_ref().expect("ptx weights come from a ptx section");
                     let first = self.state.updates * ptx_cfg.batch_size;
                     let batch: Vec<&SftSample> = (first..first + ptx_cfg.batch_size).map(|p| &self.ptx[self.ptx_order.at(p)]).collect();
-                    let targets = batch.iter().map(|s| rlhf_sft::targets(s)).sum::<usize>().max(1) as f64;
+                    let targets = batch.iter().map(|s| s.targets()).sum::<usize>().max(1) as f64;
                     for micro in batch.chunks(ppo.micro_batch_size) {
-                        let loss = rlhf_sft::lm_loss(&self.actor, micro, self.pad_id, targets, &self.device)?;
-                        st.ptx_loss += loss.clone().into_scalar().elem::<f64>();
+                        let loss = lm_loss(&self.actor.module, micro, self.pad_id, targets, &self.device)?;
+                        let value = loss.clone().into_scalar().elem::<f64>();
+                        st.ptx_loss += value;
                         tokens_total += micro.iter().map(|s| s.ids.len()).sum::<usize>();
-                        acc.accumulate(&self.actor, GradientsParams::from_grads((loss * w_ptx).backward(), &self.actor));
+                        self.actor.backward(loss * w_ptx, value * w_ptx);
                     }
                 }
-                let mut grads = acc.grads();
-                st.actor_grad_norm += clip_global_norm(&self.actor, &mut grads, ppo.optim.grad_clip);
-                self.actor = self.actor_optim.step(actor_lr, self.actor.clone(), grads);
+                st.actor_grad_norm += self.actor.step(actor_lr, step, &self.last_checkpoint)?.grad_norm;
 
                 // Critic: clipped value loss.
-                let mut acc = GradientsAccumulator::<RewardModel<B>>::new();
                 for micro in minibatch.chunks(ppo.micro_batch_size) {
                     let (ids, attention, mask, _, _, old_values, returns) = self.select(&rollout, micro);
-                    let values = action_values(&self.critic, ids, attention, rollout.prompt_len)?;
+                    let values = action_values(&self.critic.module, ids, attention, rollout.prompt_len)?;
                     let loss = value_loss(values, old_values, returns, mask, ppo.value_clip, tokens);
-                    st.value_loss += loss.clone().into_scalar().elem::<f64>();
-                    acc.accumulate(&self.critic, GradientsParams::from_grads(loss.backward(), &self.critic));
+                    let value = loss.clone().into_scalar().elem::<f64>();
+                    st.value_loss += value;
+                    self.critic.backward(loss, value);
                 }
-                let mut grads = acc.grads();
-                st.critic_grad_norm += clip_global_norm(&self.critic, &mut grads, ppo.optim.grad_clip);
-                self.critic = self.critic_optim.step(critic_lr, self.critic.clone(), grads);
+                st.critic_grad_norm += self.critic.step(critic_lr, step, &self.last_checkpoint)?.grad_norm;
                 self.state.updates += 1;
                 steps += 1;
             }
@@ -487,20 +415,15 @@ impl<B: AutodiffBackend> Trainer<B> {
         Ok(IterationReport { metrics: metrics.into_iter().map(|(k, v)| (k.to_string(), v)).collect(), rollout: roll, prompts, responses })
     }
 
-    fn save(&self, out: &Path) -> anyhow::Result<PathBuf> {
-        let json = serde_json::to_string_pretty(&self.state)?;
-        Ok(save_checkpoint_with(out, self.state.iteration, &json, self.cfg.ppo.keep_checkpoints, |tmp| {
-            record_trainable(tmp, "actor", &self.actor, &self.actor_optim)?;
-            record_trainable(tmp, "critic", &self.critic, &self.critic_optim)
-        })?)
+    fn save(&mut self, out: &Path) -> anyhow::Result<PathBuf> {
+        let dir = save_checkpoint(out, self.state.iteration, &self.state, self.cfg.ppo.keep_checkpoints, &[&self.actor, &self.critic])?;
+        self.last_checkpoint = dir.display().to_string();
+        Ok(dir)
     }
 
     fn load(&mut self, dir: &Path) -> anyhow::Result<()> {
-        let optim = self.cfg.ppo.optim;
-        let (actor, ao) = load_trainable(dir, "actor", self.actor.clone(), optim.adamw::<B, CausalLm<B>>(), &self.device)?;
-        let (critic, co) = load_trainable(dir, "critic", self.critic.clone(), optim.adamw::<B, RewardModel<B>>(), &self.device)?;
-        (self.actor, self.actor_optim, self.critic, self.critic_optim) = (actor, ao, critic, co);
-        self.state = load_state(dir)?;
+        self.state = load_checkpoint(dir, &mut [&mut self.actor, &mut self.critic])?;
+        self.last_checkpoint = dir.display().to_string();
         Ok(())
     }
 }
@@ -536,27 +459,25 @@ pub fn run<B: AutodiffBackend>(cfg: &PpoConfig, out: &Path, resume: bool, device
         );
     }
     let d = &cfg.data;
-    let prompts: Vec<Vec<u32>> = read_prompts(&d.prompts, d.format, d.skip_invalid, d.max_prompt_len, &tok, &fmt)?.into_iter().map(|p| p.ids).collect();
+    let opts = PrepareOptions { kind: Kind::Prompt, format: d.format, skip_invalid: d.skip_invalid, max_len: d.max_prompt_len };
+    let prepared = prepare::<Prompt>(&d.prompts, &opts, &tok, &fmt)?;
+    eprintln!("{}", prepared.summary(d.max_prompt_len));
+    let prompts: Vec<Vec<u32>> = prepared.examples.into_iter().map(|p| p.ids).collect();
     if prompts.is_empty() {
         bail!("{}: no prompts to train on", cfg.data.prompts.display());
     }
     let ptx = match &cfg.ptx {
         Some(p) => {
-            let mode = if p.kind == PtxKind::Sft { rlhf_sft::Mode::Sft } else { rlhf_sft::Mode::Pretrain };
-            let files = rlhf_data::DataFiles {
-                train: p.data.clone(),
-                eval: None,
-                eval_fraction: 0.0,
-                format: p.format,
-                skip_invalid: p.skip_invalid,
-                max_len: p.max_len.min(positions),
-                template: cfg.data.template,
-            };
-            let samples = rlhf_sft::prepare(&p.data, &files, mode, &tok, &fmt)?.samples;
-            if samples.is_empty() && p.coef > 0.0 {
+            let kind = if p.kind == PtxKind::Sft { Kind::Sft } else { Kind::Pretrain };
+            let opts = PrepareOptions { kind, format: p.format, skip_invalid: p.skip_invalid, max_len: p.max_len.min(positions) };
+            let prepared = prepare::<SftSample>(&p.data, &opts, &tok, &fmt)?;
+            if prepared.skipped.count() > 0 {
+                eprintln!("{}", prepared.summary(opts.max_len));
+            }
+            if prepared.examples.is_empty() && p.coef > 0.0 {
                 bail!("{}: no pretraining samples for the ptx term", p.data.display());
             }
-            samples
+            prepared.examples
         }
         None => vec![],
     };
@@ -570,7 +491,7 @@ pub fn run<B: AutodiffBackend>(cfg: &PpoConfig, out: &Path, resume: bool, device
         cfg.ppo.iterations,
         cfg.ppo.rollout_batch_size
     );
-    let score_std = if cfg.ppo.normalize_score { reward_std(&m.reward_model) } else { None };
+    let score_std = if cfg.ppo.normalize_score { RewardInfo::load(&m.reward_model)?.map(|i| i.normalization.std) } else { None };
     let mut t = Trainer::<B>::new(cfg.clone(), actor, critic, reference, reward_model, prompts, ptx, stop_ids, pad_id, score_std, device.clone());
     if resume {
         if let Some(dir) = latest_checkpoint(out) {
@@ -631,10 +552,10 @@ pub fn run<B: AutodiffBackend>(cfg: &PpoConfig, out: &Path, resume: bool, device
         }
         if ppo.halt_after == Some(done) && !last {
             eprintln!("halting after iteration {done} (ppo.halt_after)");
-            return Ok(t.actor.valid());
+            return Ok(t.actor.module.valid());
         }
     }
-    let actor = t.actor.valid();
+    let actor = t.actor.module.valid();
     actor.save_hf_dir(&out.join("final"), Some(&m.actor))?;
     eprintln!("ppo: final actor in {}", out.join("final").display());
     Ok(actor)

@@ -59,10 +59,7 @@ pub fn shaped_rewards(kl: &[Vec<f32>], mask: &[Vec<bool>], scores: &[f32], beta:
 /// The RM score as the environment's reward: divided by the reference std when given (the RM's
 /// `reward.json`; its mean was already moved to 0), then clipped to ±`clip` (0 = no clip).
 pub fn normalize_score(raw: f32, std: Option<f64>, clip: f64) -> f32 {
-    let s = match std {
-        Some(sd) if sd > 1e-8 => f64::from(raw) / sd,
-        _ => f64::from(raw),
-    };
+    let s = rlhf_model::reward_info::scaled_score(raw, std);
     (if clip > 0.0 { s.clamp(-clip, clip) } else { s }) as f32
 }
 
@@ -158,15 +155,6 @@ pub fn value_loss<B: Backend>(
     (per_token * mask).sum() * (0.5 / normalizer)
 }
 
-/// Entropy of the policy at each position, from log-probabilities over the vocabulary.
-///
-/// # Shapes
-/// - `log_probs`: [rows, len, vocab] → [rows, len]
-pub fn token_entropy<B: Backend>(log_probs: Tensor<B, 3>) -> Tensor<B, 2> {
-    let [rows, len, _] = log_probs.dims();
-    (log_probs.clone().exp() * log_probs).sum_dim(2).neg().reshape([rows, len])
-}
-
 /// How the pretraining loss joins the PPO loss in the actor's update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -208,8 +196,8 @@ mod tests {
     use super::*;
     use burn::tensor::TensorData;
 
-    type B = rlhf_model::backend::Cpu;
-    type AD = rlhf_model::backend::CpuTrain;
+    type B = rlhf_runtime::Cpu;
+    type AD = rlhf_runtime::CpuTrain;
 
     fn t2<BB: Backend>(v: &[f32], shape: [usize; 2]) -> Tensor<BB, 2> {
         Tensor::from_data(TensorData::new(v.to_vec(), shape), &Default::default())
@@ -339,12 +327,6 @@ mod tests {
         // Without clipping, token 1 has no error.
         let got = value_loss(v, old, ret, mask, 0.0, 2.0).into_scalar();
         assert!(close(got.into(), 0.045 / 2.0));
-    }
-
-    #[test]
-    fn entropy_of_uniform_and_certain_distributions() {
-        let lp = Tensor::<B, 3>::from_data(TensorData::new(vec![0.25f32.ln(); 4], [1, 1, 4]), &Default::default());
-        assert!(close(token_entropy(lp).into_scalar().into(), 4f64.ln()));
     }
 
     #[test]

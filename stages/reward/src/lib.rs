@@ -9,15 +9,18 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use burn::module::{AutodiffModule, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use rlhf_data::batch::{pad_right, EpochOrder};
-use rlhf_data::encode::{encode_ranking, encode_sft, RankingSample};
-use rlhf_data::{load, ChatFormat, DataFiles, Encoded, Format, Kind, LoadOptions, Record, Tokenizer};
-use rlhf_model::{RewardModel, ScalarHead, Transformer};
+use burn::tensor::{ElementConversion, Tensor};
+use rlhf_data::batch::EpochOrder;
+use rlhf_data::encode::{ranking_pairs, Pair, RankingSample, SftSample};
+use rlhf_data::{prepare, ChatFormat, DataFiles, Format, Kind, PrepareOptions, Tokenizer};
+use rlhf_eval::{ranking_stats, RankingStats};
+use rlhf_model::reward_info::{Normalization, REWARD_INFO_FILE};
+use rlhf_model::{RewardInfo, RewardModel, ScalarHead, Transformer};
+use rlhf_train::batch::score_sequences;
 use rlhf_train::{Objective, TrainConfig, TrainError};
 use serde::{Deserialize, Serialize};
 
-pub use objective::{ranking_loss, ranking_pairs, Pair};
+pub use objective::ranking_loss;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,40 +48,6 @@ pub struct ModelConfig {
 }
 
 
-/// Reads and encodes a rankings file.
-pub fn prepare(path: &Path, cfg: &DataFiles, tok: &Tokenizer, fmt: &ChatFormat) -> anyhow::Result<Vec<RankingSample>> {
-    let loaded = load(path, LoadOptions { kind: Kind::Ranking, format: cfg.format, skip_invalid: cfg.skip_invalid })?;
-    if loaded.skipped.count() > 0 {
-        eprintln!("{}: {}", path.display(), loaded.skipped);
-    }
-    let (mut samples, mut truncated, mut dropped) = (Vec::new(), 0, 0);
-    for (line, r) in &loaded.records {
-        let Record::Ranking(r) = r else { continue };
-        match encode_ranking(tok, fmt, r, cfg.max_len).with_context(|| format!("{}:{line}", path.display()))? {
-            Encoded::Kept(s) => samples.push(s),
-            Encoded::Truncated(s) => {
-                truncated += 1;
-                samples.push(s)
-            }
-            Encoded::Dropped => dropped += 1,
-        }
-    }
-    eprintln!("{}: {} rankings ({truncated} with responses cut to {} tokens, {dropped} dropped: prompt too long)", path.display(), samples.len(), cfg.max_len);
-    Ok(samples)
-}
-
-/// The reward of each sequence, read at its last real token.
-///
-/// # Shapes
-/// - returns [sequences]
-pub fn score_sequences<B: Backend>(model: &RewardModel<B>, seqs: &[Vec<u32>], pad_id: u32, device: &B::Device) -> anyhow::Result<Tensor<B, 1>> {
-    let padded = pad_right(seqs, pad_id);
-    let shape = [padded.batch, padded.len];
-    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(padded.ids, shape), device);
-    let mask = Tensor::<B, 2, Int>::from_data(TensorData::new(padded.mask, shape), device);
-    Ok(model.score(ids, mask)?)
-}
-
 /// Scores of every response of `samples` (flat, in order) and the pairs between them.
 fn score_samples<B: Backend>(model: &RewardModel<B>, samples: &[&RankingSample], pad_id: u32, device: &B::Device) -> anyhow::Result<(Tensor<B, 1>, Vec<Pair>)> {
     let mut seqs = Vec::new();
@@ -90,50 +59,11 @@ fn score_samples<B: Backend>(model: &RewardModel<B>, samples: &[&RankingSample],
     Ok((score_sequences(model, &seqs, pad_id, device)?, pairs))
 }
 
-/// Per-prompt ranking metrics, summed over prompts with at least one pair.
-#[derive(Debug, Default, Clone, Copy, PartialEq)]
-pub struct RankingStats {
-    pub prompts: f64,
-    pub pairwise_acc: f64,
-    pub top1_acc: f64,
-    pub chosen_score: f64,
-    pub rejected_score: f64,
-}
-
-/// `scores` holds the responses of `samples` in order.
-pub fn ranking_stats(scores: &[f32], samples: &[&RankingSample]) -> RankingStats {
-    let mut st = RankingStats::default();
-    let mut at = 0;
-    for s in samples {
-        let k = s.ranks.len();
-        let r = &scores[at..at + k];
-        at += k;
-        let pairs = ranking_pairs(&s.ranks, 0);
-        if pairs.is_empty() {
-            continue;
-        }
-        st.prompts += 1.0;
-        st.pairwise_acc += pairs.iter().filter(|p| r[p.better] > r[p.worse]).count() as f64 / pairs.len() as f64;
-        let best_rank = *s.ranks.iter().min().expect("k ≥ 2");
-        let worst_rank = *s.ranks.iter().max().expect("k ≥ 2");
-        let top = (0..k).max_by(|&a, &b| r[a].total_cmp(&r[b])).expect("k ≥ 2");
-        st.top1_acc += f64::from(u8::from(s.ranks[top] == best_rank));
-        let mean_of = |rank: u32| {
-            let v: Vec<f64> = (0..k).filter(|&i| s.ranks[i] == rank).map(|i| f64::from(r[i])).collect();
-            v.iter().sum::<f64>() / v.len() as f64
-        };
-        st.chosen_score += mean_of(best_rank);
-        st.rejected_score += mean_of(worst_rank);
-    }
-    st
-}
-
 pub struct RewardObjective<B: AutodiffBackend> {
     pub train: Vec<RankingSample>,
     pub eval: Vec<RankingSample>,
     pub batch_size: usize,
     pub micro_batch_size: usize,
-    pub seed: u64,
     pub pad_id: u32,
     pub margin: f64,
     pub device: B::Device,
@@ -205,9 +135,7 @@ impl<B: AutodiffBackend> Objective<B, RewardModel<B>> for RewardObjective<B> {
             if !pairs.is_empty() {
                 loss += ranking_loss(scores, &pairs, self.margin, n).into_scalar().elem::<f64>();
             }
-            let st = ranking_stats(&host, &refs);
-            total.pairwise_acc += st.pairwise_acc;
-            total.top1_acc += st.top1_acc;
+            total.add(&ranking_stats(&host, &refs));
         }
         Ok(vec![
             ("eval_loss".into(), loss),
@@ -222,19 +150,12 @@ impl<B: AutodiffBackend> Objective<B, RewardModel<B>> for RewardObjective<B> {
 fn reference_sequences(reference: Option<&Path>, max_len: usize, tok: &Tokenizer, fmt: &ChatFormat, train: &[RankingSample]) -> anyhow::Result<(String, Vec<Vec<u32>>)> {
     match reference {
         Some(path) => {
-            let loaded = load(path, LoadOptions { kind: Kind::Sft, format: Format::Auto, skip_invalid: true })?;
-            if loaded.skipped.count() > 0 {
-                eprintln!("reference {}: {}", path.display(), loaded.skipped);
+            let opts = PrepareOptions { kind: Kind::Sft, format: Format::Auto, skip_invalid: true, max_len };
+            let prepared = prepare::<SftSample>(path, &opts, tok, fmt)?;
+            if prepared.skipped.count() > 0 {
+                eprintln!("reference {}: {}", path.display(), prepared.skipped);
             }
-            let mut seqs = Vec::new();
-            for (_, r) in &loaded.records {
-                if let Record::Sft(m) = r {
-                    if let Encoded::Kept(s) | Encoded::Truncated(s) = encode_sft(tok, fmt, m, max_len)? {
-                        seqs.push(s.ids);
-                    }
-                }
-            }
-            Ok((path.display().to_string(), seqs))
+            Ok((path.display().to_string(), prepared.examples.into_iter().map(|s| s.ids).collect()))
         }
         None => {
             let seqs = train
@@ -272,8 +193,13 @@ pub fn run<B: AutodiffBackend>(cfg: &RewardConfig, out: &Path, resume: bool, dev
     let body = Transformer::<B>::from_hf_dir(&cfg.model.from, device)?;
     // Sequences never exceed the model's context.
     let data = DataFiles { max_len: cfg.data.max_len.min(body.config.max_position_embeddings), ..cfg.data.clone() };
-    let all = prepare(&data.train, &data, &tok, &fmt)?;
-    let (train, eval) = data.split(all, cfg.seed, |p| prepare(p, &data, &tok, &fmt))?;
+    let opts = PrepareOptions { kind: Kind::Ranking, format: data.format, skip_invalid: data.skip_invalid, max_len: data.max_len };
+    let read = |path: &Path| -> anyhow::Result<Vec<RankingSample>> {
+        let prepared = prepare::<RankingSample>(path, &opts, &tok, &fmt)?;
+        eprintln!("{}", prepared.summary(data.max_len));
+        Ok(prepared.examples)
+    };
+    let (train, eval) = data.split(read(&data.train)?, cfg.seed, read)?;
     if train.is_empty() {
         bail!("{}: no rankings to train on", cfg.data.train.display());
     }
@@ -286,7 +212,6 @@ pub fn run<B: AutodiffBackend>(cfg: &RewardConfig, out: &Path, resume: bool, dev
         eval,
         batch_size: cfg.train.batch_size,
         micro_batch_size: cfg.train.micro_batch_size,
-        seed: cfg.seed,
         pad_id,
         margin: cfg.margin,
         device: device.clone(),
@@ -301,12 +226,12 @@ pub fn run<B: AutodiffBackend>(cfg: &RewardConfig, out: &Path, resume: bool, dev
     let mut model = model;
     let bias = model.head.bias.val() - mean;
     model.head.bias = Param::from_tensor(bias);
-    let info = serde_json::json!({
-        "score_position": "last real token; the end-of-turn token is appended to every response",
-        "template_end_of_turn": fmt.end_of_turn,
-        "normalization": { "reference": reference, "count": seqs.len(), "mean_before": mean, "std": std, "bias_added": -mean },
-    });
-    model.save_dir(&out.join("final"), Some(&cfg.model.from), &[("reward.json", serde_json::to_string_pretty(&info)?)])?;
+    let info = RewardInfo {
+        score_position: "last real token; the end-of-turn token is appended to every response".into(),
+        template_end_of_turn: fmt.end_of_turn.clone(),
+        normalization: Normalization { reference, count: seqs.len(), mean_before: mean, std, bias_added: -mean },
+    };
+    model.save_dir(&out.join("final"), Some(&cfg.model.from), &[(REWARD_INFO_FILE, info.to_json())])?;
     eprintln!("reward: reference mean {mean:.4} (std {std:.4}) shifted to 0; final model in {}", out.join("final").display());
     Ok(model)
 }

@@ -13,34 +13,7 @@
 
 use burn::tensor::activation::relu;
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
-
-/// One preference: response `better` (index into the flat score vector) beats `worse`; `weight` is
-/// 1/P of its prompt.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Pair {
-    pub better: usize,
-    pub worse: usize,
-    pub weight: f32,
-}
-
-/// The ordered pairs of one ranking (lower rank = better; ties dropped), offset by `first` — the
-/// index of the prompt's first response in the flat score vector.
-pub fn ranking_pairs(ranks: &[u32], first: usize) -> Vec<Pair> {
-    let mut pairs = Vec::new();
-    for i in 0..ranks.len() {
-        for j in i + 1..ranks.len() {
-            let (b, w) = match ranks[i].cmp(&ranks[j]) {
-                std::cmp::Ordering::Less => (i, j),
-                std::cmp::Ordering::Greater => (j, i),
-                std::cmp::Ordering::Equal => continue,
-            };
-            pairs.push(Pair { better: first + b, worse: first + w, weight: 0.0 });
-        }
-    }
-    let weight = 1.0 / pairs.len().max(1) as f32;
-    pairs.iter_mut().for_each(|p| p.weight = weight);
-    pairs
-}
+pub use rlhf_data::encode::{ranking_pairs, Pair};
 
 /// log(1 + eˣ), computed without overflow: max(x, 0) + log(1 + e^−|x|). Equals −log σ(−x).
 fn softplus<B: Backend>(x: Tensor<B, 1>) -> Tensor<B, 1> {
@@ -67,8 +40,8 @@ pub fn ranking_loss<B: Backend>(scores: Tensor<B, 1>, pairs: &[Pair], margin: f6
 mod tests {
     use super::*;
 
-    type B = rlhf_model::backend::Cpu;
-    type AD = rlhf_model::backend::CpuTrain;
+    type B = rlhf_runtime::Cpu;
+    type AD = rlhf_runtime::CpuTrain;
 
     fn scores<BB: Backend>(v: &[f32]) -> Tensor<BB, 1> {
         Tensor::from_data(TensorData::new(v.to_vec(), [v.len()]), &Default::default())

@@ -11,15 +11,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
-use rlhf_data::batch::{pad_flags_right, pad_right, EpochOrder};
-use rlhf_data::encode::{encode_sft, pack_pretrain, SftSample};
-use rlhf_data::{load, BuiltinTemplate, ChatFormat, DataFiles, Encoded, Kind, LoadOptions, Record, Tokenizer};
+use burn::tensor::Tensor;
+use rlhf_data::encode::SftSample;
+use rlhf_data::{prepare, BuiltinTemplate, ChatFormat, DataFiles, Kind, PrepareOptions, Tokenizer};
 use rlhf_model::{Arch, CausalLm, TransformerConfig};
-use rlhf_train::{Objective, TrainConfig};
+use rlhf_train::TrainConfig;
 use serde::{Deserialize, Serialize};
 
-pub use objective::sft_loss;
+pub use objective::SftObjective;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -29,6 +28,16 @@ pub enum Mode {
     Sft,
     /// Every token of plain text.
     Pretrain,
+}
+
+impl Mode {
+    /// The kind of record the mode trains on.
+    pub fn kind(self) -> Kind {
+        match self {
+            Mode::Sft => Kind::Sft,
+            Mode::Pretrain => Kind::Pretrain,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,165 +115,6 @@ fn default_max_positions() -> usize {
 }
 
 
-/// Encoded examples and what happened to the rest.
-#[derive(Debug, Default)]
-pub struct Prepared {
-    pub samples: Vec<SftSample>,
-    pub truncated: usize,
-    pub dropped: usize,
-    pub skipped: usize,
-}
-
-/// Reads and encodes one data file for `mode`.
-pub fn prepare(path: &Path, cfg: &DataFiles, mode: Mode, tok: &Tokenizer, fmt: &ChatFormat) -> anyhow::Result<Prepared> {
-    let kind = if mode == Mode::Sft { Kind::Sft } else { Kind::Pretrain };
-    let loaded = load(path, LoadOptions { kind, format: cfg.format, skip_invalid: cfg.skip_invalid })?;
-    let mut out = Prepared { skipped: loaded.skipped.count(), ..Default::default() };
-    if out.skipped > 0 {
-        eprintln!("{}: {}", path.display(), loaded.skipped);
-    }
-    match mode {
-        Mode::Sft => {
-            for (line, r) in &loaded.records {
-                let Record::Sft(msgs) = r else { continue };
-                match encode_sft(tok, fmt, msgs, cfg.max_len).with_context(|| format!("{}:{line}", path.display()))? {
-                    Encoded::Kept(s) => out.samples.push(s),
-                    Encoded::Truncated(s) => {
-                        out.truncated += 1;
-                        out.samples.push(s)
-                    }
-                    Encoded::Dropped => out.dropped += 1,
-                }
-            }
-        }
-        Mode::Pretrain => {
-            let docs: Vec<String> =
-                loaded.records.into_iter().filter_map(|(_, r)| if let Record::Pretrain(t) = r { Some(t) } else { None }).collect();
-            out.samples = pack_pretrain(tok, &docs, cfg.max_len)?
-                .into_iter()
-                .map(|ids| SftSample { loss_mask: vec![true; ids.len()], ids })
-                .collect();
-        }
-    }
-    Ok(out)
-}
-
-/// Samples as micro-batches, drawn in a seeded order that is a pure function of the step.
-pub struct SftObjective<B: AutodiffBackend> {
-    pub train: Vec<SftSample>,
-    pub eval: Vec<SftSample>,
-    pub batch_size: usize,
-    pub micro_batch_size: usize,
-    pub seed: u64,
-    pub pad_id: u32,
-    pub device: B::Device,
-    order: EpochOrder,
-}
-
-impl<B: AutodiffBackend> SftObjective<B> {
-    pub fn new(train: Vec<SftSample>, eval: Vec<SftSample>, cfg: &TrainConfig, seed: u64, pad_id: u32, device: B::Device) -> Self {
-        Self {
-            order: EpochOrder::new(train.len(), seed),
-            train,
-            eval,
-            batch_size: cfg.batch_size,
-            micro_batch_size: cfg.micro_batch_size,
-            seed,
-            pad_id,
-            device,
-        }
-    }
-
-    fn sample_at(&self, position: usize) -> &SftSample {
-        &self.train[self.order.at(position)]
-    }
-}
-
-/// Padded tensors of a batch of samples: ids, attention mask, loss mask, all [batch, len].
-pub fn padded_batch<B: burn::tensor::backend::Backend>(
-    samples: &[&SftSample],
-    pad_id: u32,
-    device: &B::Device,
-) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>, Tensor<B, 2>) {
-    let ids: Vec<Vec<u32>> = samples.iter().map(|s| s.ids.clone()).collect();
-    let padded = pad_right(&ids, pad_id);
-    let flags: Vec<Vec<bool>> = samples.iter().map(|s| s.loss_mask.clone()).collect();
-    let shape = [padded.batch, padded.len];
-    (
-        Tensor::from_data(TensorData::new(padded.ids, shape), device),
-        Tensor::from_data(TensorData::new(padded.mask, shape), device),
-        Tensor::from_data(TensorData::new(pad_flags_right(&flags, padded.len), shape), device),
-    )
-}
-
-/// Next-token loss of `model` on `samples` (targets where their loss mask is set), divided by
-/// `normalizer`: the SFT objective, and PPO-ptx's pretraining term.
-pub fn lm_loss<B: burn::tensor::backend::Backend>(
-    model: &CausalLm<B>,
-    samples: &[&SftSample],
-    pad_id: u32,
-    normalizer: f64,
-    device: &B::Device,
-) -> anyhow::Result<Tensor<B, 1>> {
-    let (ids, attention, mask) = padded_batch::<B>(samples, pad_id, device);
-    batch_loss(model, ids, attention, mask, normalizer)
-}
-
-/// Next-token loss of `model` on padded tensors, divided by `normalizer`.
-fn batch_loss<BB: burn::tensor::backend::Backend>(
-    model: &CausalLm<BB>,
-    ids: Tensor<BB, 2, Int>,
-    attention: Tensor<BB, 2, Int>,
-    loss_mask: Tensor<BB, 2>,
-    normalizer: f64,
-) -> anyhow::Result<Tensor<BB, 1>> {
-    let [b, t] = ids.dims();
-    let (inputs, targets, target_mask) = rlhf_train::ops::shift_for_next_token(ids, loss_mask);
-    let logits = model.forward(inputs, attention.slice([0..b, 0..t - 1]), None)?;
-    Ok(sft_loss(logits, targets, target_mask, normalizer))
-}
-
-/// Target tokens of a sample (the first token is never a target).
-pub fn targets(s: &SftSample) -> usize {
-    s.loss_mask.iter().skip(1).filter(|&&m| m).count()
-}
-
-impl<B: AutodiffBackend> Objective<B, CausalLm<B>> for SftObjective<B> {
-    type Batch = Vec<usize>;
-
-    fn step_batches(&self, step: usize) -> Vec<Vec<usize>> {
-        EpochOrder::step_positions(step, self.batch_size, self.micro_batch_size)
-    }
-
-    fn normalizer(&self, batches: &[Vec<usize>]) -> f64 {
-        batches.iter().flatten().map(|&i| targets(self.sample_at(i))).sum::<usize>().max(1) as f64
-    }
-
-    fn tokens(&self, batch: &Vec<usize>) -> usize {
-        batch.iter().map(|&i| self.sample_at(i).ids.len()).sum()
-    }
-
-    fn loss(&self, model: &CausalLm<B>, batch: &Vec<usize>, normalizer: f64) -> rlhf_train::Result<(Tensor<B, 1>, Vec<(&'static str, f64)>)> {
-        let samples: Vec<&SftSample> = batch.iter().map(|&i| self.sample_at(i)).collect();
-        let loss = lm_loss(model, &samples, self.pad_id, normalizer, &self.device).map_err(|e| rlhf_train::TrainError::Other(format!("{e:#}")))?;
-        Ok((loss, vec![]))
-    }
-
-    fn evaluate(&self, model: &CausalLm<B::InnerBackend>) -> rlhf_train::Result<Vec<(String, f64)>> {
-        if self.eval.is_empty() {
-            return Ok(vec![]);
-        }
-        let total = self.eval.iter().map(targets).sum::<usize>().max(1) as f64;
-        let mut loss = 0.0;
-        for chunk in self.eval.chunks(self.micro_batch_size) {
-            let refs: Vec<&SftSample> = chunk.iter().collect();
-            let l = lm_loss(model, &refs, self.pad_id, total, &self.device).map_err(|e| rlhf_train::TrainError::Other(format!("{e:#}")))?;
-            loss += l.into_scalar().elem::<f64>();
-        }
-        Ok(vec![("eval_loss".into(), loss)])
-    }
-}
-
 /// The tokenizer folder and the starting model: loaded from `model.from`, or initialised from
 /// `model.init` with a tokenizer copied or trained into `OUT/tokenizer/`.
 pub fn starting_model<B: burn::tensor::backend::Backend>(cfg: &SftConfig, out: &Path, device: &B::Device) -> anyhow::Result<(PathBuf, CausalLm<B>)> {
@@ -340,26 +190,24 @@ pub fn run<B: AutodiffBackend>(cfg: &SftConfig, out: &Path, resume: bool, device
         // Pretraining needs no template; any format will do.
         Mode::Pretrain => ChatFormat::builtin(BuiltinTemplate::Chatml, tok.eos_token().unwrap_or("")),
     };
-    let mut train = prepare(&cfg.data.train, &cfg.data, cfg.mode, &tok, &fmt)?;
-    let (train_samples, eval) =
-        cfg.data.split(std::mem::take(&mut train.samples), cfg.seed, |p| Ok::<_, anyhow::Error>(prepare(p, &cfg.data, cfg.mode, &tok, &fmt)?.samples))?;
-    train.samples = train_samples;
-    if train.samples.is_empty() {
-        bail!("{}: no training examples left (dropped {}, skipped {})", cfg.data.train.display(), train.dropped, train.skipped);
+    let opts = PrepareOptions { kind: cfg.mode.kind(), format: cfg.data.format, skip_invalid: cfg.data.skip_invalid, max_len: cfg.data.max_len };
+    let read = |path: &Path| prepare::<SftSample>(path, &opts, &tok, &fmt);
+    let mut train = read(&cfg.data.train)?;
+    eprintln!("{}", train.summary(cfg.data.max_len));
+    let (train_samples, eval) = cfg.data.split(std::mem::take(&mut train.examples), cfg.seed, |p| read(p).map(|e| e.examples))?;
+    if train_samples.is_empty() {
+        bail!("{}: no training examples left (dropped {}, skipped {})", cfg.data.train.display(), train.dropped, train.skipped.count());
     }
     eprintln!(
-        "{}: {:.2}M-parameter {:?}; {} train / {} eval examples; {} truncated, {} dropped (no target left after truncation to {} tokens)",
+        "{}: {:.2}M-parameter {:?}; {} train / {} eval examples",
         if cfg.mode == Mode::Sft { "sft" } else { "pretrain" },
         model.config().num_params() as f64 / 1e6,
         model.config().arch,
-        train.samples.len(),
+        train_samples.len(),
         eval.len(),
-        train.truncated,
-        train.dropped,
-        cfg.data.max_len
     );
     let pad_id = tok.pad_id_for(model.config().pad_token_id);
-    let objective = SftObjective::<B>::new(train.samples, eval, &cfg.train, cfg.seed, pad_id, device.clone());
+    let objective = SftObjective::<B>::new(train_samples, eval, &cfg.train, cfg.seed, pad_id, device.clone());
     let model = rlhf_train::train(model, &objective, &cfg.train, cfg.seed, out, resume, device)?;
     let model = model.valid();
     if cfg.train.halt_after.is_none_or(|h| h >= cfg.train.steps) {

@@ -1,42 +1,75 @@
-//! The SFT / pretraining objective: next-token cross-entropy on target tokens only.
+//! The SFT / pretraining objective: next-token cross-entropy on target tokens only
+//! ([`rlhf_model::ops::next_token_loss`]: assistant tokens of conversations, or every token of text),
+//! averaged over the target tokens of the whole optimizer step.
 
-use burn::tensor::{backend::Backend, Int, Tensor};
-use rlhf_train::ops::log_probs_from_logits;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{ElementConversion, Tensor};
+use rlhf_data::batch::EpochOrder;
+use rlhf_data::encode::SftSample;
+use rlhf_model::CausalLm;
+use rlhf_train::batch::lm_loss;
+use rlhf_train::{Objective, TrainConfig};
 
-/// −Σ mask · log π(target) / `normalizer`.
-///
-/// `normalizer` is the number of target tokens in the whole optimizer step, so the micro-batch
-/// losses of a step add up to the mean token loss (accumulation averages). Positions whose mask is
-/// 0 (prompt tokens, padding) contribute nothing, whatever their target.
-///
-/// # Shapes
-/// - `logits`: [batch, seq, vocab]; `targets`, `loss_mask`: [batch, seq] → [1]
-pub fn sft_loss<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>, loss_mask: Tensor<B, 2>, normalizer: f64) -> Tensor<B, 1> {
-    (log_probs_from_logits(logits, targets) * loss_mask).sum().neg() / normalizer
+/// Samples as micro-batches, drawn in a seeded order that is a pure function of the step.
+pub struct SftObjective<B: AutodiffBackend> {
+    pub train: Vec<SftSample>,
+    pub eval: Vec<SftSample>,
+    pub batch_size: usize,
+    pub micro_batch_size: usize,
+    pub pad_id: u32,
+    pub device: B::Device,
+    order: EpochOrder,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use burn::tensor::TensorData;
-
-    type B = rlhf_model::backend::Cpu;
-
-    fn t3(v: Vec<f32>, s: [usize; 3]) -> Tensor<B, 3> {
-        Tensor::from_data(TensorData::new(v, s), &Default::default())
+impl<B: AutodiffBackend> SftObjective<B> {
+    pub fn new(train: Vec<SftSample>, eval: Vec<SftSample>, cfg: &TrainConfig, seed: u64, pad_id: u32, device: B::Device) -> Self {
+        Self {
+            order: EpochOrder::new(train.len(), seed),
+            train,
+            eval,
+            batch_size: cfg.batch_size,
+            micro_batch_size: cfg.micro_batch_size,
+            pad_id,
+            device,
+        }
     }
 
-    #[test]
-    fn cross_entropy_by_hand() {
-        // Two positions over a vocabulary of 2: p = softmax([0, ln 3]) = [1/4, 3/4] at both.
-        let logits = t3(vec![0.0, 3f32.ln(), 0.0, 3f32.ln()], [1, 2, 2]);
-        let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![1i64, 0], [1, 2]), &Default::default());
-        let both = Tensor::<B, 2>::from_data(TensorData::new(vec![1.0f32, 1.0], [1, 2]), &Default::default());
-        let want = -(0.75f64.ln() + 0.25f64.ln()) / 2.0;
-        assert!((sft_loss(logits.clone(), targets.clone(), both, 2.0).into_scalar() as f64 - want).abs() < 1e-6);
-        // Only the first position is a target.
-        let first = Tensor::<B, 2>::from_data(TensorData::new(vec![1.0f32, 0.0], [1, 2]), &Default::default());
-        let got = sft_loss(logits, targets, first, 1.0).into_scalar() as f64;
-        assert!((got + 0.75f64.ln()).abs() < 1e-6);
+    fn sample_at(&self, position: usize) -> &SftSample {
+        &self.train[self.order.at(position)]
+    }
+}
+
+impl<B: AutodiffBackend> Objective<B, CausalLm<B>> for SftObjective<B> {
+    type Batch = Vec<usize>;
+
+    fn step_batches(&self, step: usize) -> Vec<Vec<usize>> {
+        EpochOrder::step_positions(step, self.batch_size, self.micro_batch_size)
+    }
+
+    /// Target tokens of the whole step: micro-batch losses then add up to the mean token loss.
+    fn normalizer(&self, batches: &[Vec<usize>]) -> f64 {
+        batches.iter().flatten().map(|&i| self.sample_at(i).targets()).sum::<usize>().max(1) as f64
+    }
+
+    fn tokens(&self, batch: &Vec<usize>) -> usize {
+        batch.iter().map(|&i| self.sample_at(i).ids.len()).sum()
+    }
+
+    fn loss(&self, model: &CausalLm<B>, batch: &Vec<usize>, normalizer: f64) -> rlhf_train::Result<(Tensor<B, 1>, Vec<(&'static str, f64)>)> {
+        let samples: Vec<&SftSample> = batch.iter().map(|&i| self.sample_at(i)).collect();
+        Ok((lm_loss(model, &samples, self.pad_id, normalizer, &self.device)?, vec![]))
+    }
+
+    fn evaluate(&self, model: &CausalLm<B::InnerBackend>) -> rlhf_train::Result<Vec<(String, f64)>> {
+        if self.eval.is_empty() {
+            return Ok(vec![]);
+        }
+        let total = self.eval.iter().map(SftSample::targets).sum::<usize>().max(1) as f64;
+        let mut loss = 0.0;
+        for chunk in self.eval.chunks(self.micro_batch_size) {
+            let refs: Vec<&SftSample> = chunk.iter().collect();
+            loss += lm_loss(model, &refs, self.pad_id, total, &self.device)?.into_scalar().elem::<f64>();
+        }
+        Ok(vec![("eval_loss".into(), loss)])
     }
 }

@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use rlhf_data::{ChatFormat, Format, Tokenizer};
+use rlhf_data::prepare::{prepare, PrepareOptions, Prompt};
+use rlhf_data::{ChatFormat, Format, Kind, Tokenizer};
+use rlhf_model::ops::action_log_probs;
+use rlhf_model::reward_info::scaled_score;
 use rlhf_model::{generate, CausalLm, GenerateConfig, RewardModel, Sampler};
 use serde::{Deserialize, Serialize};
-
-use crate::{action_log_probs, Prompt};
 
 /// The `[eval]` settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,9 +55,14 @@ fn default_batch() -> usize {
     64
 }
 
-/// The held-out prompts named by `cfg`.
+/// The held-out prompts named by `cfg` (strict: a malformed held-out prompt is an error).
 pub fn read_eval_prompts(cfg: &EvalConfig, tok: &Tokenizer, fmt: &ChatFormat) -> anyhow::Result<Vec<Prompt>> {
-    crate::read_prompts(&cfg.prompts, cfg.format, false, cfg.max_prompt_len, tok, fmt)
+    let opts = PrepareOptions { kind: Kind::Prompt, format: cfg.format, skip_invalid: false, max_len: cfg.max_prompt_len };
+    let prepared = prepare::<Prompt>(&cfg.prompts, &opts, tok, fmt)?;
+    if prepared.dropped > 0 {
+        eprintln!("{}: {} prompts longer than {} tokens dropped", cfg.prompts.display(), prepared.dropped, cfg.max_prompt_len);
+    }
+    Ok(prepared.examples)
 }
 
 /// One sampled response and its scores.
@@ -135,7 +141,7 @@ pub fn sample_and_score<B: Backend>(
             out.push(Scored {
                 prompt: p.text.clone(),
                 response,
-                rm_score: crate::objective::normalize_score(raw[i], score_std, 0.0),
+                rm_score: scaled_score(raw[i], score_std) as f32,
                 oracle,
                 logp: logp[i],
                 baseline_logp: base[i],

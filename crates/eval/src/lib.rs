@@ -1,0 +1,9 @@
+//! Scoring and evaluation, shared by the stages and the `rlhf` command: how a reward model ranks K
+//! responses ([`ranking`]), and how policies do on held-out prompts — sampled answers scored by the
+//! reward model and the demo oracle, the KL of one policy to another, and the win rate ([`policy`]).
+
+pub mod policy;
+pub mod ranking;
+
+pub use policy::{read_eval_prompts, rm_pairwise_acc, sample_and_score, summarize, win_rate, EvalConfig, PolicyScores, Scored};
+pub use ranking::{ranking_pairs, ranking_stats, Pair, RankingStats};

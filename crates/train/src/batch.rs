@@ -1,0 +1,44 @@
+//! Encoded examples as padded device tensors, and the model operations every stage runs on them:
+//! the next-token loss of demonstrations or text (SFT, pretraining, PPO-ptx) and the scores of
+//! sequences under a reward model (RM training, PPO, evaluation, `rlhf reward score`).
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use rlhf_data::batch::{pad_flags_right, pad_right};
+use rlhf_data::encode::SftSample;
+use rlhf_model::{CausalLm, RewardModel};
+
+use crate::error::Result;
+
+/// Right-padded ids and attention mask of token sequences, both [batch, len].
+pub fn sequence_batch<B: Backend>(seqs: &[Vec<u32>], pad_id: u32, device: &B::Device) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>) {
+    let padded = pad_right(seqs, pad_id);
+    let shape = [padded.batch, padded.len];
+    (Tensor::from_data(TensorData::new(padded.ids, shape), device), Tensor::from_data(TensorData::new(padded.mask, shape), device))
+}
+
+/// Padded tensors of a batch of samples: ids, attention mask, loss mask, all [batch, len].
+pub fn padded_batch<B: Backend>(samples: &[&SftSample], pad_id: u32, device: &B::Device) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>, Tensor<B, 2>) {
+    let ids: Vec<Vec<u32>> = samples.iter().map(|s| s.ids.clone()).collect();
+    let (ids_t, attention) = sequence_batch(&ids, pad_id, device);
+    let [batch, len] = ids_t.dims();
+    let flags: Vec<Vec<bool>> = samples.iter().map(|s| s.loss_mask.clone()).collect();
+    let loss_mask = Tensor::from_data(TensorData::new(pad_flags_right(&flags, len), [batch, len]), device);
+    (ids_t, attention, loss_mask)
+}
+
+/// Next-token loss of `model` on `samples` (targets where their loss mask is set), divided by
+/// `normalizer`: the SFT objective, and PPO-ptx's pretraining term.
+pub fn lm_loss<B: Backend>(model: &CausalLm<B>, samples: &[&SftSample], pad_id: u32, normalizer: f64, device: &B::Device) -> Result<Tensor<B, 1>> {
+    let (ids, attention, mask) = padded_batch::<B>(samples, pad_id, device);
+    Ok(rlhf_model::ops::lm_loss(model, ids, attention, mask, normalizer)?)
+}
+
+/// The reward of each sequence, read at its last real token.
+///
+/// # Shapes
+/// - returns [sequences]
+pub fn score_sequences<B: Backend>(model: &RewardModel<B>, seqs: &[Vec<u32>], pad_id: u32, device: &B::Device) -> Result<Tensor<B, 1>> {
+    let (ids, mask) = sequence_batch(seqs, pad_id, device);
+    Ok(model.score(ids, mask)?)
+}
