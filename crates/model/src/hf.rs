@@ -343,7 +343,7 @@ impl<B: Backend> Transformer<B> {
             embed_positions,
             layers,
             norm,
-            rope: (!gpt2).then(|| Rope::new(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, device)),
+            rope: (!gpt2).then(|| Rope::from_config(cfg, device)),
             config: cfg.clone(),
         })
     }
