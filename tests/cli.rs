@@ -55,6 +55,30 @@ fn generate_chat_prompt_uses_the_template() {
     assert!(ids.iter().filter(|&i| i == 1).count() == 2);
 }
 
+/// `generate --chat` on a folder whose template is only in chat_template.jinja: the prompt ids are
+/// transformers' `apply_chat_template` ids, and greedy decoding stops at the second EOS id of
+/// generation_config.json (config.json names only the first), as transformers' `generate` does.
+#[test]
+fn generate_chat_renders_chat_template_jinja_like_transformers() {
+    let dir = fixture("hf-tiny-chat");
+    let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let cases = expected["chat_cases"].as_array().unwrap();
+    let single_turns: Vec<&serde_json::Value> = cases.iter().filter(|c| c["messages"].as_array().unwrap().len() == 1).collect();
+    assert_eq!(single_turns.len(), 2, "an English and a Chinese single-turn case");
+    for (i, case) in single_turns.iter().enumerate() {
+        let prompt = case["messages"][0]["content"].as_str().unwrap();
+        let mut args = vec!["generate", "--model", dir.to_str().unwrap(), "--prompt", prompt, "--chat", "--greedy", "--json"];
+        args.extend(if i == 0 { ["--max-new-tokens", "12"] } else { ["--max-new-tokens", "1"] });
+        let o = rlhf(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(line["prompt_ids"], case["ids"], "{prompt}");
+        if i == 0 {
+            assert_eq!(line["new_ids"], expected["chat_greedy_new_ids"]);
+        }
+    }
+}
+
 #[test]
 fn model_info_reports_architecture_and_size() {
     let o = rlhf(&["model", "info", "--model", fixture("hf-tiny-gpt2").to_str().unwrap(), "--json"]);
@@ -63,6 +87,11 @@ fn model_info_reports_architecture_and_size() {
     assert_eq!(v["architecture"], "gpt2");
     assert_eq!(v["vocab_size"], 1024);
     assert_eq!(v["context_length"], 128);
+    assert_eq!(v["config_dtype"], "float32");
+    // The older spelling is read too.
+    let o = rlhf(&["model", "info", "--model", fixture("hf-tiny-llama3").to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["config_dtype"], "float16");
 }
 
 #[test]

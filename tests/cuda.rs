@@ -10,7 +10,7 @@ use rlhf_runtime::{cuda_device, Cpu, Gpu};
 use rlhf_model::CausalLm;
 
 use crate::common::fixture;
-use crate::model::{check_greedy_on, greedy_on, logits_diff_on};
+use crate::model::{greedy_on, parity_failures_on};
 
 fn gpu() -> Option<burn::backend::cuda::CudaDevice> {
     match cuda_device(0) {
@@ -25,12 +25,8 @@ fn gpu() -> Option<burn::backend::cuda::CudaDevice> {
 #[test]
 fn cuda_logits_and_greedy_match_transformers() {
     let Some(device) = gpu() else { return };
-    for name in ["hf-tiny-llama", "hf-tiny-qwen2", "hf-tiny-gpt2"] {
-        let diff = logits_diff_on::<Gpu>(&fixture(name), &device);
-        eprintln!("cuda {name}: max |Δlogits| = {diff:e}");
-        assert!(diff < 5e-3, "{name}: {diff}");
-        check_greedy_on::<Gpu>(&fixture(name), &device);
-    }
+    let failures = parity_failures_on::<Gpu>(&device, 5e-3);
+    assert!(failures.is_empty(), "cuda parity failures:\n{}", failures.join("\n"));
 }
 
 #[test]

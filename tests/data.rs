@@ -260,3 +260,25 @@ fn demo_set_is_byte_identical_per_seed_and_passes_strict_checks() {
     let prompts = std::fs::read_to_string(dir.join("prompts.jsonl")).unwrap();
     assert!(prompts.lines().all(|l| !held.contains(l)));
 }
+
+/// A folder whose template is only in chat_template.jinja (multi-line, relying on Jinja2's
+/// `trim_blocks`/`lstrip_blocks`, with `bos_token` and a default system prompt) renders exactly the
+/// ids transformers' `apply_chat_template(..., tokenize=True, add_generation_prompt=True)` gives.
+#[test]
+fn chat_template_jinja_gives_transformers_prompt_ids() {
+    let dir = fixture("hf-tiny-chat");
+    let tok = Tokenizer::from_dir(&dir).unwrap();
+    let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let cases = expected["chat_cases"].as_array().unwrap();
+    assert!(cases.len() >= 5);
+    for (i, case) in cases.iter().enumerate() {
+        let msgs: Vec<rlhf_data::Message> = serde_json::from_value(case["messages"].clone()).unwrap();
+        let want: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        let got = tok.encode(&tok.apply_chat_template(&msgs, true).unwrap(), false).unwrap();
+        assert_eq!(got, want, "case {i}: {msgs:?}");
+        // The tokenizer's template format encodes prompts the same way (`rlhf chat`, PPO prompts).
+        let fmt = ChatFormat::from_tokenizer(&tok).unwrap();
+        let Encoded::Kept(ids) = encode_prompt(&tok, &fmt, &msgs, 1024).unwrap() else { panic!("case {i} dropped") };
+        assert_eq!(ids, want, "case {i} through ChatFormat");
+    }
+}

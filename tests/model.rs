@@ -8,10 +8,11 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use rlhf_runtime::Cpu;
 use rlhf_model::generate::left_pad;
+use rlhf_data::Tokenizer;
 use rlhf_model::{generate, CausalLm, GenerateConfig, Sampler, TransformerConfig};
 use safetensors::SafeTensors;
 
-pub use crate::common::fixture;
+use crate::common::fixture;
 
 fn device() -> <Cpu as burn::tensor::backend::BackendTypes>::Device {
     Default::default()
@@ -38,10 +39,6 @@ fn to_vec<B: Backend>(t: Tensor<B, 3>) -> Vec<f32> {
 }
 
 /// Max |ours − transformers| over positions where the mask is 1.
-fn logits_diff(dir: &Path) -> f32 {
-    logits_diff_on::<Cpu>(dir, &device())
-}
-
 pub fn logits_diff_on<B: Backend>(dir: &Path, device: &B::Device) -> f32 {
     let model = CausalLm::<B>::from_hf_dir(dir, device).unwrap();
     let bytes = std::fs::read(dir.join("expected.safetensors")).unwrap();
@@ -87,47 +84,59 @@ pub fn greedy_on<B: Backend>(model: &CausalLm<B>, prompts: &[Vec<u32>], n: usize
     generate(model, prompts, &cfg, device).unwrap().to_host()
 }
 
-fn check_greedy(dir: &Path) {
-    check_greedy_on::<Cpu>(dir, &device());
-}
-
-pub fn check_greedy_on<B: Backend>(dir: &Path, device: &B::Device) {
+/// Our greedy ids for the fixture's prompt (no stop ids) and transformers'.
+fn greedy_ids_on<B: Backend>(dir: &Path, device: &B::Device) -> (Vec<u32>, Vec<u32>) {
     let expected = expected_json(dir);
     let model = CausalLm::<B>::from_hf_dir(dir, device).unwrap();
     let prompt = ids_of(&expected["greedy_prompt_ids"]);
     let want = ids_of(&expected["greedy_new_ids"]);
     let got = greedy_on(&model, &[prompt], want.len(), device);
-    assert_eq!(got[0].new_ids, want, "{}", dir.display());
+    (got[0].new_ids.clone(), want)
+}
+
+/// The fixtures made by transformers (see tests/fixtures/make_fixtures.py), with what each covers.
+pub const PARITY_FIXTURES: &[&str] = &[
+    "hf-tiny-llama",  // LLaMA, GQA, `rope_parameters`
+    "hf-tiny-qwen2",  // bf16, tied head, q/k/v bias, top-level `rope_theta`
+    "hf-tiny-gpt2",   // learned positions, LayerNorm, Conv1D
+    "hf-tiny-llama3", // f16, Llama-3.x rope scaling in the Hub's `rope_scaling` spelling
+    "hf-tiny-chat",   // `dtype`, `"architectures": null`, template only in chat_template.jinja
+];
+
+/// Runs every fixture of [`PARITY_FIXTURES`] on `device`: logits within `limit` of transformers' and
+/// greedy ids equal. Returns a line per failure, naming the fixture, so one run reports them all.
+pub fn parity_failures_on<B: Backend>(device: &B::Device, limit: f32) -> Vec<String> {
+    let mut failures = Vec::new();
+    for name in PARITY_FIXTURES {
+        let dir = fixture(name);
+        let diff = logits_diff_on::<B>(&dir, device);
+        eprintln!("{name}: max |Δlogits| = {diff:e}");
+        if !(diff < limit) {
+            failures.push(format!("{name}: max |Δlogits| {diff:e} (limit {limit:e})"));
+        }
+        let (got, want) = greedy_ids_on::<B>(&dir, device);
+        if got != want {
+            failures.push(format!("{name}: greedy ids {got:?}, transformers {want:?}"));
+        }
+    }
+    failures
 }
 
 #[test]
-fn llama_logits_match_transformers() {
-    let diff = logits_diff(&fixture("hf-tiny-llama"));
-    eprintln!("llama max |Δlogits| = {diff:e}");
-    assert!(diff < 1e-4, "max abs diff {diff}");
+fn fixtures_match_transformers_logits_and_greedy_ids() {
+    let failures = parity_failures_on::<Cpu>(&device(), 1e-4);
+    assert!(failures.is_empty(), "parity failures:\n{}", failures.join("\n"));
 }
 
+/// Llama-3 rope scaling gives transformers' `inv_freq` to the bit (all three bands occur).
 #[test]
-fn llama_greedy_generation_matches_transformers() {
-    check_greedy(&fixture("hf-tiny-llama"));
-}
-
-#[test]
-fn qwen2_bf16_tied_logits_and_greedy_match_transformers() {
-    let dir = fixture("hf-tiny-qwen2");
-    let diff = logits_diff(&dir);
-    eprintln!("qwen2 max |Δlogits| = {diff:e}");
-    assert!(diff < 1e-4, "max abs diff {diff}");
-    check_greedy(&dir);
-}
-
-#[test]
-fn gpt2_logits_and_greedy_match_transformers() {
-    let dir = fixture("hf-tiny-gpt2");
-    let diff = logits_diff(&dir);
-    eprintln!("gpt2 max |Δlogits| = {diff:e}");
-    assert!(diff < 1e-4, "max abs diff {diff}");
-    check_greedy(&dir);
+fn llama3_rope_frequencies_equal_transformers() {
+    let dir = fixture("hf-tiny-llama3");
+    let cfg = TransformerConfig::from_hf_dir(&dir).unwrap();
+    assert!(cfg.rope_scaling.is_some());
+    let want: Vec<f32> =
+        expected_json(&dir)["rope_inv_freq"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    assert_eq!(rlhf_model::rope::inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling.as_ref()), want);
 }
 
 /// Every row of a left-padded batch gives the logits it gives alone.
@@ -222,13 +231,22 @@ fn seeded_sampling_is_reproducible() {
 
 #[test]
 fn export_then_load_gives_identical_logits() {
-    for name in ["hf-tiny-llama", "hf-tiny-qwen2", "hf-tiny-gpt2"] {
+    for name in PARITY_FIXTURES {
         let src = fixture(name);
         let model = CausalLm::<Cpu>::from_hf_dir(&src, &device()).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("final");
         model.save_hf_dir(&out, Some(&src)).unwrap();
-        assert!(out.join("tokenizer.json").exists());
+        // Tokenizer and template files are copied as they came (the template stays in its own file).
+        for file in rlhf_model::hf::TOKENIZER_FILES {
+            let (from, to) = (src.join(file), out.join(file));
+            assert_eq!(from.exists(), to.exists(), "{name}: {file}");
+            if from.exists() {
+                assert_eq!(std::fs::read(from).unwrap(), std::fs::read(to).unwrap(), "{name}: {file}");
+            }
+        }
+        let template = |dir: &Path| Tokenizer::from_dir(dir).unwrap().chat_template().map(str::to_string);
+        assert_eq!(template(&out), template(&src), "{name}");
         let again = CausalLm::<Cpu>::from_hf_dir(&out, &device()).unwrap();
         assert_eq!(again.config(), model.config());
         let ids = int_tensor(vec![3, 1, 4, 1, 5, 9, 2, 6], [2, 4]);

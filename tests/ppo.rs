@@ -209,3 +209,25 @@ fn bad_configs_are_refused_before_loading() {
     assert!(format!("{e:#}").contains("positions"), "{e:#}");
 }
 
+
+/// Actor and critic steps go through the one update path: a critic that diverges (learning rate
+/// 1e35) stops the run at its first non-finite loss with an error naming the critic, and the last
+/// good checkpoint stays.
+#[test]
+fn non_finite_critic_loss_stops_naming_the_critic_and_keeps_the_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, rm) = setup(tmp.path());
+    let out = tmp.path().join("run");
+    let cfg = config(&data, &rm, &["ppo.save_every=1", "ppo.halt_after=1"]);
+    rlhf_ppo::run::<CpuTrain>(&cfg, &out, false, &Default::default()).unwrap();
+    let good = rlhf_train::checkpoint::latest_checkpoint(&out).unwrap();
+    assert!(good.ends_with("step-00000001"), "{}", good.display());
+
+    let cfg = config(&data, &rm, &["ppo.save_every=1", "ppo.critic_lr=1e35"]);
+    let e = rlhf_ppo::run::<CpuTrain>(&cfg, &out, true, &Default::default()).map(|_| ()).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(msg.starts_with("critic: ") || msg.contains(": critic: "), "{msg}");
+    assert!(msg.contains("loss is") && msg.contains(&good.display().to_string()), "{msg}");
+    assert_eq!(rlhf_train::checkpoint::latest_checkpoint(&out).unwrap(), good);
+    assert!(!out.join("final").exists());
+}

@@ -3,6 +3,7 @@
 mod cli;
 mod common;
 mod data;
+mod layout;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod model;

@@ -54,6 +54,7 @@ impl BenchModel {
             max_position_embeddings: max_positions.max(256),
             norm_eps: 1e-6,
             rope_theta: 10_000.0,
+            rope_scaling: None,
             qkv_bias: false,
             out_bias: false,
             tie_word_embeddings: false,

@@ -6,12 +6,13 @@ use anyhow::{bail, Context};
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use rlhf_runtime::{dispatch, DeviceSpec, Inference, InferenceTask};
 use rlhf_model::hf::{write_safetensors, HostTensor, SafetensorsFiles};
-use rlhf_model::{CausalLm, TransformerConfig};
+use rlhf_model::{CausalLm, HfConfig, TransformerConfig};
 use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 
 pub fn info(dir: &Path, json: bool) -> anyhow::Result<()> {
     let cfg = TransformerConfig::from_hf_dir(dir)?;
+    let declared = HfConfig::load(&dir.join("config.json"))?.declared_dtype().map(str::to_string);
     let files = SafetensorsFiles::open_dir(dir)?;
     let dtypes = files.dtypes().into_iter().map(|(d, n)| format!("{d} ({n} tensors)")).collect::<Vec<_>>().join(", ");
     let params = cfg.num_params();
@@ -20,6 +21,7 @@ pub fn info(dir: &Path, json: bool) -> anyhow::Result<()> {
             "architecture": cfg.arch,
             "parameters": params,
             "dtype": dtypes,
+            "config_dtype": declared,
             "vocab_size": cfg.vocab_size,
             "context_length": cfg.max_position_embeddings,
             "hidden_size": cfg.hidden_size,
@@ -32,7 +34,7 @@ pub fn info(dir: &Path, json: bool) -> anyhow::Result<()> {
     } else {
         println!("architecture    {:?}", cfg.arch);
         println!("parameters      {params} ({:.2} M)", params as f64 / 1e6);
-        println!("dtype           {dtypes}");
+        println!("dtype           {dtypes}{}", declared.map(|d| format!(" (config.json: {d})")).unwrap_or_default());
         println!("vocab           {}", cfg.vocab_size);
         println!("context length  {}", cfg.max_position_embeddings);
         println!(

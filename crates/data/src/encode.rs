@@ -34,16 +34,16 @@ pub struct ChatFormat {
 }
 
 impl ChatFormat {
-    /// The tokenizer folder's own template; its EOS token ends assistant turns.
+    /// The tokenizer folder's own template; its EOS token ends assistant turns. Its BOS token is
+    /// passed to the template as transformers passes it (templates that start with `{{ bos_token }}`
+    /// put it in the text).
     pub fn from_tokenizer(tok: &Tokenizer) -> Result<Self> {
-        let template = tok.chat_template().ok_or_else(|| DataError::Template {
-            message: format!(
-                "{} has no chat_template: name a built-in one (chatml, colossal) in the config",
-                tok.dir().join("tokenizer_config.json").display()
-            ),
+        let template = tok.required_chat_template().map_err(|e| DataError::Template {
+            message: format!("{e}: name a built-in one (chatml, colossal) in the config"),
         })?;
         let eos = tok.eos_token().unwrap_or_default().to_string();
-        Ok(Self { template: template.into(), end_of_turn: eos.clone(), default_system: None, bos_token: String::new(), eos_token: eos })
+        let bos = tok.bos_token().unwrap_or_default().to_string();
+        Ok(Self { template: template.into(), end_of_turn: eos.clone(), default_system: None, bos_token: bos, eos_token: eos })
     }
 
     /// A built-in format; `eos_token` is the tokenizer's (used by the colossal format).

@@ -1,8 +1,9 @@
 //! `config.json` as Hugging Face writes it ([`HfConfig`]), resolved once into the Option-free
-//! [`TransformerConfig`] that the model code reads.
+//! [`TransformerConfig`] that the model code reads. `generation_config.json` adds its EOS ids.
 
 use std::path::Path;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -20,21 +21,63 @@ pub enum Arch {
     Gpt2,
 }
 
-/// `eos_token_id` is a number in some configs and a list in others.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum TokenIds {
-    One(u32),
-    Many(Vec<u32>),
-}
+/// `eos_token_id` is a number in some configs and a list in others; old LLaMA conversions write
+/// `-1` for "none", which is dropped.
+#[derive(Debug, Clone)]
+pub struct TokenIds(Vec<i64>);
 
 impl TokenIds {
     fn into_vec(self) -> Vec<u32> {
-        match self {
-            TokenIds::One(id) => vec![id],
-            TokenIds::Many(ids) => ids,
-        }
+        self.0.into_iter().filter_map(|id| u32::try_from(id).ok()).collect()
     }
+}
+
+impl<'de> Deserialize<'de> for TokenIds {
+    /// By hand rather than `untagged`, whose error ("did not match any variant") says nothing useful.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let value = Value::deserialize(d)?;
+        let ids = match &value {
+            Value::Number(_) => value.as_i64().map(|id| vec![id]),
+            Value::Array(list) => list.iter().map(Value::as_i64).collect(),
+            _ => None,
+        };
+        ids.map(TokenIds)
+            .ok_or_else(|| serde::de::Error::custom(format!("expected a token id or a list of token ids, found {value}")))
+    }
+}
+
+/// Rotary scaling on top of the plain `rope_theta` schedule, as `rope_type` names it in
+/// `rope_scaling` / `rope_parameters`. Serialised in the Hugging Face spelling, so it goes into an
+/// exported `config.json` as-is.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "rope_type", rename_all = "lowercase")]
+pub enum RopeScaling {
+    /// Llama 3.1+: wavelengths longer than `original_max_position_embeddings / low_freq_factor` are
+    /// slowed by `factor`, those shorter than `… / high_freq_factor` kept, and the band between blended
+    /// (transformers' `_compute_llama3_parameters`; attention is not rescaled).
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: usize,
+    },
+}
+
+/// Reads and parses a JSON file; a parse error names the file, line and column.
+fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| ModelError::Config { path: path.to_path_buf(), message: e.to_string() })
+}
+
+/// The file next to `config.json` that holds generation defaults.
+pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
+
+/// What we take from `generation_config.json`: transformers' `generate` stops at any of its
+/// `eos_token_id`s, which may name more than `config.json` does (Llama-3 instruct models add
+/// `<|eot_id|>` there).
+#[derive(Debug, Clone, Deserialize)]
+struct GenerationDefaults {
+    eos_token_id: Option<TokenIds>,
 }
 
 /// `config.json` as found in Hugging Face folders of the LLaMA family and GPT-2.
@@ -42,8 +85,12 @@ impl TokenIds {
 #[derive(Debug, Clone, Deserialize)]
 pub struct HfConfig {
     pub model_type: Option<String>,
-    #[serde(default)]
-    pub architectures: Vec<String>,
+    /// `null` in some folders (e.g. saved from a bare config); `model_type` decides then.
+    pub architectures: Option<Vec<String>>,
+    /// The weights' dtype as transformers ≥ 4.56 writes it…
+    pub dtype: Option<String>,
+    /// …and as older versions did. Informational: weights are read in their stored dtype.
+    pub torch_dtype: Option<String>,
     pub vocab_size: usize,
     // LLaMA family
     pub hidden_size: Option<usize>,
@@ -54,11 +101,14 @@ pub struct HfConfig {
     pub head_dim: Option<usize>,
     pub max_position_embeddings: Option<usize>,
     pub rms_norm_eps: Option<f64>,
-    /// Older configs keep `rope_theta` at the top level…
+    /// Older configs keep `rope_theta` at the top level, with any scaling under `rope_scaling`…
     pub rope_theta: Option<f64>,
-    /// …newer ones (transformers ≥ 4.56) under `rope_parameters`.
-    pub rope_parameters: Option<Value>,
     pub rope_scaling: Option<Value>,
+    /// …newer ones (transformers ≥ 4.56) put both under `rope_parameters`.
+    pub rope_parameters: Option<Value>,
+    /// Phi-3 style: outside the rope dict, and then preferred to the one inside (as transformers does).
+    pub original_max_position_embeddings: Option<usize>,
+    pub partial_rotary_factor: Option<f64>,
     pub attention_bias: Option<bool>,
     pub mlp_bias: Option<bool>,
     pub hidden_act: Option<String>,
@@ -103,6 +153,9 @@ pub struct TransformerConfig {
     pub norm_eps: f64,
     /// Rotary base frequency (unused for GPT-2).
     pub rope_theta: f64,
+    /// Rotary scaling (`rope_type` other than "default"); absent in checkpoints that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeScaling>,
     /// Bias on q/k/v projections (Qwen2, GPT-2, LLaMA with `attention_bias`).
     pub qkv_bias: bool,
     /// Bias on the attention output and MLP projections (GPT-2, LLaMA with `mlp_bias`).
@@ -118,11 +171,85 @@ pub struct TransformerConfig {
 impl HfConfig {
     /// Reads and parses `config.json`.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        serde_json::from_str(&text).map_err(|e| ModelError::Config {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })
+        read_json(path)
+    }
+
+    /// LLaMA-family context length (transformers' LlamaConfig default when absent).
+    fn max_positions(&self) -> usize {
+        self.max_position_embeddings.unwrap_or(2048)
+    }
+
+    /// The dtype the config declares (`dtype`, else the older `torch_dtype`).
+    pub fn declared_dtype(&self) -> Option<&str> {
+        self.dtype.as_deref().or(self.torch_dtype.as_deref())
+    }
+
+    /// `rope_theta` and the scaling, looked up in transformers' order: the rope dict is
+    /// `rope_scaling` if set, else `rope_parameters`; `rope_theta` comes from that dict, else the top
+    /// level, else 10 000. Rope types other than "default" and "llama3" are refused.
+    fn rope(&self, path: &Path) -> Result<(f64, Option<RopeScaling>)> {
+        let err = |message: String| ModelError::Config { path: path.to_path_buf(), message };
+        let is_set = |v: &&Value| v.as_object().is_none_or(|o| !o.is_empty());
+        let (key, params) = match (self.rope_scaling.as_ref().filter(is_set), self.rope_parameters.as_ref()) {
+            (Some(p), _) => ("rope_scaling", Some(p)),
+            (None, p) => ("rope_parameters", p),
+        };
+        let params = match params {
+            None => None,
+            Some(Value::Object(map)) => Some(map),
+            Some(other) => return Err(err(format!("{key}: expected an object, found {other}"))),
+        };
+        let field = |name: &str| params.and_then(|p| p.get(name)).filter(|v| !v.is_null());
+        let number = |name: &str| -> Result<Option<f64>> {
+            field(name)
+                .map(|v| v.as_f64().ok_or_else(|| err(format!("{key}.{name}: expected a number, found {v}"))))
+                .transpose()
+        };
+        let rope_type = match field("rope_type").or_else(|| field("type")) {
+            None => "default",
+            Some(Value::String(s)) => s.as_str(),
+            Some(other) => return Err(err(format!("{key}.rope_type: expected a string, found {other}"))),
+        };
+        let rope_theta = number("rope_theta")?.or(self.rope_theta).unwrap_or(10_000.0);
+        if let Some(f) = number("partial_rotary_factor")?.or(self.partial_rotary_factor) {
+            if f != 1.0 {
+                return Err(err(format!("partial_rotary_factor {f} is not supported (rotary on the whole head only)")));
+            }
+        }
+        let scaling = match rope_type {
+            "default" => None,
+            "llama3" => {
+                let need = |name: &str| {
+                    number(name)?.ok_or_else(|| err(format!("{key}.{name}: missing (rope_type \"llama3\" needs it)")))
+                };
+                let (factor, low_freq_factor, high_freq_factor) =
+                    (need("factor")?, need("low_freq_factor")?, need("high_freq_factor")?);
+                let original = match (self.original_max_position_embeddings, number("original_max_position_embeddings")?) {
+                    (Some(n), _) => n as f64,
+                    (None, Some(n)) => n,
+                    (None, None) => self.max_positions() as f64,
+                };
+                if !(factor > 0.0 && low_freq_factor > 0.0 && high_freq_factor > low_freq_factor) {
+                    return Err(err(format!(
+                        "{key}: llama3 scaling needs factor > 0 and high_freq_factor > low_freq_factor > 0, \
+                         found factor {factor}, low_freq_factor {low_freq_factor}, high_freq_factor {high_freq_factor}"
+                    )));
+                }
+                if !(original >= 1.0 && original.fract() == 0.0) {
+                    return Err(err(format!("{key}.original_max_position_embeddings: expected a positive integer, found {original}")));
+                }
+                Some(RopeScaling::Llama3 {
+                    factor,
+                    low_freq_factor,
+                    high_freq_factor,
+                    original_max_position_embeddings: original as usize,
+                })
+            }
+            other => {
+                return Err(err(format!("{key}.rope_type {other:?} is not supported (default and llama3 only)")));
+            }
+        };
+        Ok((rope_theta, scaling))
     }
 
     /// Resolves defaults the way transformers does for each `model_type`.
@@ -132,7 +259,7 @@ impl HfConfig {
         let model_type = self
             .model_type
             .clone()
-            .or_else(|| self.architectures.first().cloned())
+            .or_else(|| self.architectures.as_ref().and_then(|a| a.first().cloned()))
             .unwrap_or_default();
         let arch = match model_type.to_ascii_lowercase().as_str() {
             "llama" | "mistral" | "llamaforcausallm" | "mistralforcausallm" => Arch::Llama,
@@ -170,6 +297,7 @@ impl HfConfig {
                 max_position_embeddings: need(self.n_positions, "n_positions")?,
                 norm_eps: self.layer_norm_epsilon.unwrap_or(1e-5),
                 rope_theta: 0.0,
+                rope_scaling: None,
                 qkv_bias: true,
                 out_bias: true,
                 tie_word_embeddings: self.tie_word_embeddings.unwrap_or(true),
@@ -184,19 +312,7 @@ impl HfConfig {
                 return Err(err(format!("hidden_act {act:?} is not supported (silu only)")));
             }
         }
-        let rope_params = self.rope_parameters.as_ref().or(self.rope_scaling.as_ref());
-        if let Some(kind) = rope_params
-            .and_then(|p| p.get("rope_type").or_else(|| p.get("type")))
-            .and_then(Value::as_str)
-        {
-            if kind != "default" {
-                return Err(err(format!("rope_type {kind:?} is not supported (default only)")));
-            }
-        }
-        let rope_theta = self
-            .rope_theta
-            .or_else(|| rope_params.and_then(|p| p.get("rope_theta")).and_then(Value::as_f64))
-            .unwrap_or(10_000.0);
+        let (rope_theta, rope_scaling) = self.rope(path)?;
         let hidden = need(self.hidden_size, "hidden_size")?;
         let heads = need(self.num_attention_heads, "num_attention_heads")?;
         let kv_heads = self.num_key_value_heads.unwrap_or(heads);
@@ -222,9 +338,10 @@ impl HfConfig {
             num_heads: heads,
             num_kv_heads: kv_heads,
             head_dim,
-            max_position_embeddings: self.max_position_embeddings.unwrap_or(2048),
+            max_position_embeddings: self.max_positions(),
             norm_eps: self.rms_norm_eps.unwrap_or(1e-6),
             rope_theta,
+            rope_scaling,
             qkv_bias: arch == Arch::Qwen2 || self.attention_bias.unwrap_or(false),
             out_bias: self.mlp_bias.unwrap_or(false),
             tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
@@ -236,10 +353,21 @@ impl HfConfig {
 }
 
 impl TransformerConfig {
-    /// Reads `DIR/config.json` and resolves it.
+    /// Reads `DIR/config.json` and resolves it; EOS ids that `DIR/generation_config.json` adds are
+    /// appended, so generation stops at any of them as transformers' `generate` does.
     pub fn from_hf_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
-        HfConfig::load(&path)?.resolve(&path)
+        let mut cfg = HfConfig::load(&path)?.resolve(&path)?;
+        let generation = dir.join(GENERATION_CONFIG_FILE);
+        if generation.exists() {
+            let defaults: GenerationDefaults = read_json(&generation)?;
+            for id in defaults.eos_token_id.map(TokenIds::into_vec).unwrap_or_default() {
+                if !cfg.eos_token_ids.contains(&id) {
+                    cfg.eos_token_ids.push(id);
+                }
+            }
+        }
+        Ok(cfg)
     }
 
     /// A `config.json` that transformers loads as this architecture (float32 weights).
@@ -296,6 +424,10 @@ impl TransformerConfig {
                     v["attention_bias"] = json!(self.qkv_bias);
                     v["mlp_bias"] = json!(self.out_bias);
                 }
+                // With the top-level `rope_theta`, the spelling every transformers version reads.
+                if let Some(scaling) = &self.rope_scaling {
+                    v["rope_scaling"] = json!(scaling);
+                }
                 v
             }
         }
@@ -327,21 +459,102 @@ mod tests {
         cfg.resolve(Path::new("config.json"))
     }
 
+    /// A small LLaMA config.json with `extra` fields appended.
+    fn llama(extra: &str) -> Result<TransformerConfig> {
+        let base = r#""model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,
+            "num_hidden_layers":1,"num_attention_heads":2,"max_position_embeddings":512"#;
+        resolve(&format!("{{{base}{extra}}}"))
+    }
+
     #[test]
     fn rope_theta_from_top_level_or_rope_parameters() {
-        let base = r#""model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,
-            "num_hidden_layers":1,"num_attention_heads":2"#;
-        let top = resolve(&format!("{{{base},\"rope_theta\":500000.0}}")).unwrap();
-        assert_eq!(top.rope_theta, 500000.0);
-        let nested = resolve(&format!(
-            "{{{base},\"rope_parameters\":{{\"rope_theta\":1000.0,\"rope_type\":\"default\"}}}}"
-        ))
-        .unwrap();
+        let top = llama(r#","rope_theta":500000.0,"rope_scaling":null"#).unwrap();
+        assert_eq!((top.rope_theta, top.rope_scaling), (500000.0, None));
+        let nested = llama(r#","rope_parameters":{"rope_theta":1000.0,"rope_type":"default"}"#).unwrap();
         assert_eq!(nested.rope_theta, 1000.0);
         assert_eq!(nested.num_kv_heads, 2);
         assert_eq!(nested.head_dim, 4);
-        let scaled = resolve(&format!("{{{base},\"rope_scaling\":{{\"rope_type\":\"yarn\"}}}}"));
-        assert!(scaled.unwrap_err().to_string().contains("yarn"));
+        // As transformers: the rope dict's own theta wins over the top level's; none at all is 10 000.
+        let both = llama(r#","rope_theta":500000.0,"rope_parameters":{"rope_theta":1000.0}"#).unwrap();
+        assert_eq!(both.rope_theta, 1000.0);
+        assert_eq!(llama("").unwrap().rope_theta, 10_000.0);
+    }
+
+    #[test]
+    fn llama3_scaling_in_either_spelling() {
+        let params = r#""factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192"#;
+        let hub = llama(&format!(r#","rope_theta":500000.0,"rope_scaling":{{"rope_type":"llama3",{params}}}"#)).unwrap();
+        let current = llama(&format!(r#","rope_parameters":{{"rope_type":"llama3","rope_theta":500000.0,{params}}}"#)).unwrap();
+        assert_eq!(hub, current);
+        let want = RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192 };
+        assert_eq!((hub.rope_theta, hub.rope_scaling), (500000.0, Some(want)));
+        // The old `type` key, integers for floats, and no original length (max_position_embeddings then).
+        let short = llama(r#","rope_scaling":{"type":"llama3","factor":8,"low_freq_factor":1,"high_freq_factor":4}"#).unwrap();
+        let Some(RopeScaling::Llama3 { original_max_position_embeddings, factor, .. }) = short.rope_scaling else { panic!() };
+        assert_eq!((original_max_position_embeddings, factor), (512, 8.0));
+        // Exported and read back, the scaling survives (checkpoints serialise it the same way).
+        let exported: HfConfig = serde_json::from_value(hub.to_hf_json()).unwrap();
+        assert_eq!(exported.resolve(Path::new("config.json")).unwrap(), hub);
+        let stored = serde_json::to_string(&hub).unwrap();
+        assert_eq!(serde_json::from_str::<TransformerConfig>(&stored).unwrap(), hub);
+    }
+
+    #[test]
+    fn bad_or_unsupported_rope_is_a_named_error() {
+        let cases = [
+            (r#","rope_scaling":{"rope_type":"yarn","factor":4.0}"#, r#"rope_scaling.rope_type "yarn" is not supported"#),
+            (r#","rope_parameters":{"rope_type":"dynamic"}"#, r#"rope_parameters.rope_type "dynamic""#),
+            (r#","rope_scaling":{"rope_type":"llama3","factor":8.0,"high_freq_factor":4.0}"#, "rope_scaling.low_freq_factor: missing"),
+            (r#","rope_scaling":{"rope_type":"llama3","factor":"8","low_freq_factor":1,"high_freq_factor":4}"#, "rope_scaling.factor: expected a number"),
+            (r#","rope_scaling":{"rope_type":"llama3","factor":8,"low_freq_factor":4,"high_freq_factor":1}"#, "high_freq_factor > low_freq_factor"),
+            (r#","rope_scaling":"llama3""#, "rope_scaling: expected an object"),
+            (r#","partial_rotary_factor":0.5"#, "partial_rotary_factor 0.5"),
+        ];
+        for (extra, want) in cases {
+            let e = llama(extra).unwrap_err().to_string();
+            assert!(e.starts_with("config.json: ") && e.contains(want), "{extra}: {e}");
+        }
+    }
+
+    /// A checkpoint written before `rope_scaling` existed still loads.
+    #[test]
+    fn stored_config_without_rope_scaling_loads() {
+        let mut v = serde_json::to_value(llama("").unwrap()).unwrap();
+        assert!(v.get("rope_scaling").is_none());
+        v.as_object_mut().unwrap().remove("rope_scaling");
+        assert_eq!(serde_json::from_value::<TransformerConfig>(v).unwrap().rope_scaling, None);
+    }
+
+    #[test]
+    fn dtype_spellings_and_null_or_missing_architectures() {
+        let cfg = |text: &str| serde_json::from_str::<HfConfig>(text).unwrap();
+        assert_eq!(cfg(r#"{"vocab_size":10,"dtype":"bfloat16"}"#).declared_dtype(), Some("bfloat16"));
+        assert_eq!(cfg(r#"{"vocab_size":10,"torch_dtype":"float16"}"#).declared_dtype(), Some("float16"));
+        assert_eq!(cfg(r#"{"vocab_size":10,"dtype":"float32","torch_dtype":"float16"}"#).declared_dtype(), Some("float32"));
+        assert!(llama(r#","architectures":null,"dtype":"float32""#).is_ok());
+        assert!(llama(r#","torch_dtype":"bfloat16""#).is_ok());
+        // Without model_type, the architecture name decides; with neither, the error says so.
+        let by_class = resolve(r#"{"architectures":["Qwen2ForCausalLM"],"vocab_size":10,"hidden_size":8,
+            "intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":2}"#);
+        assert_eq!(by_class.unwrap().arch, Arch::Qwen2);
+        let e = resolve(r#"{"architectures":null,"vocab_size":10}"#).unwrap_err().to_string();
+        assert!(e.contains("unsupported architecture \"\""), "{e}");
+    }
+
+    #[test]
+    fn generation_config_eos_ids_are_added() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,
+            "num_hidden_layers":1,"num_attention_heads":2,"eos_token_id":2,"pad_token_id":-1}"#;
+        std::fs::write(dir.path().join("config.json"), config).unwrap();
+        assert_eq!(TransformerConfig::from_hf_dir(dir.path()).unwrap().eos_token_ids, vec![2]);
+        let generation = dir.path().join(GENERATION_CONFIG_FILE);
+        std::fs::write(&generation, r#"{"eos_token_id":[7,2,9]}"#).unwrap();
+        let cfg = TransformerConfig::from_hf_dir(dir.path()).unwrap();
+        assert_eq!((cfg.eos_token_ids, cfg.pad_token_id), (vec![2, 7, 9], None));
+        std::fs::write(&generation, r#"{"eos_token_id":"</s>"}"#).unwrap();
+        let e = TransformerConfig::from_hf_dir(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("generation_config.json") && e.contains(r#"token ids, found "</s>""#), "{e}");
     }
 
     #[test]

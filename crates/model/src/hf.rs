@@ -20,11 +20,15 @@ use crate::heads::{CausalLm, RewardModel, ScalarHead};
 use crate::rope::Rope;
 use crate::transformer::{Attention, Block, Mlp, Norm, Transformer};
 
-/// Tokenizer and generation files copied next to an exported model.
+/// Tokenizer, chat template and generation files copied next to an exported model, byte for byte:
+/// a template stays in the file it came in (`chat_template.jinja` is where transformers ≥ 4.43
+/// keeps it, outside tokenizer_config.json).
 pub const TOKENIZER_FILES: &[&str] = &[
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
+    "chat_template.jinja",
+    "chat_template.json",
     "generation_config.json",
     "vocab.json",
     "merges.txt",
@@ -343,7 +347,7 @@ impl<B: Backend> Transformer<B> {
             embed_positions,
             layers,
             norm,
-            rope: (!gpt2).then(|| Rope::new(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, device)),
+            rope: (!gpt2).then(|| Rope::from_config(cfg, device)),
             config: cfg.clone(),
         })
     }

@@ -312,7 +312,7 @@ impl TransformerConfig {
             embed_positions: gpt2.then(|| normal([self.max_position_embeddings, d])),
             layers,
             norm: norm(),
-            rope: (!gpt2).then(|| Rope::new(self.head_dim, self.max_position_embeddings, self.rope_theta, device)),
+            rope: (!gpt2).then(|| Rope::from_config(self, device)),
             config: self.clone(),
         }
     }

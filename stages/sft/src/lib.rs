@@ -154,6 +154,7 @@ pub fn starting_model<B: burn::tensor::backend::Backend>(cfg: &SftConfig, out: &
                 max_position_embeddings: init.max_position_embeddings,
                 norm_eps: if init.arch == Arch::Gpt2 { 1e-5 } else { 1e-6 },
                 rope_theta: init.rope_theta,
+                rope_scaling: None,
                 qkv_bias: init.arch != Arch::Llama,
                 out_bias: init.arch == Arch::Gpt2,
                 tie_word_embeddings: init.tie_word_embeddings || init.arch == Arch::Gpt2,
