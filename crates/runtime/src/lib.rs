@@ -148,7 +148,7 @@ pub fn cuda_device(index: usize) -> Result<burn::backend::cuda::CudaDevice, Runt
     let probe = std::panic::catch_unwind(move || Tensor::<Gpu, 1>::from_floats([1.0, 2.0], &probe_device).sum().into_scalar());
     std::panic::set_hook(previous_hook);
     match probe {
-        Ok(v) if v == 3.0 => Ok(device),
+        Ok(3.0) => Ok(device),
         Ok(v) => Err(RuntimeError::CudaUnusable { index, why: format!("it answered 1 + 2 = {v}") }),
         Err(panic) => {
             let why = panic
