@@ -186,7 +186,7 @@ impl rlhf_runtime::Task for SftBench {
 }
 
 pub fn run_sft(args: SftBench) -> anyhow::Result<()> {
-    rlhf_runtime::dispatch(args.device, args.clone())?
+    dispatch(args.device, args.clone())?
 }
 
 #[derive(Debug, Clone, Args)]
@@ -287,5 +287,5 @@ kl_coef = 0.1
 }
 
 pub fn run_ppo(args: PpoBench) -> anyhow::Result<()> {
-    rlhf_runtime::dispatch(args.device, args.clone())?
+    dispatch(args.device, args.clone())?
 }

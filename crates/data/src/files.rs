@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::batch::train_eval_split;
 use crate::encode::BuiltinTemplate;
-use crate::formats::Format;
+use crate::formats::{Format, Kind};
+use crate::prepare::PrepareOptions;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,6 +41,11 @@ fn default_max_len() -> usize {
 }
 
 impl DataFiles {
+    /// How `prepare` reads this section's files as `kind` records.
+    pub fn prepare_options(&self, kind: Kind) -> PrepareOptions {
+        PrepareOptions { kind, format: self.format, skip_invalid: self.skip_invalid, max_len: self.max_len }
+    }
+
     /// Train and eval examples: `eval` read with `read` when a file is named, otherwise a seeded
     /// `eval_fraction` of `train` (so the split is the same on every run with this seed).
     pub fn split<T, E>(&self, train: Vec<T>, seed: u64, read: impl FnOnce(&Path) -> Result<Vec<T>, E>) -> Result<(Vec<T>, Vec<T>), E> {

@@ -6,4 +6,4 @@ pub mod policy;
 pub mod ranking;
 
 pub use policy::{read_eval_prompts, rm_pairwise_acc, sample_and_score, summarize, win_rate, EvalConfig, PolicyScores, Scored};
-pub use ranking::{ranking_pairs, ranking_stats, Pair, RankingStats};
+pub use ranking::{ranking_stats, RankingStats};

@@ -1,7 +1,6 @@
 //! How a reward model's scores agree with K-way human (or AI) rankings.
 
-use rlhf_data::encode::RankingSample;
-pub use rlhf_data::encode::{ranking_pairs, Pair};
+use rlhf_data::encode::{ranking_pairs, RankingSample};
 
 /// Per-prompt ranking metrics, summed over prompts with at least one untied pair.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]

@@ -193,7 +193,7 @@ pub fn run<B: AutodiffBackend>(cfg: &RewardConfig, out: &Path, resume: bool, dev
     let body = Transformer::<B>::from_hf_dir(&cfg.model.from, device)?;
     // Sequences never exceed the model's context.
     let data = DataFiles { max_len: cfg.data.max_len.min(body.config.max_position_embeddings), ..cfg.data.clone() };
-    let opts = PrepareOptions { kind: Kind::Ranking, format: data.format, skip_invalid: data.skip_invalid, max_len: data.max_len };
+    let opts = data.prepare_options(Kind::Ranking);
     let read = |path: &Path| -> anyhow::Result<Vec<RankingSample>> {
         let prepared = prepare::<RankingSample>(path, &opts, &tok, &fmt)?;
         eprintln!("{}", prepared.summary(data.max_len));

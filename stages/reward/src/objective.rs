@@ -13,7 +13,7 @@
 
 use burn::tensor::activation::relu;
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
-pub use rlhf_data::encode::{ranking_pairs, Pair};
+use rlhf_data::encode::Pair;
 
 /// log(1 + eˣ), computed without overflow: max(x, 0) + log(1 + e^−|x|). Equals −log σ(−x).
 fn softplus<B: Backend>(x: Tensor<B, 1>) -> Tensor<B, 1> {
@@ -39,6 +39,7 @@ pub fn ranking_loss<B: Backend>(scores: Tensor<B, 1>, pairs: &[Pair], margin: f6
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rlhf_data::encode::ranking_pairs;
 
     type B = rlhf_runtime::Cpu;
     type AD = rlhf_runtime::CpuTrain;

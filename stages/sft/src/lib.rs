@@ -13,7 +13,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 use rlhf_data::encode::SftSample;
-use rlhf_data::{prepare, BuiltinTemplate, ChatFormat, DataFiles, Kind, PrepareOptions, Tokenizer};
+use rlhf_data::{prepare, BuiltinTemplate, ChatFormat, DataFiles, Kind, Tokenizer};
 use rlhf_model::{Arch, CausalLm, TransformerConfig};
 use rlhf_train::TrainConfig;
 use serde::{Deserialize, Serialize};
@@ -191,7 +191,7 @@ pub fn run<B: AutodiffBackend>(cfg: &SftConfig, out: &Path, resume: bool, device
         // Pretraining needs no template; any format will do.
         Mode::Pretrain => ChatFormat::builtin(BuiltinTemplate::Chatml, tok.eos_token().unwrap_or("")),
     };
-    let opts = PrepareOptions { kind: cfg.mode.kind(), format: cfg.data.format, skip_invalid: cfg.data.skip_invalid, max_len: cfg.data.max_len };
+    let opts = cfg.data.prepare_options(cfg.mode.kind());
     let read = |path: &Path| prepare::<SftSample>(path, &opts, &tok, &fmt);
     let mut train = read(&cfg.data.train)?;
     eprintln!("{}", train.summary(cfg.data.max_len));
