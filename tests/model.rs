@@ -40,7 +40,11 @@ fn to_vec<B: Backend>(t: Tensor<B, 3>) -> Vec<f32> {
 
 /// Max |ours − transformers| over positions where the mask is 1.
 pub fn logits_diff_on<B: Backend>(dir: &Path, device: &B::Device) -> f32 {
-    let model = CausalLm::<B>::from_hf_dir(dir, device).unwrap();
+    logits_diff(&CausalLm::<B>::from_hf_dir(dir, device).unwrap(), dir, device)
+}
+
+/// Max |logits of `model` − `dir/expected.safetensors`| over positions where the mask is 1.
+pub fn logits_diff<B: Backend>(model: &CausalLm<B>, dir: &Path, device: &B::Device) -> f32 {
     let bytes = std::fs::read(dir.join("expected.safetensors")).unwrap();
     let expected = SafeTensors::deserialize(&bytes).unwrap();
     let ids = expected.tensor("input_ids").unwrap();

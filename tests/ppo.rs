@@ -231,3 +231,61 @@ fn non_finite_critic_loss_stops_naming_the_critic_and_keeps_the_checkpoint() {
     assert_eq!(rlhf_train::checkpoint::latest_checkpoint(&out).unwrap(), good);
     assert!(!out.join("final").exists());
 }
+
+/// PPO with LoRA on the actor and the critic: the reference is the actor's base with adapters off, so
+/// its log-probs stay exactly what they were while the actor moves; the reward model keeps the
+/// critic's base and its own head; the run resumes exactly and exports a merged actor.
+#[test]
+fn lora_ppo_keeps_the_reference_fixed_and_resumes_exactly() {
+    use burn::module::AutodiffModule;
+    use rlhf_model::ops::action_log_probs;
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, rm) = setup(tmp.path());
+    let d = Default::default();
+    let lora = ["ppo.lora.r=8", "ppo.lora.target_modules=[\"all-linear\"]", "ppo.critic_lora.r=4", "ppo.actor_lr=1e-2"];
+    let cfg = config(&data, &rm, &lora);
+    let models = rlhf_ppo::load_models::<CpuTrain>(&cfg, &d).unwrap();
+    assert!(models.actor.model.has_lora() && models.critic.model.has_lora());
+    assert!(!models.reference.model.has_lora() && !models.reward_model.model.has_lora());
+    let ids = Tensor::<Cpu, 2, Int>::from_data(TensorData::new(vec![1i64, 350, 289, 201, 9, 40, 41, 42], [1, 8]), &d);
+    let mask = Tensor::<Cpu, 2, Int>::ones([1, 8], &d);
+    let ref_logp = |m: &CausalLm<Cpu>| action_log_probs(m, ids.clone(), mask.clone(), 3, false).unwrap().0.into_data().to_vec::<f32>().unwrap();
+    let rm_score = |m: &RewardModel<Cpu>| m.score(ids.clone(), mask.clone()).unwrap().into_data().to_vec::<f32>().unwrap();
+    let before = ref_logp(&models.reference);
+    let rm_before = rm_score(&models.reward_model);
+    let mut t = rlhf_ppo::Trainer::<CpuTrain>::new(
+        cfg.clone(),
+        models.actor,
+        models.critic,
+        models.reference,
+        models.reward_model,
+        [vec![1, 350, 289], vec![1, 9, 40, 41], vec![1, 7], vec![1, 5, 6, 7, 8]].iter().cycle().take(8).cloned().collect(),
+        vec![],
+        vec![2],
+        0,
+        None,
+        d,
+    );
+    for i in 0..2 {
+        t.iteration(i).unwrap();
+    }
+    let actor = t.actor.module.valid();
+    assert!(ref_logp(&actor) != before, "the actor did not move");
+    assert_eq!(ref_logp(&t.reference), before, "the reference moved with the actor");
+    assert_eq!(rm_score(&t.reward_model), rm_before, "the reward model moved with the critic");
+    assert!(rm_score(&t.critic.module.valid()) != rm_before, "the critic did not move");
+
+    // The stage end to end, interrupted and resumed.
+    let text = config_text(&data, &rm);
+    let sets: Vec<String> = lora.iter().flat_map(|s| ["--set".to_string(), format!("ppo.{s}")]).collect();
+    let args = |extra: &[&'static str]| sets.iter().map(String::as_str).chain(extra.iter().copied()).collect::<Vec<_>>();
+    let (full, part) = (tmp.path().join("full"), tmp.path().join("part"));
+    run_ppo(&text, &full, &args(&[]));
+    run_ppo(&text, &part, &args(&["--set", "ppo.ppo.halt_after=2"]));
+    run_ppo(&text, &part, &args(&["--resume"]));
+    let a = CausalLm::<Cpu>::from_hf_dir(&full.join("ppo/final"), &d).unwrap();
+    let b = CausalLm::<Cpu>::from_hf_dir(&part.join("ppo/final"), &d).unwrap();
+    assert!(logits(&a) == logits(&b), "resumed LoRA run differs from the uninterrupted one");
+    let start = CausalLm::<Cpu>::from_hf_dir(&fixture("hf-tiny-llama"), &d).unwrap();
+    assert!(logits(&a) != logits(&start), "the merged actor equals the start");
+}

@@ -193,3 +193,48 @@ fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
     assert!(last.ends_with(format!("step-{:08}", stopped - 1)), "{msg} / {}", last.display());
     assert!(!out.join("final").exists());
 }
+
+/// LoRA SFT: the loss falls; a checkpoint holds only the adapters and their optimizer state (a few
+/// per cent of a full-parameter checkpoint); an interrupted, resumed run ends with exactly the
+/// adapters of an uninterrupted one; `final/` is the merged model and `final/adapter/` reproduces it.
+#[test]
+fn lora_sft_checkpoints_adapters_only_resumes_exactly_and_exports_merged_and_peft() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = demo(&tmp.path().join("demo"));
+    let d = Default::default();
+    let lora = ["lora.r=8", "lora.alpha=16", "lora.target_modules=[\"q_proj\", \"v_proj\"]", "lora.export_adapter=true", "train.lr=1e-2"];
+    let with = |more: &[&'static str]| [&lora[..], more].concat();
+    let (full, cut, plain) = (tmp.path().join("full"), tmp.path().join("cut"), tmp.path().join("plain"));
+    rlhf_sft::run::<CpuTrain>(&config(&data, 10, &with(&[])), &full, false, &d).unwrap();
+    let rows = rlhf_train::metrics::read_metrics(&full.join("metrics.jsonl")).unwrap();
+    let loss = column(&rows, "loss");
+    assert!(loss[9] < loss[0], "loss {loss:?}");
+
+    // Checkpoint size against a full-parameter checkpoint of the same model at the same step.
+    rlhf_sft::run::<CpuTrain>(&config(&data, 10, &["train.halt_after=4"]), &plain, false, &d).unwrap();
+    let size = |run: &Path| rlhf_train::checkpoint::dir_size(&run.join("checkpoints/step-00000004"));
+    let (adapter_ckpt, full_ckpt) = (size(&full), size(&plain));
+    assert!(adapter_ckpt * 20 <= full_ckpt, "LoRA checkpoint {adapter_ckpt} B vs full {full_ckpt} B");
+
+    rlhf_sft::run::<CpuTrain>(&config(&data, 10, &with(&["train.halt_after=6"])), &cut, false, &d).unwrap();
+    rlhf_sft::run::<CpuTrain>(&config(&data, 10, &with(&[])), &cut, true, &d).unwrap();
+    let adapter = |run: &Path| std::fs::read(run.join("final/adapter/adapter_model.safetensors")).unwrap();
+    assert_eq!(adapter(&full), adapter(&cut), "resumed adapters differ");
+    assert_eq!(tensors(&full.join("final")), tensors(&cut.join("final")));
+
+    // final/ (merged) = the base + final/adapter/, and differs from the base.
+    let merged = CausalLm::<Cpu>::from_hf_dir(&full.join("final"), &d).unwrap();
+    let base = CausalLm::<Cpu>::from_hf_dir(&fixture("hf-tiny-llama"), &d).unwrap();
+    let cfg = rlhf_model::LoraConfig { from: Some(full.join("final/adapter")), ..Default::default() };
+    let (adapted, spec) = base.attach_lora(&cfg, 0, &d).unwrap();
+    assert_eq!((spec.r, spec.alpha, spec.slots.len()), (8, 16.0, 2));
+    let ids = Tensor::<Cpu, 2, Int>::from_data(TensorData::new(vec![1i64, 350, 289, 201, 9, 40], [1, 6]), &d);
+    let mask = Tensor::<Cpu, 2, Int>::ones([1, 6], &d);
+    let logits = |m: &CausalLm<Cpu>| m.forward(ids.clone(), mask.clone(), None).unwrap().into_data().to_vec::<f32>().unwrap();
+    let (a, b, c) = (logits(&merged), logits(&adapted), logits(&adapted.without_lora()));
+    let diff = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+    assert!(diff(&a, &b) <= 1e-5, "merged vs adapter {}", diff(&a, &b));
+    assert!(diff(&a, &c) > 1e-3, "training changed nothing");
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(full.join("final/adapter/adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["base_model_name_or_path"], fixture("hf-tiny-llama").display().to_string());
+}

@@ -4,6 +4,7 @@ mod cli;
 mod common;
 mod data;
 mod layout;
+mod lora;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod model;

@@ -206,12 +206,17 @@ impl SafetensorsFiles {
 
 /// Where the body's tensors live in a checkpoint: LLaMA `model.layers.{i}.…`, GPT-2
 /// `transformer.h.{i}.…` (or without the `transformer.` prefix in the original OpenAI export).
-struct KeyScheme {
+pub(crate) struct KeyScheme {
     arch: Arch,
     prefix: &'static str,
 }
 
 impl KeyScheme {
+    /// The names we write (and transformers' current ones).
+    pub(crate) fn export(arch: Arch) -> Self {
+        Self { arch, prefix: if arch == Arch::Gpt2 { "transformer." } else { "model." } }
+    }
+
     fn detect(cfg: &TransformerConfig, files: &SafetensorsFiles) -> Self {
         let prefix = match cfg.arch {
             Arch::Gpt2 if !files.contains("transformer.wte.weight") && files.contains("wte.weight") => "",
@@ -235,7 +240,7 @@ impl KeyScheme {
         }
     }
 
-    fn layer(&self, i: usize, key: &str) -> String {
+    pub(crate) fn layer(&self, i: usize, key: &str) -> String {
         match self.arch {
             Arch::Gpt2 => format!("{}h.{i}.{key}", self.prefix),
             _ => format!("{}layers.{i}.{key}", self.prefix),
@@ -318,6 +323,7 @@ impl<B: Backend> Transformer<B> {
                         up_proj: conv1d(files, at("mlp.c_fc"), d, ff)?,
                         down_proj: conv1d(files, at("mlp.c_proj"), ff, d)?,
                     },
+                    lora: None,
                 }
             } else {
                 Block {
@@ -337,6 +343,7 @@ impl<B: Backend> Transformer<B> {
                         up_proj: hf_linear(files, at("mlp.up_proj"), d, ff, cfg.out_bias)?,
                         down_proj: hf_linear(files, at("mlp.down_proj"), ff, d, cfg.out_bias)?,
                     },
+                    lora: None,
                 }
             };
             layers.push(block);
@@ -356,7 +363,7 @@ impl<B: Backend> Transformer<B> {
     pub fn hf_tensors(&self) -> Vec<(String, HostTensor)> {
         let cfg = &self.config;
         let gpt2 = cfg.arch == Arch::Gpt2;
-        let keys = KeyScheme { arch: cfg.arch, prefix: if gpt2 { "transformer." } else { "model." } };
+        let keys = KeyScheme::export(cfg.arch);
         let mut out = Vec::new();
         let host = |p: &Param<Tensor<B, 1>>| HostTensor::from_tensor(p.val());
         let push_norm = |out: &mut Vec<(String, HostTensor)>, name: String, n: &Norm<B>| {

@@ -12,6 +12,7 @@ use burn::tensor::{backend::Backend, Distribution, Int, Tensor, TensorData};
 use crate::cache::KvCache;
 use crate::config::{Arch, TransformerConfig};
 use crate::error::{ModelError, Result};
+use crate::lora::{BlockLora, Lora, Slot};
 use crate::rope::{apply_rotary, Rope};
 
 /// Additive bias for masked attention scores: large but finite, so a query with no visible key
@@ -61,6 +62,14 @@ pub fn linear3<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> 
     y.reshape([batch, seq, d_out])
 }
 
+/// `linear3`, plus the adapter's low-rank update when the projection has one.
+fn project<B: Backend>(linear: &Linear<B>, adapter: Option<&Lora<B>>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    match adapter {
+        Some(a) => linear3(linear, x.clone()) + a.forward(x),
+        None => linear3(linear, x),
+    }
+}
+
 /// Multi-head attention with grouped key/value heads.
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
@@ -85,15 +94,26 @@ impl<B: Backend> Attention<B> {
         rotary: Option<&(Tensor<B, 4>, Tensor<B, 4>)>,
         bias: Tensor<B, 5>,
         cache: Option<&mut KvCache<B>>,
+        lora: Option<&BlockLora<B>>,
     ) -> Result<Tensor<B, 3>> {
         let [batch, seq, _] = x.dims();
         let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let rep = h / kvh;
+        let adapter = |s: Slot| lora.and_then(|l| l.slot(s));
+        let mut q = project(&self.q_proj, adapter(Slot::Q), x.clone());
+        let mut k = project(&self.k_proj, adapter(Slot::K), x.clone());
+        let mut v = project(&self.v_proj, adapter(Slot::V), x.clone());
+        if let Some(qkv) = adapter(Slot::Qkv) {
+            // GPT-2's fused c_attn adapter: one update, split into its q, k, v columns.
+            let delta = qkv.forward(x);
+            let (qd, kvd) = (h * hd, kvh * hd);
+            q = q + delta.clone().slice([0..batch, 0..seq, 0..qd]);
+            k = k + delta.clone().slice([0..batch, 0..seq, qd..qd + kvd]);
+            v = v + delta.slice([0..batch, 0..seq, qd + kvd..qd + 2 * kvd]);
+        }
         // [batch, heads, seq, head_dim]
         let split = |t: Tensor<B, 3>, heads: usize| t.reshape([batch, seq, heads, hd]).swap_dims(1, 2);
-        let mut q = split(linear3(&self.q_proj, x.clone()), h);
-        let mut k = split(linear3(&self.k_proj, x.clone()), kvh);
-        let v = split(linear3(&self.v_proj, x), kvh);
+        let (mut q, mut k, v) = (split(q, h), split(k, kvh), split(v, kvh));
         if let Some((cos, sin)) = rotary {
             q = apply_rotary(q, cos.clone(), sin.clone());
             k = apply_rotary(k, cos.clone(), sin.clone());
@@ -114,7 +134,7 @@ impl<B: Backend> Attention<B> {
         let probs = softmax(scores, 4).reshape([batch, kvh, rep * seq, keys]);
         // [batch, heads, seq, head_dim] → [batch, seq, heads * head_dim]
         let out = probs.matmul(v).reshape([batch, h, seq, hd]).swap_dims(1, 2).reshape([batch, seq, h * hd]);
-        Ok(linear3(&self.o_proj, out))
+        Ok(project(&self.o_proj, adapter(Slot::O), out))
     }
 }
 
@@ -128,12 +148,13 @@ pub struct Mlp<B: Backend> {
 }
 
 impl<B: Backend> Mlp<B> {
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    pub fn forward(&self, x: Tensor<B, 3>, lora: Option<&BlockLora<B>>) -> Tensor<B, 3> {
+        let adapter = |s: Slot| lora.and_then(|l| l.slot(s));
         let inner = match &self.gate_proj {
-            Some(gate) => silu(linear3(gate, x.clone())) * linear3(&self.up_proj, x),
-            None => gelu_tanh(linear3(&self.up_proj, x)),
+            Some(gate) => silu(project(gate, adapter(Slot::Gate), x.clone())) * project(&self.up_proj, adapter(Slot::Up), x),
+            None => gelu_tanh(project(&self.up_proj, adapter(Slot::Up), x)),
         };
-        linear3(&self.down_proj, inner)
+        project(&self.down_proj, adapter(Slot::Down), inner)
     }
 }
 
@@ -151,6 +172,8 @@ pub struct Block<B: Backend> {
     pub self_attn: Attention<B>,
     pub post_attention_layernorm: Norm<B>,
     pub mlp: Mlp<B>,
+    /// LoRA adapters beside the block's projections (None: a plain block).
+    pub lora: Option<BlockLora<B>>,
 }
 
 impl<B: Backend> Block<B> {
@@ -161,9 +184,10 @@ impl<B: Backend> Block<B> {
         bias: Tensor<B, 5>,
         cache: Option<&mut KvCache<B>>,
     ) -> Result<Tensor<B, 3>> {
-        let attn = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rotary, bias, cache)?;
+        let lora = self.lora.as_ref();
+        let attn = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rotary, bias, cache, lora)?;
         let x = x + attn;
-        Ok(x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x)))
+        Ok(x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x), lora))
     }
 }
 
@@ -305,6 +329,7 @@ impl TransformerConfig {
                     up_proj: linear(d, self.intermediate_size, self.out_bias),
                     down_proj: linear(self.intermediate_size, d, self.out_bias),
                 },
+                lora: None,
             })
             .collect();
         Transformer {

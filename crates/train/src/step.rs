@@ -9,11 +9,12 @@
 
 use std::path::Path;
 
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, Module};
 use burn::optim::{adaptor::OptimizerAdaptor, AdamW, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
+use rlhf_model::Adapted;
 
 use crate::error::{Result, TrainError};
 use crate::optim::{clip_global_norm, OptimConfig};
@@ -90,19 +91,31 @@ pub trait Checkpointed {
     fn load_from(&mut self, dir: &Path) -> Result<()>;
 }
 
-impl<B: AutodiffBackend, M: AutodiffModule<B>> Checkpointed for Trainable<B, M> {
-    /// `DIR/<name>.mpk` (the module) and `DIR/<name>_optim.mpk` (AdamW's moments and step count).
+impl<B: AutodiffBackend, M: AutodiffModule<B> + Adapted<B>> Checkpointed for Trainable<B, M> {
+    /// `DIR/<name>.mpk` (the module; with LoRA only its adapters and fully trained heads — the frozen
+    /// base is never written) and `DIR/<name>_optim.mpk` (AdamW's moments and step count).
     fn save_into(&self, dir: &Path) -> Result<()> {
         let ck = |e: burn::record::RecorderError| TrainError::Checkpoint { path: dir.to_path_buf(), message: e.to_string() };
-        Recorder::<B>::record(&recorder(), self.module.clone().into_record(), dir.join(self.name)).map_err(ck)?;
+        match self.module.adapter_state() {
+            Some(adapters) => Recorder::<B>::record(&recorder(), adapters.into_record(), dir.join(self.name)).map_err(ck)?,
+            None => Recorder::<B>::record(&recorder(), self.module.clone().into_record(), dir.join(self.name)).map_err(ck)?,
+        }
         Recorder::<B>::record(&recorder(), self.optim.to_record(), dir.join(format!("{}_optim", self.name))).map_err(ck)
     }
 
     fn load_from(&mut self, dir: &Path) -> Result<()> {
         let ck = |e: burn::record::RecorderError| TrainError::Checkpoint { path: dir.to_path_buf(), message: e.to_string() };
-        let module = Recorder::<B>::load(&recorder(), dir.join(self.name), &self.device).map_err(ck)?;
+        self.module = match self.module.adapter_state() {
+            Some(adapters) => {
+                let record = Recorder::<B>::load(&recorder(), dir.join(self.name), &self.device).map_err(ck)?;
+                self.module.clone().with_adapter_state(adapters.load_record(record))
+            }
+            None => {
+                let record = Recorder::<B>::load(&recorder(), dir.join(self.name), &self.device).map_err(ck)?;
+                self.module.clone().load_record(record)
+            }
+        };
         let optim = Recorder::<B>::load(&recorder(), dir.join(format!("{}_optim", self.name)), &self.device).map_err(ck)?;
-        self.module = self.module.clone().load_record(module);
         self.optim = self.config.adamw::<B, M>().load_record(optim);
         self.grads = GradientsAccumulator::new();
         self.loss = 0.0;
@@ -122,6 +135,8 @@ mod tests {
     struct Scalar<B: burn::tensor::backend::Backend> {
         w: Param<Tensor<B, 1>>,
     }
+
+    impl<B: burn::tensor::backend::Backend> Adapted<B> for Scalar<B> {}
 
     fn scalar(v: f32) -> Trainable<AD, Scalar<AD>> {
         let d = Default::default();

@@ -107,7 +107,7 @@ pub trait Objective<B: AutodiffBackend, M: AutodiffModule<B>> {
 pub fn train<B, M, O>(model: M, objective: &O, cfg: &TrainConfig, seed: u64, run: &Path, resume: bool, device: &B::Device) -> Result<M>
 where
     B: AutodiffBackend,
-    M: AutodiffModule<B>,
+    M: AutodiffModule<B> + rlhf_model::Adapted<B>,
     O: Objective<B, M>,
 {
     cfg.validate()?;
@@ -130,6 +130,9 @@ where
 
     for step in state.step..cfg.steps {
         let lr = get_lr(&cfg.schedule, step, cfg.steps);
+        // Random draws inside the step (LoRA dropout) are a pure function of (seed, step), so a
+        // resumed run draws what an uninterrupted one would.
+        B::seed(device, step_seed(seed, step));
         let batches = objective.step_batches(step);
         let normalizer = objective.normalizer(&batches);
         let mut diagnostics: Vec<(&'static str, f64)> = Vec::new();
@@ -177,7 +180,9 @@ where
             }
         }
         if (cfg.save_every > 0 && state.step.is_multiple_of(cfg.save_every)) || last {
-            last_checkpoint = save_checkpoint(run, state.step, &state, cfg.keep_checkpoints, &[&model])?.display().to_string();
+            let dir = save_checkpoint(run, state.step, &state, cfg.keep_checkpoints, &[&model])?;
+            progress.line(&format!("checkpoint {} ({})", dir.display(), crate::checkpoint::human_size(crate::checkpoint::dir_size(&dir))));
+            last_checkpoint = dir.display().to_string();
         }
         if cfg.halt_after == Some(state.step) && !last {
             progress.line(&format!("halting after step {} (train.halt_after)", state.step));
@@ -186,6 +191,11 @@ where
     }
     progress.finish();
     Ok(model.module)
+}
+
+/// The backend RNG's seed for optimizer step `step` of a run seeded with `seed`.
+pub fn step_seed(seed: u64, step: usize) -> u64 {
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(step as u64)
 }
 
 /// A progress bar (step, loss, tokens/s, ETA) on a terminal; plain log lines otherwise.

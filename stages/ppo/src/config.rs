@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use rlhf_data::{BuiltinTemplate, Format};
-use rlhf_model::Sampler;
+use rlhf_model::{LoraConfig, Sampler};
 use rlhf_train::optim::OptimConfig;
 use rlhf_train::schedule::LrSchedule;
 use serde::{Deserialize, Serialize};
@@ -175,6 +175,14 @@ pub struct PpoTrainConfig {
     /// Stop after this iteration as if interrupted (time-boxed runs; resume tests).
     #[serde(default)]
     pub halt_after: Option<usize>,
+    /// LoRA adapters on the actor. The reference is then the actor's own frozen base with the
+    /// adapters off (one base in memory for both).
+    #[serde(default)]
+    pub lora: Option<LoraConfig>,
+    /// LoRA adapters on the critic (its scalar head trains in full). When the critic starts from the
+    /// reward model, the reward model is the critic's frozen base with its original head.
+    #[serde(default)]
+    pub critic_lora: Option<LoraConfig>,
 }
 
 impl PpoTrainConfig {

@@ -24,7 +24,7 @@ use rlhf_data::batch::{shuffled, EpochOrder};
 use rlhf_data::encode::SftSample;
 use rlhf_data::{prepare, ChatFormat, Kind, PrepareOptions, Prompt, Tokenizer};
 use rlhf_model::ops::{action_log_probs, action_values};
-use rlhf_model::{generate, CausalLm, GenerateConfig, GenerationBatch, RewardInfo, RewardModel};
+use rlhf_model::{generate, CausalLm, GenerateConfig, GenerationBatch, LoraSpec, RewardInfo, RewardModel};
 use rlhf_train::batch::lm_loss;
 use rlhf_train::checkpoint::{latest_checkpoint, load_checkpoint, save_checkpoint};
 use rlhf_train::metrics::MetricsLog;
@@ -37,6 +37,8 @@ use objective::*;
 
 /// Decorrelates the ptx data order from the prompt order drawn with the same seed.
 const PTX_STREAM: u64 = 0x0050_5458;
+/// Decorrelates the critic's fresh adapters from the actor's, drawn with the same seed.
+const CRITIC_STREAM: u64 = 0x0043_5254;
 
 /// What one iteration produced: its metrics line, the rollout's statistics, and the prompts and
 /// responses (token ids) it sampled.
@@ -436,6 +438,51 @@ fn response_ids<B: Backend>(r: &Rollout<B>) -> Vec<Vec<u32>> {
     (0..rows).map(|i| ids[i * s..i * s + r.lengths[i]].iter().map(|&t| t as u32).collect()).collect()
 }
 
+/// The four models of a run. With `[ppo.lora]` the reference is the actor's frozen base with the
+/// adapters off (one copy of the weights for both); with `[ppo.critic_lora]` and no separate critic
+/// folder, the reward model is the critic's frozen base with its own head.
+pub struct Models<B: AutodiffBackend> {
+    pub actor: CausalLm<B>,
+    pub critic: RewardModel<B>,
+    pub reference: CausalLm<B::InnerBackend>,
+    pub reward_model: RewardModel<B::InnerBackend>,
+    /// The actor's adapters, when it has them (for the export).
+    pub actor_lora: Option<LoraSpec>,
+}
+
+pub fn load_models<B: AutodiffBackend>(cfg: &PpoConfig, device: &B::Device) -> anyhow::Result<Models<B>> {
+    let m = &cfg.model;
+    let actor = CausalLm::<B>::from_hf_dir(&m.actor, device)?;
+    let (actor, actor_lora) = match &cfg.ppo.lora {
+        None => (actor, None),
+        Some(l) => {
+            let (actor, spec) = actor.attach_lora(l, cfg.seed, device)?;
+            eprintln!("ppo actor: {}", spec.describe(&actor, actor.config().arch));
+            (actor, Some(spec))
+        }
+    };
+    let reference = match (&actor_lora, &m.reference) {
+        // The actor's frozen base, adapters off: the same weights in memory, never a second copy.
+        (Some(_), None) => actor.without_lora().valid(),
+        _ => CausalLm::<B::InnerBackend>::from_hf_dir(m.reference.as_ref().unwrap_or(&m.actor), device)?,
+    };
+    let critic = RewardModel::<B>::from_dir(m.critic.as_ref().unwrap_or(&m.reward_model), device)?;
+    let (critic, critic_lora) = match &cfg.ppo.critic_lora {
+        None => (critic, None),
+        Some(l) => {
+            let (critic, spec) = critic.attach_lora(l, cfg.seed ^ CRITIC_STREAM, device)?;
+            eprintln!("ppo critic: {}", spec.describe(&critic, critic.model.config.arch));
+            (critic, Some(spec))
+        }
+    };
+    let reward_model = match (&critic_lora, &m.critic) {
+        // The critic's frozen base with the reward model's own head (the critic's copy of the head trains).
+        (Some(_), None) => RewardModel { model: critic.model.without_lora(), head: critic.head.clone() }.valid(),
+        _ => RewardModel::<B::InnerBackend>::from_dir(&m.reward_model, device)?,
+    };
+    Ok(Models { actor, critic, reference, reward_model, actor_lora })
+}
+
 /// Runs stage 3 into `out`: `metrics.jsonl` (by iteration), `samples.jsonl`, checkpoints, and the
 /// actor as a Hugging Face folder in `out/final/`.
 pub fn run<B: AutodiffBackend>(cfg: &PpoConfig, out: &Path, resume: bool, device: &B::Device) -> anyhow::Result<CausalLm<B::InnerBackend>> {
@@ -446,10 +493,7 @@ pub fn run<B: AutodiffBackend>(cfg: &PpoConfig, out: &Path, resume: bool, device
     let m = &cfg.model;
     let tok = Tokenizer::from_dir(&m.actor)?;
     let fmt = ChatFormat::resolve(&tok, cfg.data.template)?;
-    let actor = CausalLm::<B>::from_hf_dir(&m.actor, device)?;
-    let reference = CausalLm::<B::InnerBackend>::from_hf_dir(m.reference.as_ref().unwrap_or(&m.actor), device)?;
-    let reward_model = RewardModel::<B::InnerBackend>::from_dir(&m.reward_model, device)?;
-    let critic = RewardModel::<B>::from_dir(m.critic.as_ref().unwrap_or(&m.reward_model), device)?;
+    let Models { actor, critic, reference, reward_model, actor_lora } = load_models::<B>(cfg, device)?;
     let positions = actor.config().max_position_embeddings;
     if cfg.data.max_prompt_len + cfg.generate.max_new_tokens > positions {
         bail!(
@@ -556,7 +600,20 @@ pub fn run<B: AutodiffBackend>(cfg: &PpoConfig, out: &Path, resume: bool, device
         }
     }
     let actor = t.actor.module.valid();
-    actor.save_hf_dir(&out.join("final"), Some(&m.actor))?;
+    let actor = match (&actor_lora, &cfg.ppo.lora) {
+        (Some(spec), Some(l)) => {
+            let merged = actor.clone().merge_lora();
+            merged.save_hf_dir(&out.join("final"), Some(&m.actor))?;
+            if l.export_adapter {
+                actor.model.save_lora_dir(&out.join("final").join("adapter"), spec, &m.actor.display().to_string(), Some("CAUSAL_LM"), &[])?;
+            }
+            merged
+        }
+        _ => {
+            actor.save_hf_dir(&out.join("final"), Some(&m.actor))?;
+            actor
+        }
+    };
     eprintln!("ppo: final actor in {}", out.join("final").display());
     Ok(actor)
 }

@@ -15,7 +15,7 @@ use rlhf_data::encode::{ranking_pairs, Pair, RankingSample, SftSample};
 use rlhf_data::{prepare, ChatFormat, DataFiles, Format, Kind, PrepareOptions, Tokenizer};
 use rlhf_eval::{ranking_stats, RankingStats};
 use rlhf_model::reward_info::{Normalization, REWARD_INFO_FILE};
-use rlhf_model::{RewardInfo, RewardModel, ScalarHead, Transformer};
+use rlhf_model::{LoraConfig, RewardInfo, RewardModel, ScalarHead, Transformer};
 use rlhf_train::batch::score_sequences;
 use rlhf_train::{Objective, TrainConfig, TrainError};
 use serde::{Deserialize, Serialize};
@@ -38,6 +38,9 @@ pub struct RewardConfig {
     #[serde(default)]
     pub margin: f64,
     pub train: TrainConfig,
+    /// Train LoRA adapters on the frozen SFT body (the scalar head trains in full).
+    #[serde(default)]
+    pub lora: Option<LoraConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -204,6 +207,14 @@ pub fn run<B: AutodiffBackend>(cfg: &RewardConfig, out: &Path, resume: bool, dev
         bail!("{}: no rankings to train on", cfg.data.train.display());
     }
     let model = RewardModel { head: ScalarHead::init(body.config.hidden_size, device), model: body };
+    let (model, lora) = match &cfg.lora {
+        None => (model, None),
+        Some(l) => {
+            let (model, spec) = model.attach_lora(l, cfg.seed, device)?;
+            eprintln!("reward: {}", spec.describe(&model, model.model.config.arch));
+            (model, Some(spec))
+        }
+    };
     let pad_id = tok.pad_id_for(model.model.config.pad_token_id);
     eprintln!("reward: {} train / {} eval rankings", train.len(), eval.len());
     let objective = RewardObjective::<B> {
@@ -231,7 +242,20 @@ pub fn run<B: AutodiffBackend>(cfg: &RewardConfig, out: &Path, resume: bool, dev
         template_end_of_turn: fmt.end_of_turn.clone(),
         normalization: Normalization { reference, count: seqs.len(), mean_before: mean, std, bias_added: -mean },
     };
+    let trained = model;
+    let model = if lora.is_some() { trained.clone().merge_lora() } else { trained.clone() };
     model.save_dir(&out.join("final"), Some(&cfg.model.from), &[(REWARD_INFO_FILE, info.to_json())])?;
+    if let (Some(spec), Some(l)) = (&lora, &cfg.lora) {
+        if l.export_adapter {
+            // The adapter folder carries the (trained, normalised) head next to the body's adapters.
+            let head = vec![
+                ("weight".to_string(), rlhf_model::hf::HostTensor::from_tensor(trained.head.weight.val())),
+                ("bias".to_string(), rlhf_model::hf::HostTensor::from_tensor(trained.head.bias.val())),
+            ];
+            let dir = out.join("final").join("adapter");
+            trained.model.save_lora_dir(&dir, spec, &cfg.model.from.display().to_string(), None, &[(rlhf_model::hf::REWARD_HEAD_FILE, head)])?;
+        }
+    }
     eprintln!("reward: reference mean {mean:.4} (std {std:.4}) shifted to 0; final model in {}", out.join("final").display());
     Ok(model)
 }

@@ -14,7 +14,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 use rlhf_data::encode::SftSample;
 use rlhf_data::{prepare, BuiltinTemplate, ChatFormat, DataFiles, Kind, Tokenizer};
-use rlhf_model::{Arch, CausalLm, TransformerConfig};
+use rlhf_model::{Arch, CausalLm, LoraConfig, TransformerConfig};
 use rlhf_train::TrainConfig;
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +50,9 @@ pub struct SftConfig {
     pub model: ModelConfig,
     pub data: DataFiles,
     pub train: TrainConfig,
+    /// Train LoRA adapters on the frozen model instead of every weight.
+    #[serde(default)]
+    pub lora: Option<LoraConfig>,
 }
 
 /// Where the model comes from: a Hugging Face folder (`from`) or a fresh initialisation (`init`,
@@ -185,6 +188,15 @@ pub fn run<B: AutodiffBackend>(cfg: &SftConfig, out: &Path, resume: bool, device
     rlhf_train::config::write_resolved(out, cfg)?;
     B::seed(device, cfg.seed);
     let (tok_dir, model) = starting_model::<B>(cfg, out, device)?;
+    let (model, lora) = match &cfg.lora {
+        None => (model, None),
+        Some(_) if cfg.model.from.is_none() => bail!("[lora] needs a pretrained model (model.from); a model trained from scratch trains every weight"),
+        Some(l) => {
+            let (model, spec) = model.attach_lora(l, cfg.seed, device)?;
+            eprintln!("sft: {}", spec.describe(&model, model.config().arch));
+            (model, Some(spec))
+        }
+    };
     let tok = Tokenizer::from_dir(&tok_dir)?;
     let fmt = match cfg.mode {
         Mode::Sft => ChatFormat::resolve(&tok, cfg.data.template)?,
@@ -211,9 +223,23 @@ pub fn run<B: AutodiffBackend>(cfg: &SftConfig, out: &Path, resume: bool, device
     let objective = SftObjective::<B>::new(train_samples, eval, &cfg.train, cfg.seed, pad_id, device.clone());
     let model = rlhf_train::train(model, &objective, &cfg.train, cfg.seed, out, resume, device)?;
     let model = model.valid();
-    if cfg.train.halt_after.is_none_or(|h| h >= cfg.train.steps) {
-        model.save_hf_dir(&out.join("final"), Some(&tok_dir))?;
-        eprintln!("{}: final model in {}", if cfg.mode == Mode::Sft { "sft" } else { "pretrain" }, out.join("final").display());
+    if cfg.train.halt_after.is_some_and(|h| h < cfg.train.steps) {
+        return Ok(model);
     }
+    let model = match (&lora, &cfg.lora) {
+        (Some(spec), Some(l)) => {
+            let merged = model.clone().merge_lora();
+            merged.save_hf_dir(&out.join("final"), Some(&tok_dir))?;
+            if l.export_adapter {
+                model.model.save_lora_dir(&out.join("final").join("adapter"), spec, &tok_dir.display().to_string(), Some("CAUSAL_LM"), &[])?;
+            }
+            merged
+        }
+        _ => {
+            model.save_hf_dir(&out.join("final"), Some(&tok_dir))?;
+            model
+        }
+    };
+    eprintln!("{}: final model in {}", if cfg.mode == Mode::Sft { "sft" } else { "pretrain" }, out.join("final").display());
     Ok(model)
 }
