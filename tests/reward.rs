@@ -164,3 +164,33 @@ fn shipped_configs_parse() {
         }
     }
 }
+
+/// A LoRA reward model: it learns the rankings with the body frozen, its checkpoint holds adapters
+/// and the head only, `final/` (merged body + head) scores like the trained model, and
+/// `final/adapter/` carries the body's adapters with the head.
+#[test]
+fn lora_reward_model_learns_and_exports_merged_and_adapter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sizes = rlhf_data::demo::DemoSizes { pretrain_docs: 10, sft: 20, rankings: 200, prompts: 10 };
+    rlhf_data::demo::write_demo(&tmp.path().join("demo"), 0, sizes).unwrap();
+    let out = tmp.path().join("rm");
+    let extra = ["lora.r=8", "lora.alpha=16", "lora.target_modules=[\"all-linear\"]", "lora.export_adapter=true", "train.lr=1e-2"];
+    let cfg = config(&fixture("hf-tiny-llama"), &tmp.path().join("demo/rankings.jsonl"), 30, &extra);
+    let model = rlhf_reward::run::<CpuTrain>(&cfg, &out, false, &Default::default()).unwrap();
+    let rows = rlhf_train::metrics::read_metrics(&out.join("metrics.jsonl")).unwrap();
+    let eval = column(&rows, "eval_pairwise_acc");
+    assert!(*eval.last().unwrap() > 0.6, "held-out pairwise accuracy {eval:?}");
+    let ckpt = rlhf_train::checkpoint::latest_checkpoint(&out).unwrap();
+    let full_model_bytes = std::fs::metadata(fixture("hf-tiny-llama/model.safetensors")).unwrap().len();
+    assert!(rlhf_train::checkpoint::dir_size(&ckpt) < full_model_bytes / 2, "checkpoint holds more than adapters");
+
+    let d = Default::default();
+    let again = RewardModel::<Cpu>::from_dir(&out.join("final"), &d).unwrap();
+    assert!(!again.model.has_lora());
+    let seqs = vec![vec![1u32, 350, 289, 201, 9, 40, 2], vec![1u32, 12, 2]];
+    let (a, b) = (rlhf_reward::score_stats(&model, &seqs, 0, 2, &d).unwrap(), rlhf_reward::score_stats(&again, &seqs, 0, 2, &d).unwrap());
+    assert!((a.0 - b.0).abs() < 1e-5 && (a.1 - b.1).abs() < 1e-5, "merged {b:?} vs trained {a:?}");
+    for f in ["adapter_config.json", "adapter_model.safetensors", rlhf_model::hf::REWARD_HEAD_FILE] {
+        assert!(out.join("final/adapter").join(f).exists(), "final/adapter/{f}");
+    }
+}

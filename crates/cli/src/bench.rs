@@ -145,6 +145,14 @@ pub struct SftBench {
     /// Timed steps after two warm-up steps.
     #[arg(long, default_value_t = 5)]
     steps: usize,
+    /// Train LoRA adapters of this rank (alpha = 2·rank, every projection) on a frozen model.
+    #[arg(long)]
+    lora: Option<usize>,
+}
+
+/// The bench's LoRA: rank `r`, alpha 2r, every projection (as `benches/` does with PEFT).
+fn bench_lora(r: usize) -> rlhf_model::LoraConfig {
+    rlhf_model::LoraConfig { r, alpha: 2.0 * r as f64, target_modules: vec!["all-linear".into()], ..Default::default() }
 }
 
 impl rlhf_runtime::Task for SftBench {
@@ -155,6 +163,14 @@ impl rlhf_runtime::Task for SftBench {
     fn run<B: burn::tensor::backend::AutodiffBackend>(self, device: B::Device) -> Self::Output {
         use burn::tensor::ElementConversion;
         let (cfg, model) = self.size.random_model::<B>(self.seq, &device);
+        let (model, lora) = match self.lora {
+            Some(r) => {
+                let (model, spec) = model.attach_lora(&bench_lora(r), 0, &device)?;
+                let line = spec.describe(&model, cfg.arch);
+                (model, format!(", {line}"))
+            }
+            None => (model, String::new()),
+        };
         let samples: Vec<rlhf_data::encode::SftSample> = (0..self.batch)
             .map(|b| rlhf_data::encode::SftSample {
                 ids: (0..self.seq).map(|i| ((b * 7919 + i * 104_729) % (cfg.vocab_size - 1) + 1) as u32).collect(),
@@ -164,7 +180,7 @@ impl rlhf_runtime::Task for SftBench {
         let batch: Vec<&rlhf_data::encode::SftSample> = samples.iter().collect();
         let targets = samples.iter().map(|s| s.targets()).sum::<usize>() as f64;
         let mut model = rlhf_train::Trainable::new("model", model, &rlhf_train::optim::OptimConfig::default(), &device);
-        println!("sft step: {}, batch {} × seq {}, {}", self.size.describe(cfg.num_params()), self.batch, self.seq, self.device);
+        println!("sft step: {}, batch {} × seq {}, {}{lora}", self.size.describe(cfg.num_params()), self.batch, self.seq, self.device);
         let mut best = f64::INFINITY;
         for step in 0..self.steps + 2 {
             let start = Instant::now();
@@ -209,6 +225,10 @@ pub struct PpoBench {
     /// Timed iterations after one warm-up.
     #[arg(long, default_value_t = 2)]
     iterations: usize,
+    /// LoRA adapters of this rank on the actor and the critic (alpha = 2·rank, every projection); the
+    /// reference and the reward model are then their frozen bases.
+    #[arg(long)]
+    lora: Option<usize>,
 }
 
 impl rlhf_runtime::Task for PpoBench {
@@ -220,10 +240,22 @@ impl rlhf_runtime::Task for PpoBench {
         use burn::module::AutodiffModule;
         let max_pos = self.prompt_len + self.new_tokens;
         let (cfg, actor) = self.size.random_model::<B>(max_pos, &device);
-        let reference = actor.valid();
         let head = || rlhf_model::ScalarHead::init(cfg.hidden_size, &device);
         let critic = rlhf_model::RewardModel { model: actor.model.clone(), head: head() };
-        let reward_model = rlhf_model::RewardModel { model: actor.model.clone(), head: head() }.valid();
+        let (actor, reference, critic, reward_model) = match self.lora {
+            // Two bases, shared: the reference and the RM are the actor's and critic's bases.
+            Some(r) => {
+                let (actor, _) = actor.attach_lora(&bench_lora(r), 0, &device)?;
+                let (critic, _) = critic.attach_lora(&bench_lora(r), 1, &device)?;
+                let reference = actor.without_lora().valid();
+                let reward_model = rlhf_model::RewardModel { model: critic.model.without_lora(), head: critic.head.clone() }.valid();
+                (actor, reference, critic, reward_model)
+            }
+            None => {
+                let reward_model = rlhf_model::RewardModel { model: actor.model.clone(), head: head() }.valid();
+                (actor.clone(), actor.valid(), critic, reward_model)
+            }
+        };
         let ids = |b: usize, len: usize| -> Vec<u32> { (0..len).map(|i| ((b * 7919 + i * 104_729) % (cfg.vocab_size - 1) + 1) as u32).collect() };
         let prompts: Vec<Vec<u32>> = (0..self.batch).map(|b| ids(b, self.prompt_len)).collect();
         let ptx: Vec<rlhf_data::encode::SftSample> =
@@ -259,13 +291,14 @@ kl_coef = 0.1
         ))?;
         let mut trainer = rlhf_ppo::Trainer::<B>::new(ppo_cfg, actor, critic, reference, reward_model, prompts, ptx, vec![], 0, None, device.clone());
         println!(
-            "ppo iteration: 4 × {}, {} prompts × ({} prompt + {} new tokens), micro-batch {}, {}",
+            "ppo iteration: 4 × {}, {} prompts × ({} prompt + {} new tokens), micro-batch {}, {}{}",
             self.size.describe(cfg.num_params()),
             self.batch,
             self.prompt_len,
             self.new_tokens,
             self.micro_batch,
-            self.device
+            self.device,
+            self.lora.map_or(String::new(), |r| format!(", LoRA r={r} on actor and critic"))
         );
         for it in 0..=self.iterations {
             let start = Instant::now();

@@ -609,6 +609,7 @@ impl LoraSpec {
         let trainable = model.adapter_state().map_or(0, |s| s.num_params());
         let total = model.num_params();
         let mut targets: Vec<&str> = self.slots.iter().map(|s| s.peft_name(arch)).collect();
+        targets.sort();
         targets.dedup();
         format!(
             "LoRA r={} alpha={} on {}: {:.3}M trainable of {:.2}M parameters ({:.2}%)",
