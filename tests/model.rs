@@ -5,7 +5,8 @@
 use std::path::Path;
 
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
+use rlhf_runtime::Backend;
 use rlhf_runtime::Cpu;
 use rlhf_model::generate::left_pad;
 use rlhf_data::Tokenizer;

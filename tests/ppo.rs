@@ -232,6 +232,12 @@ fn non_finite_critic_loss_stops_naming_the_critic_and_keeps_the_checkpoint() {
     assert!(!out.join("final").exists());
 }
 
+/// A trainer on eight short prompts (stop token 2), no ptx data.
+fn small_trainer(cfg: PpoConfig, models: rlhf_ppo::Models<CpuTrain>) -> rlhf_ppo::Trainer<CpuTrain> {
+    let prompts = [vec![1, 350, 289], vec![1, 9, 40, 41], vec![1, 7], vec![1, 5, 6, 7, 8]].iter().cycle().take(8).cloned().collect();
+    rlhf_ppo::Trainer::new(cfg, models.actor, models.critic, models.reference, models.reward_model, prompts, vec![], vec![2], 0, None, Default::default())
+}
+
 /// PPO with LoRA on the actor and the critic: the reference is the actor's base with adapters off, so
 /// its log-probs stay exactly what they were while the actor moves; the reward model keeps the
 /// critic's base and its own head; the run resumes exactly and exports a merged actor.
@@ -253,19 +259,7 @@ fn lora_ppo_keeps_the_reference_fixed_and_resumes_exactly() {
     let rm_score = |m: &RewardModel<Cpu>| m.score(ids.clone(), mask.clone()).unwrap().into_data().to_vec::<f32>().unwrap();
     let before = ref_logp(&models.reference);
     let rm_before = rm_score(&models.reward_model);
-    let mut t = rlhf_ppo::Trainer::<CpuTrain>::new(
-        cfg.clone(),
-        models.actor,
-        models.critic,
-        models.reference,
-        models.reward_model,
-        [vec![1, 350, 289], vec![1, 9, 40, 41], vec![1, 7], vec![1, 5, 6, 7, 8]].iter().cycle().take(8).cloned().collect(),
-        vec![],
-        vec![2],
-        0,
-        None,
-        d,
-    );
+    let mut t = small_trainer(cfg.clone(), models);
     for i in 0..2 {
         t.iteration(i).unwrap();
     }
@@ -288,4 +282,40 @@ fn lora_ppo_keeps_the_reference_fixed_and_resumes_exactly() {
     assert!(logits(&a) == logits(&b), "resumed LoRA run differs from the uninterrupted one");
     let start = CausalLm::<Cpu>::from_hf_dir(&fixture("hf-tiny-llama"), &d).unwrap();
     assert!(logits(&a) != logits(&start), "the merged actor equals the start");
+}
+
+/// QLoRA-style PPO: both shared bases kept as codes (`base_quant`). The reference and the reward
+/// model run on the same codes as the actor and critic (a fraction of f32's bytes), stay fixed while
+/// the adapters move, and the stage runs end to end to a merged f32 export.
+#[test]
+fn qlora_ppo_shares_quantized_bases_and_exports_merged() {
+    use burn::module::AutodiffModule;
+    use rlhf_model::ops::action_log_probs;
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, rm) = setup(tmp.path());
+    let d = Default::default();
+    let lora = ["ppo.lora.r=8", "ppo.lora.base_quant=\"nf4\"", "ppo.critic_lora.r=4", "ppo.critic_lora.base_quant=\"q8\"", "ppo.actor_lr=1e-2"];
+    let cfg = config(&data, &rm, &lora);
+    let models = rlhf_ppo::load_models::<CpuTrain>(&cfg, &d).unwrap();
+    let f32_bytes = CausalLm::<Cpu>::from_hf_dir(&fixture("hf-tiny-llama"), &d).unwrap().model.projection_bytes();
+    assert!(models.reference.model.projection_bytes() * 6 < f32_bytes, "the reference is not on 4-bit codes");
+    assert!(models.reward_model.model.projection_bytes() * 3 < f32_bytes, "the reward model is not on 8-bit codes");
+    let ids = Tensor::<Cpu, 2, Int>::from_data(TensorData::new(vec![1i64, 350, 289, 201, 9, 40, 41, 42], [1, 8]), &d);
+    let mask = Tensor::<Cpu, 2, Int>::ones([1, 8], &d);
+    let ref_logp = |m: &CausalLm<Cpu>| action_log_probs(m, ids.clone(), mask.clone(), 3, false).unwrap().0.into_data().to_vec::<f32>().unwrap();
+    let before = ref_logp(&models.reference);
+    let mut t = small_trainer(cfg.clone(), models);
+    for i in 0..2 {
+        let m = t.iteration(i).unwrap().metrics;
+        assert!(m.iter().all(|(_, v)| v.is_finite()), "{m:?}");
+    }
+    assert!(ref_logp(&t.actor.module.valid()) != before, "the actor did not move");
+    assert_eq!(ref_logp(&t.reference), before, "the reference moved with the actor");
+
+    let text = config_text(&data, &rm);
+    let sets: Vec<String> = lora.iter().flat_map(|s| ["--set".to_string(), format!("ppo.{s}")]).collect();
+    let out = tmp.path().join("run");
+    run_ppo(&text, &out, &sets.iter().map(String::as_str).collect::<Vec<_>>());
+    let merged = CausalLm::<Cpu>::from_hf_dir(&out.join("ppo/final"), &d).unwrap();
+    assert_eq!(merged.model.projection_bytes(), f32_bytes, "the export is not a dense f32 folder");
 }

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use burn::tensor::backend::Backend;
+use rlhf_runtime::Backend;
 use clap::Args;
 use rlhf_runtime::{dispatch, DeviceSpec, Inference, InferenceTask};
 use rlhf_model::{generate, Arch, CausalLm, GenerateConfig, Sampler, TransformerConfig};
@@ -148,11 +148,15 @@ pub struct SftBench {
     /// Train LoRA adapters of this rank (alpha = 2·rank, every projection) on a frozen model.
     #[arg(long)]
     lora: Option<usize>,
+    /// Keep the frozen base's projections quantized (q8 | q4 | nf4; needs --lora), as QLoRA.
+    #[arg(long, requires = "lora")]
+    base_quant: Option<rlhf_runtime::quant::BaseQuant>,
 }
 
-/// The bench's LoRA: rank `r`, alpha 2r, every projection (as `benches/` does with PEFT).
-fn bench_lora(r: usize) -> rlhf_model::LoraConfig {
-    rlhf_model::LoraConfig { r, alpha: 2.0 * r as f64, target_modules: vec!["all-linear".into()], ..Default::default() }
+/// The bench's LoRA: rank `r`, alpha 2r, every projection (as `benches/` does with PEFT), on a
+/// base kept in f32 or quantized.
+fn bench_lora(r: usize, base_quant: Option<rlhf_runtime::quant::BaseQuant>) -> rlhf_model::LoraConfig {
+    rlhf_model::LoraConfig { r, alpha: 2.0 * r as f64, target_modules: vec!["all-linear".into()], base_quant, ..Default::default() }
 }
 
 impl rlhf_runtime::Task for SftBench {
@@ -160,12 +164,12 @@ impl rlhf_runtime::Task for SftBench {
 
     /// One optimizer step = forward + backward + the update path every stage uses
     /// ([`rlhf_train::Trainable`]: non-finite check, global-norm clip, AdamW).
-    fn run<B: burn::tensor::backend::AutodiffBackend>(self, device: B::Device) -> Self::Output {
+    fn run<B: rlhf_runtime::AutodiffBackend>(self, device: B::Device) -> Self::Output {
         use burn::tensor::ElementConversion;
         let (cfg, model) = self.size.random_model::<B>(self.seq, &device);
         let (model, lora) = match self.lora {
             Some(r) => {
-                let (model, spec) = model.attach_lora(&bench_lora(r), 0, &device)?;
+                let (model, spec) = model.attach_lora(&bench_lora(r, self.base_quant), 0, &device)?;
                 let line = spec.describe(&model, cfg.arch);
                 (model, format!(", {line}"))
             }
@@ -229,6 +233,9 @@ pub struct PpoBench {
     /// reference and the reward model are then their frozen bases.
     #[arg(long)]
     lora: Option<usize>,
+    /// Keep both frozen bases' projections quantized (q8 | q4 | nf4; needs --lora), as QLoRA.
+    #[arg(long, requires = "lora")]
+    base_quant: Option<rlhf_runtime::quant::BaseQuant>,
 }
 
 impl rlhf_runtime::Task for PpoBench {
@@ -236,7 +243,7 @@ impl rlhf_runtime::Task for PpoBench {
 
     /// One PPO-ptx iteration (1 epoch, 2 minibatches, ptx on) of four random models of the given size,
     /// with its time split into generation / scoring / training.
-    fn run<B: burn::tensor::backend::AutodiffBackend>(self, device: B::Device) -> Self::Output {
+    fn run<B: rlhf_runtime::AutodiffBackend>(self, device: B::Device) -> Self::Output {
         use burn::module::AutodiffModule;
         let max_pos = self.prompt_len + self.new_tokens;
         let (cfg, actor) = self.size.random_model::<B>(max_pos, &device);
@@ -245,8 +252,8 @@ impl rlhf_runtime::Task for PpoBench {
         let (actor, reference, critic, reward_model) = match self.lora {
             // Two bases, shared: the reference and the RM are the actor's and critic's bases.
             Some(r) => {
-                let (actor, _) = actor.attach_lora(&bench_lora(r), 0, &device)?;
-                let (critic, _) = critic.attach_lora(&bench_lora(r), 1, &device)?;
+                let (actor, _) = actor.attach_lora(&bench_lora(r, self.base_quant), 0, &device)?;
+                let (critic, _) = critic.attach_lora(&bench_lora(r, self.base_quant), 1, &device)?;
                 let reference = actor.without_lora().valid();
                 let reward_model = rlhf_model::RewardModel { model: critic.model.without_lora(), head: critic.head.clone() }.valid();
                 (actor, reference, critic, reward_model)
@@ -298,7 +305,10 @@ kl_coef = 0.1
             self.new_tokens,
             self.micro_batch,
             self.device,
-            self.lora.map_or(String::new(), |r| format!(", LoRA r={r} on actor and critic"))
+            self.lora.map_or(String::new(), |r| format!(
+                ", LoRA r={r} on actor and critic{}",
+                self.base_quant.map_or(String::new(), |q| format!(", {q:?} bases"))
+            ))
         );
         for it in 0..=self.iterations {
             let start = Instant::now();

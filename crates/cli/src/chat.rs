@@ -5,7 +5,7 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 use anyhow::bail;
-use burn::tensor::backend::Backend;
+use rlhf_runtime::Backend;
 use clap::Args;
 use rlhf_data::encode::encode_prompt;
 use rlhf_data::{ChatFormat, Encoded, Message, Tokenizer};

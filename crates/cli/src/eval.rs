@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use burn::tensor::backend::Backend;
+use rlhf_runtime::Backend;
 use clap::Args;
 use rlhf_data::{ChatFormat, Tokenizer};
 use rlhf_runtime::{dispatch, DeviceSpec, Inference, InferenceTask};

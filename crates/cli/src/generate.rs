@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use burn::tensor::backend::Backend;
+use rlhf_runtime::Backend;
 use clap::Args;
 use rlhf_data::{Message, Tokenizer};
 use rlhf_runtime::{dispatch, DeviceSpec, Inference, InferenceTask};

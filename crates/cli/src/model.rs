@@ -3,7 +3,8 @@
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
+use rlhf_runtime::Backend;
 use rlhf_runtime::{dispatch, DeviceSpec, Inference, InferenceTask};
 use rlhf_model::hf::{write_safetensors, HostTensor, SafetensorsFiles};
 use rlhf_model::{CausalLm, HfConfig, TransformerConfig};

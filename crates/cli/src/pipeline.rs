@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
-use burn::tensor::backend::AutodiffBackend;
+use rlhf_runtime::AutodiffBackend;
 use clap::{Args, ValueEnum};
 use rlhf_runtime::{dispatch, DeviceSpec, Task};
 use rlhf_eval::EvalConfig;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use burn::tensor::backend::Backend;
+use rlhf_runtime::Backend;
 use burn::tensor::ElementConversion;
 use clap::{Args, ValueEnum};
 use rlhf_data::encode::{encode_ranking, encode_sft};

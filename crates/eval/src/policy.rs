@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::Backend;
+use rlhf_runtime::Backend;
 use burn::tensor::Tensor;
 use rlhf_data::prepare::{prepare, PrepareOptions, Prompt};
 use rlhf_data::{ChatFormat, Format, Kind, Tokenizer};

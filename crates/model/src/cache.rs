@@ -1,6 +1,7 @@
 //! Preallocated key/value cache for one attention layer.
 
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::Tensor;
+use rlhf_runtime::Backend;
 
 use crate::error::{ModelError, Result};
 

@@ -3,7 +3,8 @@
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::ops::PadMode;
-use burn::tensor::{backend::Backend, Element, ElementConversion, Int, Numeric, Tensor, TensorData};
+use burn::tensor::{Element, ElementConversion, Int, Numeric, Tensor, TensorData};
+use rlhf_runtime::Backend;
 
 use crate::error::{ModelError, Result};
 use crate::heads::CausalLm;

@@ -2,7 +2,8 @@
 //! two models they make: [`CausalLm`] (SFT, actor, reference) and [`RewardModel`] (RM, critic).
 
 use burn::module::{Module, Param};
-use burn::tensor::{backend::Backend, Distribution, Int, Tensor};
+use burn::tensor::{Distribution, Int, Tensor};
+use rlhf_runtime::Backend;
 
 use crate::cache::KvCache;
 use crate::config::TransformerConfig;

@@ -10,13 +10,15 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Param;
 use burn::nn::Linear;
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
+use rlhf_runtime::Backend;
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, Metadata, SafeTensors, TensorView};
 
 use crate::config::{Arch, TransformerConfig};
 use crate::error::{ModelError, Result};
 use crate::heads::{CausalLm, RewardModel, ScalarHead};
+use crate::proj::Proj;
 use crate::rope::Rope;
 use crate::transformer::{Attention, Block, Mlp, Norm, Transformer};
 
@@ -274,20 +276,20 @@ impl<B: Backend> Transformer<B> {
             })
         };
         // HF nn.Linear: weight [out, in] → burn [in, out].
-        let hf_linear = |files: &mut SafetensorsFiles, name: String, d_in: usize, d_out: usize, bias: bool| -> Result<Linear<B>> {
-            Ok(Linear {
+        let hf_linear = |files: &mut SafetensorsFiles, name: String, d_in: usize, d_out: usize, bias: bool| -> Result<Proj<B>> {
+            Ok(Proj::from(Linear {
                 weight: param(files.take(&format!("{name}.weight"), &[d_out, d_in])?.transposed(), device),
                 bias: if bias { Some(param(files.take(&format!("{name}.bias"), &[d_out])?, device)) } else { None },
-            })
+            }))
         };
         // GPT-2 Conv1D: weight already [in, out].
-        let conv1d = |files: &mut SafetensorsFiles, name: String, d_in: usize, d_out: usize| -> Result<Linear<B>> {
-            Ok(Linear {
+        let conv1d = |files: &mut SafetensorsFiles, name: String, d_in: usize, d_out: usize| -> Result<Proj<B>> {
+            Ok(Proj::from(Linear {
                 weight: param(files.take(&format!("{name}.weight"), &[d_in, d_out])?, device),
                 bias: Some(param(files.take(&format!("{name}.bias"), &[d_out])?, device)),
-            })
+            }))
         };
-        let host_linear = |w: HostTensor, b: HostTensor| Linear { weight: param(w, device), bias: Some(param(b, device)) };
+        let host_linear = |w: HostTensor, b: HostTensor| Proj::from(Linear { weight: param(w, device), bias: Some(param(b, device)) });
 
         let embed_tokens = param(files.take(&keys.embed(), &[cfg.vocab_size, d])?, device);
         let embed_positions = if gpt2 {
@@ -372,11 +374,11 @@ impl<B: Backend> Transformer<B> {
                 out.push((format!("{name}.bias"), host(b)));
             }
         };
-        let push_linear = |out: &mut Vec<(String, HostTensor)>, name: String, l: &Linear<B>| {
-            let w = HostTensor::from_tensor(l.weight.val());
+        let push_linear = |out: &mut Vec<(String, HostTensor)>, name: String, l: &Proj<B>| {
+            let w = HostTensor::from_tensor(l.weight());
             out.push((format!("{name}.weight"), if gpt2 { w } else { w.transposed() }));
-            if let Some(b) = &l.bias {
-                out.push((format!("{name}.bias"), host(b)));
+            if let Some(b) = l.bias() {
+                out.push((format!("{name}.bias"), HostTensor::from_tensor(b)));
             }
         };
         out.push((keys.embed(), HostTensor::from_tensor(self.embed_tokens.val())));
@@ -389,11 +391,11 @@ impl<B: Backend> Transformer<B> {
             if gpt2 {
                 push_norm(&mut out, at("ln_1"), &layer.input_layernorm);
                 let qkv = [&attn.q_proj, &attn.k_proj, &attn.v_proj];
-                let w: Vec<HostTensor> = qkv.iter().map(|l| HostTensor::from_tensor(l.weight.val())).collect();
+                let w: Vec<HostTensor> = qkv.iter().map(|l| HostTensor::from_tensor(l.weight())).collect();
                 out.push((at("attn.c_attn.weight"), HostTensor::concat_columns(&w)));
                 let b: Vec<f32> = qkv
                     .iter()
-                    .flat_map(|l| host(l.bias.as_ref().expect("GPT-2 q/k/v have biases")).data)
+                    .flat_map(|l| HostTensor::from_tensor(l.bias().expect("GPT-2 q/k/v have biases")).data)
                     .collect();
                 out.push((at("attn.c_attn.bias"), HostTensor { shape: vec![b.len()], data: b }));
                 push_linear(&mut out, at("attn.c_proj"), &attn.o_proj);

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig};
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
+use rlhf_runtime::Backend;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -22,6 +23,8 @@ use crate::config::{Arch, TransformerConfig};
 use crate::error::{ModelError, Result};
 use crate::heads::{CausalLm, RewardModel, ScalarHead};
 use crate::hf::{replace_dir, sibling, write_safetensors, HostTensor, KeyScheme, SafetensorsFiles};
+use crate::proj::Proj;
+use rlhf_runtime::quant::BaseQuant;
 use crate::transformer::Transformer;
 
 /// PEFT's adapter config file.
@@ -70,6 +73,10 @@ pub struct LoraConfig {
     /// Also write the adapter alone, in PEFT's layout, to `final/adapter/`.
     #[serde(default)]
     pub export_adapter: bool,
+    /// Store the frozen base's block projections quantized ("q8" | "q4"; QLoRA-style): adapters,
+    /// norms, embeddings and heads stay f32.
+    #[serde(default)]
+    pub base_quant: Option<BaseQuant>,
 }
 
 fn default_r() -> usize {
@@ -90,6 +97,7 @@ impl Default for LoraConfig {
             rslora: false,
             from: None,
             export_adapter: false,
+            base_quant: None,
         }
     }
 }
@@ -442,6 +450,38 @@ impl<B: Backend> Transformer<B> {
         body
     }
 
+    /// Stores every block projection's weight as `quant` codes (the body must be frozen already).
+    pub fn quantize_base(mut self, quant: BaseQuant) -> Result<Self> {
+        for (i, block) in self.layers.iter_mut().enumerate() {
+            let attn = &mut block.self_attn;
+            let mlp = &mut block.mlp;
+            let projs = [
+                ("q_proj", &mut attn.q_proj),
+                ("k_proj", &mut attn.k_proj),
+                ("v_proj", &mut attn.v_proj),
+                ("o_proj", &mut attn.o_proj),
+                ("up_proj", &mut mlp.up_proj),
+                ("down_proj", &mut mlp.down_proj),
+            ];
+            for (name, proj) in projs.into_iter().chain(mlp.gate_proj.as_mut().map(|g| ("gate_proj", g))) {
+                proj.quantize(quant).map_err(|e| ModelError::Invalid(format!("lora.base_quant: layer {i} {name}: {e}")))?;
+            }
+        }
+        Ok(self)
+    }
+
+    /// Bytes of the block projections' weights as stored (f32 or quantized).
+    pub fn projection_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flat_map(|b| {
+                let (a, m) = (&b.self_attn, &b.mlp);
+                [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.up_proj, &m.down_proj].into_iter().chain(m.gate_proj.as_ref())
+            })
+            .map(Proj::weight_bytes)
+            .sum()
+    }
+
     pub fn has_lora(&self) -> bool {
         self.layers.iter().any(|b| b.lora.is_some())
     }
@@ -452,9 +492,7 @@ impl<B: Backend> Transformer<B> {
         let (q, kv) = (self.config.num_heads * self.config.head_dim, self.config.num_kv_heads * self.config.head_dim);
         for block in &mut self.layers {
             let Some(lora) = block.lora.take() else { continue };
-            let add = |linear: &mut burn::nn::Linear<B>, delta: Tensor<B, 2>| {
-                linear.weight = Param::from_tensor(linear.weight.val() + delta);
-            };
+            let add = |proj: &mut Proj<B>, delta: Tensor<B, 2>| proj.add_to_weight(delta);
             let attn = &mut block.self_attn;
             let mlp = &mut block.mlp;
             for (slot, adapter) in [
@@ -548,6 +586,10 @@ impl<B: Backend> Transformer<B> {
     pub fn attach_lora(self, cfg: &LoraConfig, seed: u64, device: &B::Device) -> Result<(Self, LoraSpec)> {
         let spec = LoraSpec::resolve(cfg, self.config.arch)?;
         let body = self.with_lora(&spec, seed, device);
+        let body = match cfg.base_quant {
+            Some(quant) => body.quantize_base(quant)?,
+            None => body,
+        };
         let body = match &cfg.from {
             Some(dir) => body.load_lora_weights(dir, &spec, device)?,
             None => body,

@@ -3,7 +3,8 @@
 //! of a response after its prompt.
 
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{backend::Backend, Int, Tensor};
+use burn::tensor::{Int, Tensor};
+use rlhf_runtime::Backend;
 
 use crate::error::Result;
 use crate::heads::{CausalLm, RewardModel};

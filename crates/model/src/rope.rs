@@ -5,7 +5,8 @@
 //! implement it directly rather than permuting q/k weights.
 
 use burn::module::Module;
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
+use rlhf_runtime::Backend;
 
 use crate::config::{RopeScaling, TransformerConfig};
 

@@ -1,6 +1,7 @@
 //! Choosing the next token for a whole batch, on the device.
 
-use burn::tensor::{backend::Backend, Distribution, Int, Tensor};
+use burn::tensor::{Distribution, Int, Tensor};
+use rlhf_runtime::Backend;
 
 /// How the next token is chosen from the logits.
 #[derive(Debug, Clone, PartialEq)]
@@ -110,7 +111,7 @@ mod tests {
     #[test]
     fn sampling_follows_the_distribution_and_never_picks_filtered_tokens() {
         let device = Default::default();
-        TestBackend::seed(&device, 7);
+        <TestBackend as burn::tensor::backend::Backend>::seed(&device, 7);
         let s = Sampler::Sample { temperature: 1.0, top_k: Some(2), top_p: None };
         // probs over the two kept tokens: 0.75 / 0.25.
         let row = vec![0.75f32.ln(), 0.25f32.ln(), -30.0];

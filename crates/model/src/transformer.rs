@@ -7,12 +7,14 @@
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::{silu, softmax};
-use burn::tensor::{backend::Backend, Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use rlhf_runtime::Backend;
 
 use crate::cache::KvCache;
 use crate::config::{Arch, TransformerConfig};
 use crate::error::{ModelError, Result};
 use crate::lora::{BlockLora, Lora, Slot};
+use crate::proj::Proj;
 use crate::rope::{apply_rotary, Rope};
 
 /// Additive bias for masked attention scores: large but finite, so a query with no visible key
@@ -51,32 +53,21 @@ impl<B: Backend> Norm<B> {
     }
 }
 
-/// `linear.forward` on a [batch, seq, d_in] input as ONE [batch·seq, d_in] GEMM.
-///
-/// burn's default `linear` broadcasts the weight over the batch and runs one GEMM per row, re-packing
-/// the weight for every row: with one-token rows (generation) that packing dominated the step time.
-pub fn linear3<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
-    let [batch, seq, d_in] = x.dims();
-    let y = linear.forward(x.reshape([batch * seq, d_in]));
-    let d_out = y.dims()[1];
-    y.reshape([batch, seq, d_out])
-}
-
-/// `linear3`, plus the adapter's low-rank update when the projection has one.
-fn project<B: Backend>(linear: &Linear<B>, adapter: Option<&Lora<B>>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+/// The projection, plus the adapter's low-rank update when it has one.
+fn project<B: Backend>(proj: &Proj<B>, adapter: Option<&Lora<B>>, x: Tensor<B, 3>) -> Tensor<B, 3> {
     match adapter {
-        Some(a) => linear3(linear, x.clone()) + a.forward(x),
-        None => linear3(linear, x),
+        Some(a) => proj.forward(x.clone()) + a.forward(x),
+        None => proj.forward(x),
     }
 }
 
 /// Multi-head attention with grouped key/value heads.
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
-    pub q_proj: Linear<B>,
-    pub k_proj: Linear<B>,
-    pub v_proj: Linear<B>,
-    pub o_proj: Linear<B>,
+    pub q_proj: Proj<B>,
+    pub k_proj: Proj<B>,
+    pub v_proj: Proj<B>,
+    pub o_proj: Proj<B>,
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
@@ -142,9 +133,9 @@ impl<B: Backend> Attention<B> {
 /// `down(gelu_tanh(up(x)))` (GPT-2's `c_fc` → `c_proj`).
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
-    pub gate_proj: Option<Linear<B>>,
-    pub up_proj: Linear<B>,
-    pub down_proj: Linear<B>,
+    pub gate_proj: Option<Proj<B>>,
+    pub up_proj: Proj<B>,
+    pub down_proj: Proj<B>,
 }
 
 impl<B: Backend> Mlp<B> {
@@ -299,9 +290,8 @@ impl TransformerConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> Transformer<B> {
         let d = self.hidden_size;
         let normal = |shape: [usize; 2]| Param::from_tensor(Tensor::random(shape, Distribution::Normal(0.0, 0.02), device));
-        let linear = |d_in: usize, d_out: usize, bias: bool| Linear {
-            weight: normal([d_in, d_out]),
-            bias: bias.then(|| Param::from_tensor(Tensor::zeros([d_out], device))),
+        let linear = |d_in: usize, d_out: usize, bias: bool| {
+            Proj::from(Linear { weight: normal([d_in, d_out]), bias: bias.then(|| Param::from_tensor(Tensor::zeros([d_out], device))) })
         };
         let gpt2 = self.arch == Arch::Gpt2;
         let norm = || Norm {

@@ -14,7 +14,10 @@
 use std::fmt;
 use std::str::FromStr;
 
-use burn::tensor::backend::{AutodiffBackend, Backend};
+pub mod backend;
+pub mod quant;
+
+pub use backend::{AutodiffBackend, Backend, QuantizedWeight};
 #[cfg(test)]
 use burn::tensor::ElementConversion;
 use serde::{Deserialize, Serialize};
@@ -31,7 +34,7 @@ pub type Gpu = burn::backend::Cuda<f32, i32>;
 pub type GpuTrain = burn::backend::Autodiff<Gpu>;
 
 /// The inference backend of a task's autodiff backend.
-pub type Infer<B> = <B as AutodiffBackend>::InnerBackend;
+pub type Infer<B> = <B as burn::tensor::backend::AutodiffBackend>::InnerBackend;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {

@@ -2,7 +2,7 @@
 //! the next-token loss of demonstrations or text (SFT, pretraining, PPO-ptx) and the scores of
 //! sequences under a reward model (RM training, PPO, evaluation, `rlhf reward score`).
 
-use burn::tensor::backend::Backend;
+use rlhf_runtime::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use rlhf_data::batch::{pad_flags_right, pad_right};
 use rlhf_data::encode::SftSample;

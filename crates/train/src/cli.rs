@@ -65,7 +65,7 @@ macro_rules! stage_binary {
 
         impl $crate::runtime::Task for Task {
             type Output = anyhow::Result<()>;
-            fn run<B: burn::tensor::backend::AutodiffBackend>(self, device: B::Device) -> anyhow::Result<()> {
+            fn run<B: rlhf_runtime::AutodiffBackend>(self, device: B::Device) -> anyhow::Result<()> {
                 $stage::run::<B>(&self.cfg, &self.args.out, self.args.resume, &device)?;
                 Ok(())
             }

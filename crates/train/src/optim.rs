@@ -4,7 +4,7 @@
 use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
 use burn::optim::{AdamW, AdamWConfig, GradientsParams};
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::tensor::backend::AutodiffBackend;
+use rlhf_runtime::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -58,7 +58,7 @@ impl OptimConfig {
 /// The ids of a module's float parameters, with their ranks.
 struct ParamIds(Vec<(ParamId, usize)>);
 
-impl<B: burn::tensor::backend::Backend> ModuleVisitor<B> for ParamIds {
+impl<B: rlhf_runtime::Backend> ModuleVisitor<B> for ParamIds {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         self.0.push((param.id, D));
     }

@@ -12,7 +12,7 @@ use std::path::Path;
 use burn::module::{AutodiffModule, Module};
 use burn::optim::{adaptor::OptimizerAdaptor, AdamW, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
-use burn::tensor::backend::AutodiffBackend;
+use rlhf_runtime::AutodiffBackend;
 use burn::tensor::Tensor;
 use rlhf_model::Adapted;
 
@@ -132,11 +132,11 @@ mod tests {
     type AD = rlhf_runtime::CpuTrain;
 
     #[derive(Module, Debug)]
-    struct Scalar<B: burn::tensor::backend::Backend> {
+    struct Scalar<B: rlhf_runtime::Backend> {
         w: Param<Tensor<B, 1>>,
     }
 
-    impl<B: burn::tensor::backend::Backend> Adapted<B> for Scalar<B> {}
+    impl<B: rlhf_runtime::Backend> Adapted<B> for Scalar<B> {}
 
     fn scalar(v: f32) -> Trainable<AD, Scalar<AD>> {
         let d = Default::default();

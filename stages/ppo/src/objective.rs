@@ -14,7 +14,8 @@
 //! token of row `i` is a column `t` with `mask[i][t]` set; padding after a response has stopped is
 //! masked out. Device-side pieces (the losses) take `[rows, response_len]` tensors.
 
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::Tensor;
+use rlhf_runtime::Backend;
 use serde::{Deserialize, Serialize};
 
 /// How the per-token KL to the reference is estimated from the sampled tokens' log-probs.

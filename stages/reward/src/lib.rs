@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use burn::module::{AutodiffModule, Param};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use rlhf_runtime::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 use rlhf_data::batch::EpochOrder;
 use rlhf_data::encode::{ranking_pairs, Pair, RankingSample, SftSample};

@@ -12,7 +12,8 @@
 //! prompt's C(K,2) pairs in one element avoids the overfitting InstructGPT reports for shuffled pairs.
 
 use burn::tensor::activation::relu;
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
+use rlhf_runtime::Backend;
 use rlhf_data::encode::Pair;
 
 /// log(1 + eˣ), computed without overflow: max(x, 0) + log(1 + e^−|x|). Equals −log σ(−x).

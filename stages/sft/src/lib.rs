@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
+use rlhf_runtime::AutodiffBackend;
 use burn::tensor::Tensor;
 use rlhf_data::encode::SftSample;
 use rlhf_data::{prepare, BuiltinTemplate, ChatFormat, DataFiles, Kind, Tokenizer};
@@ -120,7 +120,7 @@ fn default_max_positions() -> usize {
 
 /// The tokenizer folder and the starting model: loaded from `model.from`, or initialised from
 /// `model.init` with a tokenizer copied or trained into `OUT/tokenizer/`.
-pub fn starting_model<B: burn::tensor::backend::Backend>(cfg: &SftConfig, out: &Path, device: &B::Device) -> anyhow::Result<(PathBuf, CausalLm<B>)> {
+pub fn starting_model<B: rlhf_runtime::Backend>(cfg: &SftConfig, out: &Path, device: &B::Device) -> anyhow::Result<(PathBuf, CausalLm<B>)> {
     match (&cfg.model.from, &cfg.model.init) {
         (Some(dir), None) => Ok((dir.clone(), CausalLm::<B>::from_hf_dir(dir, device)?)),
         (None, Some(init)) => {

@@ -2,7 +2,7 @@
 //! ([`rlhf_model::ops::next_token_loss`]: assistant tokens of conversations, or every token of text),
 //! averaged over the target tokens of the whole optimizer step.
 
-use burn::tensor::backend::AutodiffBackend;
+use rlhf_runtime::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
 use rlhf_data::batch::EpochOrder;
 use rlhf_data::encode::SftSample;
