@@ -5,6 +5,7 @@ mod common;
 mod data;
 mod layout;
 mod lora;
+mod memory;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod model;

@@ -5,7 +5,7 @@ use std::time::Instant;
 use rlhf_runtime::Backend;
 use clap::Args;
 use rlhf_runtime::{dispatch, DeviceSpec, Inference, InferenceTask};
-use rlhf_model::{generate, Arch, CausalLm, GenerateConfig, Sampler, TransformerConfig};
+use rlhf_model::{generate, CausalLm, GenerateConfig, Sampler, TransformerConfig};
 
 #[derive(Debug, Clone, Args)]
 pub struct GenerateBench {
@@ -42,26 +42,9 @@ pub struct BenchModel {
 
 impl BenchModel {
     fn config(&self, max_positions: usize) -> TransformerConfig {
-        TransformerConfig {
-            arch: Arch::Llama,
-            vocab_size: self.vocab,
-            hidden_size: self.hidden,
-            intermediate_size: (self.hidden * 8 / 3).div_ceil(16) * 16,
-            num_layers: self.layers,
-            num_heads: self.heads,
-            num_kv_heads: self.heads,
-            head_dim: self.hidden / self.heads,
-            max_position_embeddings: max_positions.max(256),
-            norm_eps: 1e-6,
-            rope_theta: 10_000.0,
-            rope_scaling: None,
-            qkv_bias: false,
-            out_bias: false,
-            tie_word_embeddings: false,
-            bos_token_id: None,
-            eos_token_ids: vec![],
-            pad_token_id: Some(0),
-        }
+        let ffn = (self.hidden * 8 / 3).div_ceil(16) * 16;
+        let cfg = TransformerConfig::llama(self.vocab, self.hidden, ffn, self.layers, self.heads, self.heads, max_positions.max(256));
+        TransformerConfig { pad_token_id: Some(0), ..cfg }
     }
 
     /// A randomly initialised model (untied head) and its config.
@@ -201,8 +184,25 @@ impl rlhf_runtime::Task for SftBench {
             }
         }
         println!("sft train tokens/s (best of {}): {:.0}", self.steps, (self.batch * self.seq) as f64 / best);
+        // The memory plan of the same step (one micro-batch = the whole batch), beside what it used.
+        let plan_cfg: rlhf_sft::SftConfig = toml::from_str(&format!(
+            "[model]\nfrom = \"-\"\n[data]\ntrain = \"-\"\nmax_len = {seq}\n[train]\nsteps = 1\nbatch_size = {b}\nmicro_batch_size = {b}\nlr = 1e-4\n",
+            seq = self.seq,
+            b = self.batch
+        ))?;
+        let plan_cfg = rlhf_sft::SftConfig { lora: self.lora.map(|r| bench_lora(r, self.base_quant)), ..plan_cfg };
+        let plan = rlhf_sft::memory_plan(&plan_cfg, &|_| Ok(cfg.clone()))?;
+        let measured = peak_resident_bytes().filter(|_| self.device == DeviceSpec::Cpu).map_or("not measured".into(), rlhf_train::memory::gib);
+        println!("memory: predicted peak {} (plan), measured {measured} ({})", rlhf_train::memory::gib(plan.peak_bytes()), self.device);
         Ok(())
     }
+}
+
+/// The process's peak resident memory (VmHWM): the CPU backend's peak.
+fn peak_resident_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = text.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib << 10)
 }
 
 pub fn run_sft(args: SftBench) -> anyhow::Result<()> {

@@ -31,6 +31,8 @@ enum Command {
         #[command(subcommand)]
         command: PipelineCommand,
     },
+    /// Each stage's predicted peak memory, from config.json files alone (no weights read).
+    Plan(pipeline::PlanArgs),
     /// Evaluate a run's SFT and PPO policies on held-out prompts (writes eval.json).
     Eval(eval::EvalArgs),
     /// Write a run's report.md and plots.
@@ -111,6 +113,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     match cli.command {
         Command::Pipeline { command: PipelineCommand::Run(args) } => done(pipeline::run(args)),
+        Command::Plan(args) => done(pipeline::plan(&args)),
         Command::Eval(args) => done(eval::run(&args)),
         Command::Report(args) => done(report::run(&args)),
         Command::Chat(args) => done(chat::run(&args)),

@@ -79,6 +79,9 @@ pub struct PipelineArgs {
     /// Override a config value, e.g. `--set ppo.ppo.iterations=10` (repeatable).
     #[arg(long = "set")]
     pub sets: Vec<String>,
+    /// Run even when a stage's memory plan predicts more than the device has free.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// The embedded demo data set.
@@ -368,6 +371,40 @@ impl Pipeline {
     }
 }
 
+/// The shape the model folder `dir` has or will have: its config.json when it exists, else — when
+/// it is an earlier stage's `final/`, not written yet — the shape of that stage's starting model
+/// (a stage's output keeps its input's shape).
+fn planned_shape(cfg: &PipelineConfig, out: &Path, dir: &Path) -> anyhow::Result<rlhf_model::TransformerConfig> {
+    if dir.join("config.json").exists() {
+        return rlhf_train::memory::shape_from_dir(dir);
+    }
+    let shape_of = |d: &Path| planned_shape(cfg, out, d);
+    let is_output = |stage: Stage| dir == out.join(stage.name()).join("final");
+    match (&cfg.pretrain, &cfg.sft, &cfg.reward, &cfg.ppo) {
+        (Some(c), _, _, _) if is_output(Stage::Pretrain) => rlhf_sft::starting_shape(c, &shape_of),
+        (_, Some(c), _, _) if is_output(Stage::Sft) => rlhf_sft::starting_shape(c, &shape_of),
+        (_, _, Some(c), _) if is_output(Stage::Reward) => shape_of(&c.model.from),
+        (_, _, _, Some(c)) if is_output(Stage::Ppo) => shape_of(&c.model.actor),
+        _ => rlhf_train::memory::shape_from_dir(dir),
+    }
+}
+
+/// The memory plan of every training stage the pipeline lists, in order.
+pub fn memory_plans(cfg: &PipelineConfig, out: &Path) -> anyhow::Result<Vec<rlhf_train::memory::MemoryPlan>> {
+    let shape_of = |d: &Path| planned_shape(cfg, out, d);
+    let mut plans = Vec::new();
+    for stage in cfg.stages() {
+        let plan = match (stage, &cfg.pretrain, &cfg.sft, &cfg.reward, &cfg.ppo) {
+            (Stage::Pretrain, Some(c), ..) | (Stage::Sft, _, Some(c), ..) => rlhf_sft::memory_plan(c, &shape_of),
+            (Stage::Reward, _, _, Some(c), _) => rlhf_reward::memory_plan(c, &shape_of),
+            (Stage::Ppo, .., Some(c)) => rlhf_ppo::memory_plan(c, &shape_of),
+            _ => continue,
+        };
+        plans.push(plan.with_context(|| format!("memory plan of stage `{}`", stage.name()))?);
+    }
+    Ok(plans)
+}
+
 impl Task for Pipeline {
     type Output = anyhow::Result<()>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> anyhow::Result<()> {
@@ -376,10 +413,52 @@ impl Task for Pipeline {
 }
 
 pub fn run(args: PipelineArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let (cfg, resolved, fingerprints) = load(&args.config, &args.sets, &args.out)?;
+    // Every stage's plan is checked before the first one starts (or anything is written).
+    let available = rlhf_train::memory::available_bytes(args.device);
+    for plan in memory_plans(&cfg, &args.out)? {
+        eprint!("{}", plan.table());
+        plan.check(args.device, available, args.force)?;
+    }
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     rlhf_train::checkpoint::write_atomic(&args.out.join("pipeline.toml"), toml::to_string_pretty(&resolved)?.as_bytes())?;
     dispatch(args.device, Pipeline { cfg, args, fingerprints })?
+}
+
+/// `rlhf plan CONFIG`: the memory plan of each stage of a pipeline config, from config.json files
+/// alone (no weights read, nothing written).
+#[derive(Debug, Clone, Args)]
+pub struct PlanArgs {
+    pub config: PathBuf,
+    /// The device whose free memory the plans are checked against.
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// Override a config value, e.g. `--set sft.model.from=path/to/model` (repeatable).
+    #[arg(long = "set")]
+    pub sets: Vec<String>,
+    /// What `{run}` stands for (earlier stages' outputs are planned with their inputs' shapes).
+    #[arg(long, default_value = "runs/plan")]
+    pub out: PathBuf,
+}
+
+/// Prints every plan; fails (non-zero exit) when one does not fit the device's free memory.
+pub fn plan(args: &PlanArgs) -> anyhow::Result<()> {
+    let (cfg, _, _) = load(&args.config, &args.sets, &args.out)?;
+    let available = rlhf_train::memory::available_bytes(args.device);
+    let free = available.map_or("unknown".into(), rlhf_train::memory::gib);
+    let mut refused = Vec::new();
+    for plan in memory_plans(&cfg, &args.out)? {
+        print!("{}", plan.table());
+        let verdict = plan.check(args.device, available, false);
+        println!("  → {}\n", if verdict.is_ok() { format!("fits ({free} free on {})", args.device) } else { format!("does not fit ({free} free on {})", args.device) });
+        if let Err(e) = verdict {
+            refused.push(e.to_string());
+        }
+    }
+    if !refused.is_empty() {
+        anyhow::bail!("{}", refused.join("\n"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

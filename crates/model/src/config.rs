@@ -433,6 +433,32 @@ impl TransformerConfig {
         }
     }
 
+    /// A LLaMA of the given sizes (`heads` query heads of hidden/heads, `kv_heads` key/value heads;
+    /// no biases, untied head, RMSNorm ε 1e-6, rope base 10 000, no special tokens): the shape of
+    /// benchmark models and of plans computed by hand.
+    pub fn llama(vocab: usize, hidden: usize, intermediate: usize, layers: usize, heads: usize, kv_heads: usize, max_positions: usize) -> Self {
+        Self {
+            arch: Arch::Llama,
+            vocab_size: vocab,
+            hidden_size: hidden,
+            intermediate_size: intermediate,
+            num_layers: layers,
+            num_heads: heads,
+            num_kv_heads: kv_heads,
+            head_dim: hidden / heads,
+            max_position_embeddings: max_positions,
+            norm_eps: 1e-6,
+            rope_theta: 10_000.0,
+            rope_scaling: None,
+            qkv_bias: false,
+            out_bias: false,
+            tie_word_embeddings: false,
+            bos_token_id: None,
+            eos_token_ids: vec![],
+            pad_token_id: None,
+        }
+    }
+
     /// Number of parameters (embedding counted once when tied).
     pub fn num_params(&self) -> usize {
         let d = self.hidden_size;

@@ -119,7 +119,7 @@ pub enum Slot {
 
 impl Slot {
     /// The slots of an architecture, in block order.
-    fn of(arch: Arch) -> &'static [Slot] {
+    pub fn of(arch: Arch) -> &'static [Slot] {
         match arch {
             Arch::Gpt2 => &[Slot::Qkv, Slot::O, Slot::Up, Slot::Down],
             Arch::Llama | Arch::Qwen2 => &[Slot::Q, Slot::K, Slot::V, Slot::O, Slot::Gate, Slot::Up, Slot::Down],

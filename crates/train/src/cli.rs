@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use rlhf_runtime::{dispatch, DeviceSpec, Task};
+
+use crate::memory::{available_bytes, MemoryPlan};
 use serde::de::DeserializeOwned;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -21,18 +23,25 @@ pub struct StageArgs {
     /// Continue from the newest complete checkpoint in OUT.
     #[arg(long)]
     pub resume: bool,
+    /// Run even when the memory plan predicts more than the device has free.
+    #[arg(long)]
+    pub force: bool,
 }
 
-/// Loads the stage's config, runs the task built from it on the chosen device, and turns the result
-/// into an exit code (errors printed with their whole context chain).
-pub fn stage_main<C, T>(args: StageArgs, task: impl FnOnce(C, StageArgs) -> T) -> ExitCode
+/// Loads the stage's config, prints its memory plan and refuses one the device cannot hold (before
+/// anything is loaded; `--force` overrides), runs the task built from it on the chosen device, and
+/// turns the result into an exit code (errors printed with their whole context chain).
+pub fn stage_main<C, T>(args: StageArgs, plan: impl FnOnce(&C) -> anyhow::Result<MemoryPlan>, task: impl FnOnce(C, StageArgs) -> T) -> ExitCode
 where
     C: DeserializeOwned,
     T: Task<Output = anyhow::Result<()>>,
 {
-    let result = crate::config::load_config::<C>(Some(&args.config), &args.sets)
-        .map_err(anyhow::Error::from)
-        .and_then(|cfg| dispatch(args.device, task(cfg, args.clone()))?);
+    let result = crate::config::load_config::<C>(Some(&args.config), &args.sets).map_err(anyhow::Error::from).and_then(|cfg| {
+        let plan = plan(&cfg)?;
+        eprint!("{}", plan.table());
+        plan.check(args.device, available_bytes(args.device), args.force)?;
+        dispatch(args.device, task(cfg, args.clone()))?
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -42,8 +51,9 @@ where
     }
 }
 
-/// The whole `main` of a stage binary: its clap parser (`StageArgs`), the config type and the stage
-/// crate's `run::<B>(&cfg, out, resume, &device)`, dispatched on the autodiff backend `--device` picks.
+/// The whole `main` of a stage binary: its clap parser (`StageArgs`), the config type, the stage
+/// crate's `memory_plan(&cfg, shape_of)` checked first, and its `run::<B>(&cfg, out, resume,
+/// &device)`, dispatched on the autodiff backend `--device` picks.
 ///
 /// ```ignore
 /// rlhf_train::stage_binary!("rlhf-ppo", "Stage 3: PPO-ptx", rlhf_ppo::PpoConfig, rlhf_ppo);
@@ -72,7 +82,11 @@ macro_rules! stage_binary {
         }
 
         fn main() -> std::process::ExitCode {
-            $crate::cli::stage_main(<Cli as clap::Parser>::parse().args, |cfg, args| Task { cfg, args })
+            $crate::cli::stage_main(
+                <Cli as clap::Parser>::parse().args,
+                |cfg| $stage::memory_plan(cfg, &$crate::memory::shape_from_dir),
+                |cfg, args| Task { cfg, args },
+            )
         }
     };
 }

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod memory;
 pub mod metrics;
 pub mod optim;
 pub mod schedule;

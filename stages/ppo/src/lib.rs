@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod objective;
+pub mod plan;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -34,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 pub use config::{GenerationConfig, PpoConfig, PpoModels, PpoTrainConfig, PromptData, PtxConfig, PtxKind};
 use objective::*;
+pub use plan::memory_plan;
 
 /// Decorrelates the ptx data order from the prompt order drawn with the same seed.
 const PTX_STREAM: u64 = 0x0050_5458;

@@ -17,6 +17,7 @@ use rlhf_eval::{ranking_stats, RankingStats};
 use rlhf_model::reward_info::{Normalization, REWARD_INFO_FILE};
 use rlhf_model::{LoraConfig, RewardInfo, RewardModel, ScalarHead, Transformer};
 use rlhf_train::batch::score_sequences;
+use rlhf_train::memory::{lora_knob, resident_rows, update_rows, MemoryPlan, PlannedModel, ShapeOf, Training};
 use rlhf_train::{Objective, TrainConfig, TrainError};
 use serde::{Deserialize, Serialize};
 
@@ -183,6 +184,30 @@ pub fn score_stats<B: Backend>(model: &RewardModel<B>, seqs: &[Vec<u32>], pad_id
     let mean = all.iter().sum::<f64>() / n;
     let var = all.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
     Ok((mean, var.sqrt()))
+}
+
+/// The most responses a prompt of `path` has (K of its rankings), from its records alone; None when
+/// the file cannot be read yet (a pipeline's data stage has not run).
+fn widest_ranking(path: &Path, format: Format) -> Option<usize> {
+    let opts = rlhf_data::formats::LoadOptions { kind: Kind::Ranking, format, skip_invalid: true };
+    let loaded = rlhf_data::formats::load(path, opts).ok()?;
+    loaded.records.iter().filter_map(|(_, r)| if let rlhf_data::formats::Record::Ranking(r) = r { Some(r.responses.len()) } else { None }).max()
+}
+
+/// Stage 2's memory plan: the reward model (SFT body + scalar head), its gradients and AdamW
+/// moments, and one micro-batch of rankings — K sequences each, K read from the data (9, the
+/// most we accept, when the file does not exist yet).
+pub fn memory_plan(cfg: &RewardConfig, shape_of: ShapeOf) -> anyhow::Result<MemoryPlan> {
+    let shape = shape_of(&cfg.model.from)?;
+    let rm = PlannedModel { name: "reward model".into(), training: Training::of(cfg.lora.as_ref(), shape.arch)?, cfg: shape, lm_head: false };
+    let (k, read) = widest_ranking(&cfg.data.train, cfg.data.format).map_or((9, " assumed"), |k| (k, ""));
+    let (micro, len) = (cfg.train.micro_batch_size, cfg.data.max_len);
+    Ok(MemoryPlan {
+        stage: "reward".into(),
+        phases: vec![(format!("training step (K = {k}{read})"), update_rows(&rm, micro * k, len, 0))],
+        knobs: vec![format!("train.micro_batch_size (now {micro} rankings of {k})"), format!("data.max_len (now {len})"), lora_knob(cfg.lora.as_ref(), "lora")],
+        resident: resident_rows(&[(rm, None)]),
+    })
 }
 
 /// Runs stage 2 into `out`; `out/final/` holds the body, `reward_head.safetensors` and `reward.json`.

@@ -15,6 +15,7 @@ use burn::tensor::Tensor;
 use rlhf_data::encode::SftSample;
 use rlhf_data::{prepare, BuiltinTemplate, ChatFormat, DataFiles, Kind, Tokenizer};
 use rlhf_model::{Arch, CausalLm, LoraConfig, TransformerConfig};
+use rlhf_train::memory::{lora_knob, resident_rows, update_rows, MemoryPlan, PlannedModel, ShapeOf, Training, LM_LOSS_COPIES};
 use rlhf_train::TrainConfig;
 use serde::{Deserialize, Serialize};
 
@@ -144,30 +145,12 @@ pub fn starting_model<B: rlhf_runtime::Backend>(cfg: &SftConfig, out: &Path, dev
                 }
                 _ => bail!("[model.tokenizer]: set exactly one of `from` and `vocab_size`"),
             };
-            let heads = init.num_heads;
             let model_cfg = TransformerConfig {
-                arch: init.arch,
-                vocab_size: tok.vocab_size(),
-                hidden_size: init.hidden_size,
-                intermediate_size: init.intermediate_size,
-                num_layers: init.num_layers,
-                num_heads: heads,
-                num_kv_heads: init.num_kv_heads.unwrap_or(heads),
-                head_dim: init.hidden_size / heads,
-                max_position_embeddings: init.max_position_embeddings,
-                norm_eps: if init.arch == Arch::Gpt2 { 1e-5 } else { 1e-6 },
-                rope_theta: init.rope_theta,
-                rope_scaling: None,
-                qkv_bias: init.arch != Arch::Llama,
-                out_bias: init.arch == Arch::Gpt2,
-                tie_word_embeddings: init.tie_word_embeddings || init.arch == Arch::Gpt2,
                 bos_token_id: tok.token_id(rlhf_data::bpe::SPECIAL_TOKENS[0]),
                 eos_token_ids: tok.eos_id().into_iter().collect(),
                 pad_token_id: tok.pad_id(),
+                ..init_shape(init, tok.vocab_size())?
             };
-            if init.hidden_size % heads != 0 {
-                bail!("model.init: hidden_size {} is not a multiple of num_heads {heads}", init.hidden_size);
-            }
             let lm_head = (!model_cfg.tie_word_embeddings).then(|| {
                 burn::module::Param::from_tensor(Tensor::random(
                     [model_cfg.vocab_size, model_cfg.hidden_size],
@@ -179,6 +162,60 @@ pub fn starting_model<B: rlhf_runtime::Backend>(cfg: &SftConfig, out: &Path, dev
         }
         _ => bail!("[model]: set exactly one of `from` (a Hugging Face folder) and `init` (train from scratch)"),
     }
+}
+
+/// The shape of a model trained from scratch with a vocabulary of `vocab`.
+pub fn init_shape(init: &InitConfig, vocab: usize) -> anyhow::Result<TransformerConfig> {
+    let heads = init.num_heads;
+    if heads == 0 || !init.hidden_size.is_multiple_of(heads) {
+        bail!("model.init: hidden_size {} is not a multiple of num_heads {heads}", init.hidden_size);
+    }
+    Ok(TransformerConfig {
+        arch: init.arch,
+        vocab_size: vocab,
+        hidden_size: init.hidden_size,
+        intermediate_size: init.intermediate_size,
+        num_layers: init.num_layers,
+        num_heads: heads,
+        num_kv_heads: init.num_kv_heads.unwrap_or(heads),
+        head_dim: init.hidden_size / heads,
+        max_position_embeddings: init.max_position_embeddings,
+        norm_eps: if init.arch == Arch::Gpt2 { 1e-5 } else { 1e-6 },
+        rope_theta: init.rope_theta,
+        rope_scaling: None,
+        qkv_bias: init.arch != Arch::Llama,
+        out_bias: init.arch == Arch::Gpt2,
+        tie_word_embeddings: init.tie_word_embeddings || init.arch == Arch::Gpt2,
+        bos_token_id: None,
+        eos_token_ids: vec![],
+        pad_token_id: None,
+    })
+}
+
+/// The shape of the model stage 1 starts from, read from config.json (or the tokenizer's size for
+/// a model trained from scratch) through `shape_of`, which the pipeline points at earlier stages'
+/// outputs before they exist.
+pub fn starting_shape(cfg: &SftConfig, shape_of: ShapeOf) -> anyhow::Result<TransformerConfig> {
+    match (&cfg.model.from, &cfg.model.init, &cfg.model.tokenizer) {
+        (Some(dir), None, _) => shape_of(dir),
+        (None, Some(init), Some(TokenizerConfig { from: Some(dir), .. })) => init_shape(init, Tokenizer::from_dir(dir)?.vocab_size()),
+        (None, Some(init), Some(TokenizerConfig { vocab_size: Some(v), .. })) => init_shape(init, *v),
+        _ => bail!("[model]: set exactly one of `from` (a Hugging Face folder) and `init` (with a [model.tokenizer])"),
+    }
+}
+
+/// Stage 1's memory plan: the policy, its gradients and AdamW moments, and one micro-batch's
+/// activations and logits at `data.max_len`.
+pub fn memory_plan(cfg: &SftConfig, shape_of: ShapeOf) -> anyhow::Result<MemoryPlan> {
+    let shape = starting_shape(cfg, shape_of)?;
+    let policy = PlannedModel { name: "policy".into(), training: Training::of(cfg.lora.as_ref(), shape.arch)?, cfg: shape, lm_head: true };
+    let (micro, len) = (cfg.train.micro_batch_size, cfg.data.max_len);
+    Ok(MemoryPlan {
+        stage: if cfg.mode == Mode::Sft { "sft" } else { "pretrain" }.into(),
+        phases: vec![("training step".into(), update_rows(&policy, micro, len, LM_LOSS_COPIES))],
+        knobs: vec![format!("train.micro_batch_size (now {micro})"), format!("data.max_len (now {len})"), lora_knob(cfg.lora.as_ref(), "lora")],
+        resident: resident_rows(&[(policy, None)]),
+    })
 }
 
 /// Runs stage 1 into `out`.
