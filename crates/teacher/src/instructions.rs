@@ -149,7 +149,7 @@ impl InstructionPool {
         let lower = text.to_lowercase();
         for word in &self.config.blacklist {
             let w = word.to_lowercase();
-            let hit = if w.chars().any(|c| !c.is_ascii()) { lower.contains(&w) } else { contains_run(&toks, &tokens(&w)) };
+            let hit = if !w.is_ascii() { lower.contains(&w) } else { contains_run(&toks, &tokens(&w)) };
             if hit {
                 return Verdict::Blacklisted(word.clone());
             }
