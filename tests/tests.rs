@@ -13,3 +13,4 @@ mod pipeline;
 mod ppo;
 mod reward;
 mod sft;
+mod teacher;

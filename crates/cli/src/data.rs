@@ -1,4 +1,4 @@
-//! `rlhf data check | convert | demo`.
+//! `rlhf data check | convert | self-instruct | demo`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -18,6 +18,8 @@ pub enum DataCommand {
     Check(CheckArgs),
     /// Convert InstructionWild / Alpaca / TRL / ranking files into ColossalChat JSONL.
     Convert(ConvertArgs),
+    /// Bootstrap instruction-following data from seed tasks with a teacher model (Self-Instruct).
+    SelfInstruct(SelfInstructArgs),
     /// Write the embedded bilingual demo set (deterministic for a seed).
     Demo {
         #[arg(long)]
@@ -73,12 +75,98 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         DataCommand::Check(args) => check(args),
         DataCommand::Convert(args) => convert(args),
+        DataCommand::SelfInstruct(args) => self_instruct(args),
         DataCommand::Demo { out, seed } => {
             write_demo(&out, seed, DemoSizes::default())?;
             println!("wrote the demo set (seed {seed}) to {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The teacher: an OpenAI-compatible endpoint.
+#[derive(Debug, Args)]
+pub struct TeacherArgs {
+    /// Model name the endpoint serves.
+    #[arg(long)]
+    model: String,
+    /// E.g. http://127.0.0.1:8000/v1 (default: OPENAI_BASE_URL).
+    #[arg(long)]
+    base_url: Option<String>,
+    /// Default: OPENAI_API_KEY.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 5)]
+    max_retries: u32,
+    /// Seconds per request.
+    #[arg(long, default_value_t = 120.0)]
+    timeout: f64,
+    /// Answered requests are kept here; a rerun takes them from it (default: OUT.cache/).
+    #[arg(long)]
+    cache: Option<PathBuf>,
+}
+
+impl TeacherArgs {
+    fn client(&self, out: &std::path::Path) -> anyhow::Result<rlhf_teacher::Client> {
+        rlhf_teacher::Client::new(&rlhf_teacher::ClientConfig {
+            base_url: self.base_url.clone(),
+            model: self.model.clone(),
+            api_key: self.api_key.clone(),
+            concurrency: self.concurrency,
+            max_retries: self.max_retries,
+            timeout_s: self.timeout,
+            cache_dir: Some(self.cache.clone().unwrap_or_else(|| PathBuf::from(format!("{}.cache", out.display())))),
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SelfInstructArgs {
+    /// Seed tasks, JSONL of {"instruction", "input", "output"} (e.g. datasets/seed_tasks.jsonl).
+    #[arg(long)]
+    seeds: PathBuf,
+    /// ColossalChat SFT JSONL to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Instructions to generate.
+    #[arg(long, default_value_t = 100)]
+    count: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Requests per round.
+    #[arg(long, default_value_t = 8)]
+    requests_per_round: usize,
+    /// A new task is dropped when its ROUGE-L with any pooled one reaches this.
+    #[arg(long, default_value_t = rlhf_teacher::instructions::DEFAULT_MAX_SIMILARITY)]
+    max_similarity: f64,
+    #[command(flatten)]
+    teacher: TeacherArgs,
+}
+
+fn self_instruct(args: SelfInstructArgs) -> anyhow::Result<ExitCode> {
+    use rlhf_teacher::self_instruct::{read_seed_tasks, self_instruct, SelfInstructConfig};
+    let seeds = read_seed_tasks(&args.seeds)?;
+    let client = args.teacher.client(&args.out)?;
+    let mut cfg = SelfInstructConfig { count: args.count, seed: args.seed, requests_per_round: args.requests_per_round, ..Default::default() };
+    cfg.filter.max_similarity = args.max_similarity;
+    let summary = self_instruct(&seeds, &cfg, &client, &args.out)?;
+    let stats = &client.stats;
+    let verdicts: Vec<String> = summary.verdicts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    println!(
+        "self-instruct: {} seeds, {} rounds; tasks offered: {}; {} records ({} without output) → {}",
+        seeds.len(),
+        summary.rounds,
+        verdicts.join(", "),
+        summary.written,
+        summary.no_output,
+        args.out.display()
+    );
+    let load = |c: &std::sync::atomic::AtomicUsize| c.load(std::sync::atomic::Ordering::Relaxed);
+    println!("requests: {} sent ({} retries), {} from the cache", load(&stats.sent), load(&stats.retried), load(&stats.cached));
+    Ok(ExitCode::SUCCESS)
 }
 
 fn percentile(sorted: &[usize], p: f64) -> usize {

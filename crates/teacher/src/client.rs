@@ -302,61 +302,12 @@ fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{BufRead, BufReader, Read, Write};
-    use std::net::TcpListener;
-    use std::sync::Arc;
-
-    /// What the mock server saw: each request's Authorization header and body.
-    type Seen = Arc<Mutex<Vec<(Option<String>, serde_json::Value)>>>;
-
-    /// A one-thread HTTP server on 127.0.0.1 answering the n-th request (from 0) with `reply(n, body)`.
-    fn mock_server(reply: impl Fn(usize, &serde_json::Value) -> (u16, String) + Send + 'static) -> (String, Seen) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/v1", listener.local_addr().unwrap());
-        let seen: Seen = Arc::default();
-        let log = seen.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let mut stream = stream.unwrap();
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let (mut len, mut auth) = (0usize, None);
-                loop {
-                    let mut line = String::new();
-                    reader.read_line(&mut line).unwrap();
-                    let line = line.trim_end();
-                    if line.is_empty() {
-                        break;
-                    }
-                    let (name, value) = line.split_once(':').unwrap_or((line, ""));
-                    match name.to_ascii_lowercase().as_str() {
-                        "content-length" => len = value.trim().parse().unwrap(),
-                        "authorization" => auth = Some(value.trim().to_string()),
-                        _ => {}
-                    }
-                }
-                let mut body = vec![0u8; len];
-                reader.read_exact(&mut body).unwrap();
-                let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                let n = {
-                    let mut log = log.lock().unwrap();
-                    log.push((auth, body.clone()));
-                    log.len() - 1
-                };
-                let (code, text) = reply(n, &body);
-                let head = format!("HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nRetry-After: 0\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", text.len());
-                stream.write_all(head.as_bytes()).unwrap();
-                stream.write_all(text.as_bytes()).unwrap();
-            }
-        });
-        (url, seen)
-    }
+    use crate::testing::{completion, scripted_server};
 
     /// A completion whose text echoes the last message.
     fn echo(body: &serde_json::Value) -> String {
         let last = body["messages"].as_array().unwrap().last().unwrap()["content"].as_str().unwrap();
-        serde_json::json!({"choices": [{"message": {"role": "assistant", "content": format!("echo: {last}")}, "finish_reason": "stop"}],
-                           "usage": {"prompt_tokens": 3, "completion_tokens": 2}})
-        .to_string()
+        completion(&format!("echo: {last}"))
     }
 
     fn config(url: &str, cache: Option<&Path>) -> ClientConfig {
@@ -369,7 +320,7 @@ mod tests {
 
     #[test]
     fn retries_rate_limits_and_server_errors_then_answers() {
-        let (url, seen) = mock_server(|n, body| match n {
+        let (url, seen) = scripted_server(|n, body| match n {
             0 => (429, r#"{"error":{"message":"slow down"}}"#.into()),
             1 => (503, "overloaded".into()),
             _ => (200, echo(body)),
@@ -387,7 +338,7 @@ mod tests {
 
     #[test]
     fn client_errors_are_not_retried_and_carry_the_servers_message() {
-        let (url, seen) = mock_server(|_, _| (400, r#"{"error":{"message":"max_tokens must be positive","type":"invalid_request_error"}}"#.into()));
+        let (url, seen) = scripted_server(|_, _| (400, r#"{"error":{"message":"max_tokens must be positive","type":"invalid_request_error"}}"#.into()));
         let e = Client::new(&config(&url, None)).unwrap().chat(&ask("hi")).unwrap_err().to_string();
         assert!(e.contains("HTTP 400") && e.contains("max_tokens must be positive"), "{e}");
         assert_eq!(seen.lock().unwrap().len(), 1);
@@ -395,7 +346,7 @@ mod tests {
 
     #[test]
     fn giving_up_after_the_last_retry_says_so() {
-        let (url, seen) = mock_server(|_, _| (500, "down".into()));
+        let (url, seen) = scripted_server(|_, _| (500, "down".into()));
         let cfg = ClientConfig { max_retries: 2, ..config(&url, None) };
         let e = Client::new(&cfg).unwrap().chat(&ask("hi")).unwrap_err().to_string();
         assert!(e.contains("HTTP 500 after 3 tries: down"), "{e}");
@@ -407,7 +358,7 @@ mod tests {
     #[test]
     fn answered_requests_come_from_the_cache_after_a_restart() {
         let tmp = tempfile::tempdir().unwrap();
-        let (url, seen) = mock_server(|_, body| (200, echo(body)));
+        let (url, seen) = scripted_server(|_, body| (200, echo(body)));
         let first = Client::new(&config(&url, Some(tmp.path()))).unwrap();
         let reqs: Vec<ChatRequest> = (0..5).map(|i| ask(&format!("q{i}"))).collect();
         let answers = first.chat_many(&reqs[..3], None);
@@ -425,7 +376,7 @@ mod tests {
 
     #[test]
     fn many_requests_keep_their_order_under_concurrency() {
-        let (url, _) = mock_server(|_, body| (200, echo(body)));
+        let (url, _) = scripted_server(|_, body| (200, echo(body)));
         let cfg = ClientConfig { concurrency: 4, ..config(&url, None) };
         let reqs: Vec<ChatRequest> = (0..12).map(|i| ask(&format!("n{i}"))).collect();
         let texts: Vec<String> = Client::new(&cfg).unwrap().chat_many(&reqs, None).into_iter().map(|a| a.unwrap().text().to_string()).collect();

@@ -6,6 +6,8 @@
 pub mod client;
 pub mod instructions;
 pub mod rouge;
+pub mod self_instruct;
+pub mod testing;
 
 pub use client::{ChatMessage, ChatRequest, ChatResponse, Client, ClientConfig};
 pub use instructions::{FilterConfig, InstructionPool, Verdict};
