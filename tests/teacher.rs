@@ -113,3 +113,44 @@ fn a_killed_self_instruct_resumes_from_its_cache() {
     assert_eq!(answered.iter().collect::<HashSet<_>>().len(), answered.len(), "an answered request was sent again");
     assert_eq!(std::fs::read_to_string(&out).unwrap(), std::fs::read_to_string(&reference).unwrap());
 }
+
+/// Distillation: the teacher answers each prompt of an InstructionWild-style file (a malformed line
+/// skipped), and with `--turns 2` also writes the user's follow-up and answers it.
+#[test]
+fn distill_answers_prompts_and_continues_conversations() {
+    let (url, seen) = scripted_server(|_, body| {
+        let prompt = last_message(body);
+        let text = if prompt.starts_with("Here is a conversation") { "And why is that?".to_string() } else { format!("Teacher says: {prompt}") };
+        (200, completion(&text))
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let prompts = tmp.path().join("prompts.jsonl");
+    std::fs::write(&prompts, "{\"instruction\": \"Name a prime number.\", \"input\": \"\"}\n{\"instruction\": \n{\"instruction\": \"解释一下彩虹。\", \"input\": \"\"}\n").unwrap();
+    let out = tmp.path().join("d.jsonl");
+    let o = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(["data", "distill", "--prompts", prompts.to_str().unwrap(), "--skip-invalid", "--out", out.to_str().unwrap(), "--turns", "2"])
+        .args(["--model", "teacher", "--base-url", &url, "--system", "Be brief."])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(records.len(), 2);
+    let turns: Vec<(String, String)> = records[0]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["from"].as_str().unwrap().to_string(), m["content"].as_str().unwrap().to_string()))
+        .collect();
+    let expect = [
+        ("user", "Name a prime number."),
+        ("assistant", "Teacher says: Name a prime number."),
+        ("user", "And why is that?"),
+        ("assistant", "Teacher says: And why is that?"),
+    ];
+    assert_eq!(turns, expect.map(|(r, c)| (r.to_string(), c.to_string())));
+    assert_eq!(records[1]["messages"][1]["content"], "Teacher says: 解释一下彩虹。");
+    // 2 answers + 2 follow-ups + 2 answers; the system message went to the teacher only.
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 6);
+    assert!(seen.iter().all(|(_, b)| b["messages"][0]["content"] == "Be brief."));
+}

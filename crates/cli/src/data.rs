@@ -20,6 +20,8 @@ pub enum DataCommand {
     Convert(ConvertArgs),
     /// Bootstrap instruction-following data from seed tasks with a teacher model (Self-Instruct).
     SelfInstruct(SelfInstructArgs),
+    /// Answer a prompt set with a teacher model: SFT data (Vicuna-style distillation).
+    Distill(DistillArgs),
     /// Write the embedded bilingual demo set (deterministic for a seed).
     Demo {
         #[arg(long)]
@@ -76,6 +78,7 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
         DataCommand::Check(args) => check(args),
         DataCommand::Convert(args) => convert(args),
         DataCommand::SelfInstruct(args) => self_instruct(args),
+        DataCommand::Distill(args) => distill(args),
         DataCommand::Demo { out, seed } => {
             write_demo(&out, seed, DemoSizes::default())?;
             println!("wrote the demo set (seed {seed}) to {}", out.display());
@@ -153,7 +156,6 @@ fn self_instruct(args: SelfInstructArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = SelfInstructConfig { count: args.count, seed: args.seed, requests_per_round: args.requests_per_round, ..Default::default() };
     cfg.filter.max_similarity = args.max_similarity;
     let summary = self_instruct(&seeds, &cfg, &client, &args.out)?;
-    let stats = &client.stats;
     let verdicts: Vec<String> = summary.verdicts.iter().map(|(k, v)| format!("{k} {v}")).collect();
     println!(
         "self-instruct: {} seeds, {} rounds; tasks offered: {}; {} records ({} without output) → {}",
@@ -164,9 +166,69 @@ fn self_instruct(args: SelfInstructArgs) -> anyhow::Result<ExitCode> {
         summary.no_output,
         args.out.display()
     );
-    let load = |c: &std::sync::atomic::AtomicUsize| c.load(std::sync::atomic::Ordering::Relaxed);
-    println!("requests: {} sent ({} retries), {} from the cache", load(&stats.sent), load(&stats.retried), load(&stats.cached));
+    print_client_stats(&client);
     Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct DistillArgs {
+    /// Prompts (InstructionWild, ColossalChat, `{"prompt"}`, … as stage 3 reads them).
+    #[arg(long)]
+    prompts: PathBuf,
+    #[arg(long, value_enum, default_value = "auto")]
+    format: Format,
+    /// Skip malformed prompt records (reported) instead of stopping at the first.
+    #[arg(long)]
+    skip_invalid: bool,
+    /// At most this many prompts, from the top.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// ColossalChat SFT JSONL to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Assistant turns per conversation; beyond 1 the teacher also writes the user's follow-ups.
+    #[arg(long, default_value_t = 1)]
+    turns: usize,
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f64,
+    #[arg(long, default_value_t = 1024)]
+    max_tokens: u32,
+    /// A system message for the teacher (not written to the data).
+    #[arg(long)]
+    system: Option<String>,
+    #[command(flatten)]
+    teacher: TeacherArgs,
+}
+
+fn distill(args: DistillArgs) -> anyhow::Result<ExitCode> {
+    use rlhf_teacher::distill::{distill, DistillConfig};
+    let loaded = load(&args.prompts, LoadOptions { kind: Kind::Prompt, format: args.format, skip_invalid: args.skip_invalid })?;
+    if loaded.skipped.count() > 0 {
+        eprintln!("{}: skipped {} malformed record(s) at lines {:?}", args.prompts.display(), loaded.skipped.count(), loaded.skipped.lines());
+    }
+    let prompts: Vec<Vec<rlhf_teacher::ChatMessage>> = loaded
+        .records
+        .into_iter()
+        .filter_map(|(_, r)| match r {
+            Record::Prompt(messages) => Some(messages.into_iter().map(|m| rlhf_teacher::ChatMessage { role: m.role, content: m.content }).collect()),
+            _ => None,
+        })
+        .take(args.limit.unwrap_or(usize::MAX))
+        .collect();
+    let client = args.teacher.client(&args.out)?;
+    let cfg = DistillConfig { turns: args.turns, temperature: args.temperature, max_tokens: args.max_tokens, system: args.system.clone() };
+    let n = prompts.len();
+    let summary = distill(prompts, &cfg, &client, &args.out)?;
+    println!("distill: {n} prompts → {} conversations of {} turn(s) ({} without an answer) → {}", summary.written, cfg.turns, summary.empty, args.out.display());
+    print_client_stats(&client);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The client's request counts, for a job's summary.
+fn print_client_stats(client: &rlhf_teacher::Client) {
+    let load = |c: &std::sync::atomic::AtomicUsize| c.load(std::sync::atomic::Ordering::Relaxed);
+    let stats = &client.stats;
+    println!("requests: {} sent ({} retries), {} from the cache", load(&stats.sent), load(&stats.retried), load(&stats.cached));
 }
 
 fn percentile(sorted: &[usize], p: f64) -> usize {

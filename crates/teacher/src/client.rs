@@ -203,7 +203,7 @@ impl Client {
         let text = self.send(&body)?;
         let resp: ChatResponse = serde_json::from_str(&text).with_context(|| format!("{}: not a chat completion: {}", self.url, clip(&text)))?;
         if let Some(path) = &cache {
-            write_atomic(path, &text)?;
+            crate::write_atomic(path, &text)?;
         }
         Ok(resp)
     }
@@ -288,16 +288,6 @@ fn clip(text: &str) -> String {
     text.chars().take(300).collect()
 }
 
-/// Writes `text` to `path` through a temporary file and a rename, so a killed job never leaves a
-/// half-written cache entry.
-fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
-    let dir = path.parent().expect("cache files sit in a directory");
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))?;
-    Ok(())
-}
 
 #[cfg(test)]
 mod tests {

@@ -4,6 +4,7 @@
 //! new tasks against the pool with a count per reason.
 
 pub mod client;
+pub mod distill;
 pub mod instructions;
 pub mod rouge;
 pub mod self_instruct;
@@ -12,3 +13,15 @@ pub mod testing;
 pub use client::{ChatMessage, ChatRequest, ChatResponse, Client, ClientConfig};
 pub use instructions::{FilterConfig, InstructionPool, Verdict};
 pub use rouge::{rouge_l, tokens};
+
+/// Writes `text` to `path` through a temporary file and a rename, so a killed job never leaves a
+/// half-written file.
+pub(crate) fn write_atomic(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = std::path::PathBuf::from(format!("{}.tmp{}", path.display(), std::process::id()));
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context};
 use rand::{RngCore, SeedableRng};
@@ -181,18 +181,10 @@ pub fn self_instruct(seeds: &[SeedTask], cfg: &SelfInstructConfig, client: &Clie
         lines.push('\n');
         summary.written += 1;
     }
-    write_atomic(out, &lines)?;
+    crate::write_atomic(out, &lines)?;
     Ok(summary)
 }
 
-fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
-}
 
 #[cfg(test)]
 mod tests {
