@@ -1,11 +1,15 @@
-//! A stronger model as teacher and judge (Self-Instruct, Alpaca, Vicuna). [`client`] talks to any
-//! OpenAI-compatible endpoint with retries and a resumable cache; [`rouge`] measures overlap between instructions in English and Chinese alike; [`instructions`]
-//! builds Self-Instruct's task-generation prompt, parses the teacher's numbered list, and filters
-//! new tasks against the pool with a count per reason.
+//! A stronger model as teacher and judge (Self-Instruct, Alpaca, Vicuna, MT-bench).
+//! - [`client`]: any OpenAI-compatible endpoint, with retries and a resumable on-disk cache.
+//! - [`rouge`]: ROUGE-L on tokens that work for English and Chinese alike.
+//! - [`instructions`] + [`self_instruct`]: Self-Instruct's prompt, list parse, pool filters, the job.
+//! - [`distill`]: a teacher's answers to a prompt set, optionally multi-turn.
+//! - [`judge`]: pairwise verdicts, both orders, win/tie/loss with an interval.
+//! - [`testing`]: a scripted OpenAI-compatible server for tests.
 
 pub mod client;
 pub mod distill;
 pub mod instructions;
+pub mod judge;
 pub mod rouge;
 pub mod self_instruct;
 pub mod testing;
