@@ -192,17 +192,10 @@ impl rlhf_runtime::Task for SftBench {
         ))?;
         let plan_cfg = rlhf_sft::SftConfig { lora: self.lora.map(|r| bench_lora(r, self.base_quant)), ..plan_cfg };
         let plan = rlhf_sft::memory_plan(&plan_cfg, &|_| Ok(cfg.clone()))?;
-        let measured = peak_resident_bytes().filter(|_| self.device == DeviceSpec::Cpu).map_or("not measured".into(), rlhf_train::memory::gib);
+        let measured = rlhf_train::memory::peak_resident_bytes().filter(|_| self.device == DeviceSpec::Cpu).map_or("not measured".into(), rlhf_train::memory::gib);
         println!("memory: predicted peak {} (plan), measured {measured} ({})", rlhf_train::memory::gib(plan.peak_bytes()), self.device);
         Ok(())
     }
-}
-
-/// The process's peak resident memory (VmHWM): the CPU backend's peak.
-fn peak_resident_bytes() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib: u64 = text.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib << 10)
 }
 
 pub fn run_sft(args: SftBench) -> anyhow::Result<()> {

@@ -73,7 +73,7 @@ pub struct LoraConfig {
     /// Also write the adapter alone, in PEFT's layout, to `final/adapter/`.
     #[serde(default)]
     pub export_adapter: bool,
-    /// Store the frozen base's block projections quantized ("q8" | "q4"; QLoRA-style): adapters,
+    /// Store the frozen base's block projections quantized ("q8" | "q4" | "nf4"; QLoRA-style): adapters,
     /// norms, embeddings and heads stay f32.
     #[serde(default)]
     pub base_quant: Option<BaseQuant>,
@@ -151,7 +151,7 @@ impl Slot {
     }
 
     /// (d_in, d_out) of the projection.
-    fn dims(self, cfg: &TransformerConfig) -> (usize, usize) {
+    pub fn dims(self, cfg: &TransformerConfig) -> (usize, usize) {
         let (d, q, kv, ff) = (cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size);
         match self {
             Slot::Q => (d, q),

@@ -136,16 +136,19 @@ pub fn gib(bytes: u64) -> String {
     }
 }
 
+/// A `Key:   N kB` field of a /proc file, in bytes.
+fn proc_kib_field(file: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let line = text.lines().find(|l| l.strip_prefix(key).is_some_and(|rest| rest.starts_with(':')))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib << 10)
+}
+
 /// Bytes free on `device`: MemAvailable of /proc/meminfo on the CPU, `nvidia-smi`'s free memory on
 /// a GPU; None where neither can be read.
 pub fn available_bytes(device: DeviceSpec) -> Option<u64> {
     match device {
-        DeviceSpec::Cpu => {
-            let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-            let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kib << 10)
-        }
+        DeviceSpec::Cpu => proc_kib_field("/proc/meminfo", "MemAvailable"),
         DeviceSpec::Cuda(i) => {
             let out = std::process::Command::new("nvidia-smi")
                 .args(["--query-gpu=memory.free", "--format=csv,noheader,nounits", &format!("--id={i}")])
@@ -155,6 +158,11 @@ pub fn available_bytes(device: DeviceSpec) -> Option<u64> {
             Some(mib << 20)
         }
     }
+}
+
+/// This process's peak resident memory (VmHWM): the CPU backend's peak, to set beside a plan.
+pub fn peak_resident_bytes() -> Option<u64> {
+    proc_kib_field("/proc/self/status", "VmHWM")
 }
 
 /// How one model of a stage is held.
@@ -237,23 +245,9 @@ impl PlannedModel {
     }
 }
 
-/// Input and output widths of a block projection.
-pub fn slot_dims(cfg: &TransformerConfig, slot: Slot) -> (usize, usize) {
-    let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
-    let (q, kv) = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim);
-    match slot {
-        Slot::Q => (d, q),
-        Slot::K | Slot::V => (d, kv),
-        Slot::O => (q, d),
-        Slot::Gate | Slot::Up => (d, f),
-        Slot::Down => (f, d),
-        Slot::Qkv => (d, q + 2 * kv),
-    }
-}
-
 /// Adapter parameters: r·(d_in + d_out) per targeted projection per block.
 pub fn adapter_params(cfg: &TransformerConfig, spec: &LoraSpec) -> u64 {
-    let per_block: usize = spec.slots.iter().map(|&s| slot_dims(cfg, s)).map(|(i, o)| spec.r * (i + o)).sum();
+    let per_block: usize = spec.slots.iter().map(|&s| s.dims(cfg)).map(|(i, o)| spec.r * (i + o)).sum();
     (per_block * cfg.num_layers) as u64
 }
 
@@ -261,7 +255,7 @@ pub fn adapter_params(cfg: &TransformerConfig, spec: &LoraSpec) -> u64 {
 pub fn projection_bytes(cfg: &TransformerConfig, quant: BaseQuant) -> (u64, u64) {
     let (mut dense, mut coded) = (0u64, 0u64);
     for &slot in Slot::of(cfg.arch) {
-        let (i, o) = slot_dims(cfg, slot);
+        let (i, o) = slot.dims(cfg);
         dense += (i * o) as u64 * F32;
         // A width the codes cannot pack is refused when the model loads; count it as f32 here.
         coded += QuantFormat::new(quant, i, o).map_or((i * o) as u64 * F32, |f| f.bytes() as u64);
@@ -337,7 +331,7 @@ pub fn update_rows(m: &PlannedModel, sequences: usize, seq: usize, logit_copies:
     }
     if let Training::Lora(_, Some(_)) = &m.training {
         // One projection dequantized at a time, forward or backward.
-        let widest = Slot::of(m.cfg.arch).iter().map(|&s| slot_dims(&m.cfg, s)).map(|(i, o)| (i * o) as u64).max().unwrap_or(0);
+        let widest = Slot::of(m.cfg.arch).iter().map(|&s| s.dims(&m.cfg)).map(|(i, o)| (i * o) as u64).max().unwrap_or(0);
         rows.push(Row::new("dequantized projection", "the widest, one at a time", widest * F32));
     }
     rows
