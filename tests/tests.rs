@@ -12,5 +12,6 @@ mod model;
 mod pipeline;
 mod ppo;
 mod reward;
+mod serve;
 mod sft;
 mod teacher;

@@ -10,6 +10,7 @@ mod model;
 pub mod pipeline;
 pub mod report;
 mod reward;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +40,8 @@ enum Command {
     Report(report::ReportArgs),
     /// Talk to a model through its chat template.
     Chat(chat::ChatArgs),
+    /// Serve a model folder over an OpenAI-compatible HTTP API (batched, streaming).
+    Serve(serve::ServeArgs),
     /// Inspect or run a Hugging Face model folder.
     Model {
         #[command(subcommand)]
@@ -117,6 +120,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Eval(args) => done(eval::run(&args)),
         Command::Report(args) => done(report::run(&args)),
         Command::Chat(args) => done(chat::run(&args)),
+        Command::Serve(args) => done(serve::run(&args)),
         Command::Data { command } => data::run(command),
         Command::Reward { command: RewardCommand::Score(args) } => done(reward::score(&args)),
         Command::Model { command: ModelCommand::Info { model, json } } => done(model::info(&model, json)),

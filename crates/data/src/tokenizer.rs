@@ -23,6 +23,7 @@ impl Message {
 }
 
 /// A tokenizer with its chat template and special tokens.
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     chat_template: Option<String>,

@@ -1,11 +1,12 @@
 //! Batched generation with a KV cache: left-padded prompts, one prefill, then one token per step
 //! for the whole batch on the device.
 
-use burn::tensor::activation::log_softmax;
+use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::ops::PadMode;
 use burn::tensor::{Element, ElementConversion, Int, Numeric, Tensor, TensorData};
 use rlhf_runtime::Backend;
 
+use crate::cache::KvCache;
 use crate::error::{ModelError, Result};
 use crate::heads::CausalLm;
 use crate::sampling::Sampler;
@@ -139,69 +140,272 @@ pub fn generate<B: Backend>(
     cfg: &GenerateConfig,
     device: &B::Device,
 ) -> Result<GenerationBatch<B>> {
-    let vocab = model.config().vocab_size;
-    if prompts.is_empty() {
-        return Err(ModelError::Invalid("no prompts to generate from".into()));
-    }
-    for (i, p) in prompts.iter().enumerate() {
-        if p.is_empty() {
-            return Err(ModelError::Invalid(format!("prompt {i} is empty")));
-        }
-        if let Some(&t) = p.iter().find(|&&t| t as usize >= vocab) {
-            return Err(ModelError::Invalid(format!("prompt {i}: token id {t} is outside the vocabulary of {vocab}")));
-        }
-    }
     if let Some(seed) = cfg.seed {
         B::seed(device, seed);
     }
-    let batch = prompts.len();
-    let (prompt_ids, prompt_mask) = left_pad::<B>(prompts, cfg.pad_id, device);
-    let prompt_len = prompt_ids.dims()[1];
-    let max_len = prompt_len + cfg.max_new_tokens;
-    if max_len > model.config().max_position_embeddings {
-        return Err(ModelError::Invalid(format!(
-            "prompt of {prompt_len} tokens + {} new exceeds the model's {} positions",
-            cfg.max_new_tokens,
-            model.config().max_position_embeddings
-        )));
-    }
-    let mut cache = model.model.new_cache(batch, max_len, device);
-    let stop_ids: Vec<i64> = cfg.stop_ids.iter().map(|&t| t as i64).collect();
-
-    let mut tokens = Vec::with_capacity(cfg.max_new_tokens);
-    let mut alive = Vec::with_capacity(cfg.max_new_tokens);
-    let mut logprobs = Vec::with_capacity(cfg.max_new_tokens);
-    // [batch, 1]: 1 while the row has not emitted a stop token.
-    let mut running = Tensor::<B, 2, Int>::ones([batch, 1], device);
-    let mut mask = prompt_mask.clone();
-    let mut input = prompt_ids.clone();
+    let mut decoding = Decoding::start(model, prompts, cfg.max_new_tokens, &cfg.stop_ids, cfg.pad_id, device)?;
     for step in 0..cfg.max_new_tokens {
-        let hidden = model.model.forward(input, mask.clone(), Some(&mut cache))?;
-        let [_, seq, d] = hidden.dims();
-        let last = hidden.slice([0..batch, seq - 1..seq, 0..d]);
-        let logits = model.logits(last).reshape([batch, vocab]); // [batch, vocab]
-        let next = cfg.sampler.select(logits.clone()).reshape([batch, 1]);
-        logprobs.push(log_softmax(logits, 1).gather(1, next.clone())); // [batch, 1]
-        // Rows that already stopped emit padding.
-        let next = next * running.clone() + (running.clone().neg() + 1) * cfg.pad_id as i64;
-        alive.push(running.clone());
-        tokens.push(next.clone());
-        for &id in &stop_ids {
-            running = running * next.clone().not_equal_elem(id).int();
-        }
-        mask = Tensor::cat(vec![mask, Tensor::ones([batch, 1], device)], 1);
-        input = next;
-        if (step + 1) % STOP_CHECK_EVERY == 0 && running.clone().max().into_scalar().elem::<i64>() == 0 {
+        decoding.step(|logits| cfg.sampler.select(logits))?;
+        if (step + 1) % STOP_CHECK_EVERY == 0 && decoding.running.clone().max().into_scalar().elem::<i64>() == 0 {
             break;
         }
     }
-    Ok(GenerationBatch {
-        prompt_ids,
-        prompt_mask,
-        new_ids: cat_or_empty(tokens, batch, device),
-        new_mask: cat_or_empty(alive, batch, device),
-        logprobs: if logprobs.is_empty() { Tensor::zeros([batch, 0], device) } else { Tensor::cat(logprobs, 1) },
-    })
+    Ok(decoding.finish())
+}
+
+/// Sampling settings of one row, for batches whose rows come from different requests (the server).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowSampling {
+    pub max_new_tokens: usize,
+    /// 0 picks the most likely token.
+    pub temperature: f64,
+    pub top_p: Option<f64>,
+    /// The row's draws depend on this seed alone, never on the other rows of its batch.
+    pub seed: u64,
+}
+
+/// What the rows of a [`generate_rows`] batch share.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowsConfig {
+    /// A row stops after emitting any of these.
+    pub stop_ids: Vec<u32>,
+    pub pad_id: u32,
+    /// Steps between the host's looks at the batch (each is one device sync).
+    pub check_every: usize,
+}
+
+/// What the host learns at each check of [`generate_rows`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    /// Per row: the tokens it produced since the previous check (up to and including a stop token).
+    pub new_tokens: Vec<Vec<u32>>,
+    /// Per row: it has stopped (stop token, its `max_new_tokens`, or halted by the host).
+    pub stopped: Vec<bool>,
+}
+
+/// Generates for rows with their own sampling settings and budgets. Every `check_every` steps (and
+/// at the end) the host is told what each row produced; it answers with rows to halt (e.g. a stop
+/// string appeared, or the client left). Generation ends when every row has stopped.
+///
+/// Sampling draws one uniform number per row and step from the row's own seeded stream and inverts
+/// the row's cumulative distribution on the device, so a row's tokens do not depend on its batch.
+pub fn generate_rows<B: Backend>(
+    model: &CausalLm<B>,
+    prompts: &[Vec<u32>],
+    rows: &[RowSampling],
+    batch_cfg: &RowsConfig,
+    device: &B::Device,
+    mut on_progress: impl FnMut(&Progress) -> Vec<usize>,
+) -> Result<GenerationBatch<B>> {
+    if rows.len() != prompts.len() {
+        return Err(ModelError::Invalid(format!("{} prompts but {} sampling rows", prompts.len(), rows.len())));
+    }
+    let out_of_range = |r: &RowSampling| r.temperature.is_nan() || r.temperature < 0.0 || r.top_p.is_some_and(|p| p.is_nan() || p <= 0.0 || p > 1.0);
+    if let Some((i, r)) = rows.iter().enumerate().find(|(_, r)| out_of_range(r)) {
+        return Err(ModelError::Invalid(format!("row {i}: temperature {} / top_p {:?} out of range", r.temperature, r.top_p)));
+    }
+    let steps = rows.iter().map(|r| r.max_new_tokens).max().unwrap_or(0);
+    let mut decoding = Decoding::start(model, prompts, steps, &batch_cfg.stop_ids, batch_cfg.pad_id, device)?;
+    let sampling = RowSampler::new(rows, steps, device);
+    let batch = rows.len();
+    let budgets = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(rows.iter().map(|r| r.max_new_tokens as i64).collect::<Vec<_>>(), [batch, 1]),
+        device,
+    );
+    let check_every = batch_cfg.check_every.max(1);
+    let mut reported = 0;
+    let mut stopped = vec![false; batch];
+    for step in 0..steps {
+        decoding.step(|logits| sampling.select(logits, step))?;
+        // A row that used its budget stops.
+        decoding.running = decoding.running.clone() * budgets.clone().greater_elem(step as i64 + 1).int();
+        if (step + 1) % check_every == 0 || step + 1 == steps {
+            let halt = decoding.report(&mut reported, &mut stopped, &mut on_progress);
+            if !halt.is_empty() {
+                let keep: Vec<i64> = (0..batch).map(|b| i64::from(!halt.contains(&b))).collect();
+                decoding.running = decoding.running.clone() * Tensor::from_data(TensorData::new(keep, [batch, 1]), device);
+                halt.iter().for_each(|&b| stopped[b] = true);
+            }
+            if stopped.iter().all(|&s| s) {
+                break;
+            }
+        }
+    }
+    if steps == 0 {
+        on_progress(&Progress { new_tokens: vec![vec![]; batch], stopped: vec![true; batch] });
+    }
+    Ok(decoding.finish())
+}
+
+/// The state of one batched decoding: the KV cache, what has been produced, which rows still run.
+struct Decoding<'m, B: Backend> {
+    model: &'m CausalLm<B>,
+    cache: Vec<KvCache<B>>,
+    prompt_ids: Tensor<B, 2, Int>,
+    prompt_mask: Tensor<B, 2, Int>,
+    /// [batch, keys so far]
+    mask: Tensor<B, 2, Int>,
+    /// The tokens to feed next: the prompts, then each step's token.
+    input: Tensor<B, 2, Int>,
+    /// [batch, 1]: 1 while the row has not stopped.
+    running: Tensor<B, 2, Int>,
+    tokens: Vec<Tensor<B, 2, Int>>,
+    alive: Vec<Tensor<B, 2, Int>>,
+    logprobs: Vec<Tensor<B, 2>>,
+    stop_ids: Vec<i64>,
+    pad_id: u32,
+}
+
+impl<'m, B: Backend> Decoding<'m, B> {
+    fn start(model: &'m CausalLm<B>, prompts: &[Vec<u32>], max_new_tokens: usize, stop_ids: &[u32], pad_id: u32, device: &B::Device) -> Result<Self> {
+        let vocab = model.config().vocab_size;
+        if prompts.is_empty() {
+            return Err(ModelError::Invalid("no prompts to generate from".into()));
+        }
+        for (i, p) in prompts.iter().enumerate() {
+            if p.is_empty() {
+                return Err(ModelError::Invalid(format!("prompt {i} is empty")));
+            }
+            if let Some(&t) = p.iter().find(|&&t| t as usize >= vocab) {
+                return Err(ModelError::Invalid(format!("prompt {i}: token id {t} is outside the vocabulary of {vocab}")));
+            }
+        }
+        let batch = prompts.len();
+        let (prompt_ids, prompt_mask) = left_pad::<B>(prompts, pad_id, device);
+        let prompt_len = prompt_ids.dims()[1];
+        let max_len = prompt_len + max_new_tokens;
+        if max_len > model.config().max_position_embeddings {
+            return Err(ModelError::Invalid(format!(
+                "prompt of {prompt_len} tokens + {max_new_tokens} new exceeds the model's {} positions",
+                model.config().max_position_embeddings
+            )));
+        }
+        Ok(Self {
+            model,
+            cache: model.model.new_cache(batch, max_len, device),
+            mask: prompt_mask.clone(),
+            input: prompt_ids.clone(),
+            prompt_ids,
+            prompt_mask,
+            running: Tensor::ones([batch, 1], device),
+            tokens: Vec::with_capacity(max_new_tokens),
+            alive: Vec::with_capacity(max_new_tokens),
+            logprobs: Vec::with_capacity(max_new_tokens),
+            stop_ids: stop_ids.iter().map(|&t| t as i64).collect(),
+            pad_id,
+        })
+    }
+
+    /// One token for every row, chosen by `select` from [batch, vocab] logits.
+    fn step(&mut self, select: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 1, Int>) -> Result<()> {
+        let batch = self.running.dims()[0];
+        let vocab = self.model.config().vocab_size;
+        let input = self.input.clone();
+        let hidden = self.model.model.forward(input, self.mask.clone(), Some(&mut self.cache))?;
+        let [_, seq, d] = hidden.dims();
+        let last = hidden.slice([0..batch, seq - 1..seq, 0..d]);
+        let logits = self.model.logits(last).reshape([batch, vocab]); // [batch, vocab]
+        let next = select(logits.clone()).reshape([batch, 1]);
+        self.logprobs.push(log_softmax(logits, 1).gather(1, next.clone())); // [batch, 1]
+        // Rows that already stopped emit padding.
+        let running = self.running.clone();
+        let next = next * running.clone() + (running.clone().neg() + 1) * self.pad_id as i64;
+        self.alive.push(running.clone());
+        self.tokens.push(next.clone());
+        let mut running = running;
+        for &id in &self.stop_ids {
+            running = running * next.clone().not_equal_elem(id).int();
+        }
+        self.running = running;
+        let device = self.mask.device();
+        self.mask = Tensor::cat(vec![self.mask.clone(), Tensor::ones([batch, 1], &device)], 1);
+        self.input = next;
+        Ok(())
+    }
+
+    /// Reads the tokens produced since column `reported` and which rows still run (one sync), tells
+    /// the host, and returns the rows it wants halted.
+    fn report(&self, reported: &mut usize, stopped: &mut [bool], on_progress: &mut impl FnMut(&Progress) -> Vec<usize>) -> Vec<usize> {
+        let batch = stopped.len();
+        let from = *reported;
+        let columns = self.tokens.len() - from;
+        let ids = Tensor::cat(self.tokens[from..].to_vec(), 1).into_data().convert::<i64>().to_vec::<i64>().expect("int data");
+        let alive = Tensor::cat(self.alive[from..].to_vec(), 1).into_data().convert::<i64>().to_vec::<i64>().expect("int data");
+        let running = self.running.clone().into_data().convert::<i64>().to_vec::<i64>().expect("int data");
+        *reported = self.tokens.len();
+        let mut new_tokens = Vec::with_capacity(batch);
+        for b in 0..batch {
+            let row = b * columns..(b + 1) * columns;
+            new_tokens.push(ids[row.clone()].iter().zip(&alive[row]).filter(|(_, &a)| a == 1).map(|(&t, _)| t as u32).collect());
+            stopped[b] |= running[b] == 0;
+        }
+        on_progress(&Progress { new_tokens, stopped: stopped.to_vec() })
+    }
+
+    fn finish(self) -> GenerationBatch<B> {
+        let batch = self.running.dims()[0];
+        let device = self.mask.device();
+        GenerationBatch {
+            prompt_ids: self.prompt_ids,
+            prompt_mask: self.prompt_mask,
+            new_ids: cat_or_empty(self.tokens, batch, &device),
+            new_mask: cat_or_empty(self.alive, batch, &device),
+            logprobs: if self.logprobs.is_empty() { Tensor::zeros([batch, 0], &device) } else { Tensor::cat(self.logprobs, 1) },
+        }
+    }
+}
+
+/// Per-row sampling on the device: greedy rows take the argmax; the others invert their
+/// cumulative distribution at a uniform number drawn from their own seeded stream.
+struct RowSampler<B: Backend> {
+    /// [batch, 1]: 1 for greedy rows.
+    greedy: Tensor<B, 2, Int>,
+    /// [batch, 1]: temperatures (1 for greedy rows, which never use them).
+    temperature: Tensor<B, 2>,
+    /// [batch, 1]: nucleus mass, 2 (never reached) for rows without top-p; None when no row has one.
+    top_p: Option<Tensor<B, 2>>,
+    /// [batch, steps]: each row's uniform numbers in (0, 1), one per step.
+    uniforms: Tensor<B, 2>,
+}
+
+impl<B: Backend> RowSampler<B> {
+    fn new(rows: &[RowSampling], steps: usize, device: &B::Device) -> Self {
+        use rand::{Rng, SeedableRng};
+        let batch = rows.len();
+        let column = |f: &dyn Fn(&RowSampling) -> f32| Tensor::<B, 2>::from_data(TensorData::new(rows.iter().map(f).collect::<Vec<f32>>(), [batch, 1]), device);
+        let uniforms: Vec<f32> = rows
+            .iter()
+            .flat_map(|r| {
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(r.seed);
+                // 24 random bits, centred in their interval: never 0, never 1.
+                (0..steps).map(move |_| ((rng.random::<u32>() >> 8) as f32 + 0.5) / (1u32 << 24) as f32)
+            })
+            .collect();
+        Self {
+            greedy: column(&|r| f32::from(r.temperature == 0.0)).int(),
+            temperature: column(&|r| if r.temperature == 0.0 { 1.0 } else { r.temperature as f32 }),
+            top_p: rows.iter().any(|r| r.top_p.is_some_and(|p| p < 1.0)).then(|| column(&|r| r.top_p.map_or(2.0, |p| p as f32))),
+            uniforms: Tensor::from_data(TensorData::new(uniforms, [batch, steps]), device),
+        }
+    }
+
+    /// # Shapes
+    /// - `logits`: [batch, vocab] → [batch]
+    fn select(&self, logits: Tensor<B, 2>, step: usize) -> Tensor<B, 1, Int> {
+        let [batch, vocab] = logits.dims();
+        let best = logits.clone().argmax(1); // [batch, 1]
+        let mut scaled = logits / self.temperature.clone();
+        if let Some(p) = &self.top_p {
+            scaled = crate::sampling::keep_nucleus(scaled, p.clone());
+        }
+        let cdf = softmax(scaled, 1).cumsum(1); // [batch, vocab]
+        let total = cdf.clone().slice([0..batch, vocab - 1..vocab]);
+        let target = self.uniforms.clone().slice([0..batch, step..step + 1]) * total; // [batch, 1]
+        // The first token whose cumulative mass reaches the target = how many stay below it.
+        let drawn = cdf.lower(target.expand([batch, vocab])).int().sum_dim(1).clamp_max(vocab as i64 - 1);
+        let greedy = self.greedy.clone();
+        (best * greedy.clone() + drawn * (greedy.neg() + 1)).reshape([batch])
+    }
 }
 
 fn cat_or_empty<B: Backend>(columns: Vec<Tensor<B, 2, Int>>, batch: usize, device: &B::Device) -> Tensor<B, 2, Int> {
@@ -212,3 +416,48 @@ fn cat_or_empty<B: Backend>(columns: Vec<Tensor<B, 2, Int>>, batch: usize, devic
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TestBackend;
+
+    fn row(temperature: f64, top_p: Option<f64>, seed: u64) -> RowSampling {
+        RowSampling { max_new_tokens: 1, temperature, top_p, seed }
+    }
+
+    /// Draws of many rows from one distribution: probs [0.6, 0.3, 0.1].
+    fn draws(rows: &[RowSampling]) -> Vec<i64> {
+        let device = Default::default();
+        let logits: Vec<f32> = rows.iter().flat_map(|_| [0.6f32.ln(), 0.3f32.ln(), 0.1f32.ln()]).collect();
+        let logits = Tensor::<TestBackend, 2>::from_data(TensorData::new(logits, [rows.len(), 3]), &device);
+        RowSampler::<TestBackend>::new(rows, 1, &device).select(logits, 0).into_data().convert::<i64>().to_vec().unwrap()
+    }
+
+    #[test]
+    fn row_sampling_inverts_each_rows_distribution() {
+        let rows: Vec<_> = (0..6000).map(|s| row(1.0, None, s)).collect();
+        let ids = draws(&rows);
+        for (token, p) in [(0, 0.6), (1, 0.3), (2, 0.1)] {
+            let freq = ids.iter().filter(|&&i| i == token).count() as f64 / ids.len() as f64;
+            assert!((freq - p).abs() < 0.02, "token {token}: {freq} vs {p}");
+        }
+        // Nucleus 0.7: the third token (mass before it 0.9) is never drawn; greedy rows take the argmax.
+        let nucleus: Vec<_> = (0..2000).map(|s| row(1.0, Some(0.7), s)).collect();
+        assert!(draws(&nucleus).iter().all(|&i| i < 2));
+        assert!(draws(&[row(0.0, None, 1), row(0.0, None, 2)]).iter().all(|&i| i == 0));
+    }
+
+    #[test]
+    fn a_rows_draw_depends_on_its_seed_not_on_its_batch() {
+        let alone: Vec<i64> = (0..40).map(|s| draws(&[row(1.0, None, s)])[0]).collect();
+        let mixed: Vec<_> = (0..40).map(|s| row(if s % 3 == 0 { 0.0 } else { 1.0 }, (s % 4 == 0).then_some(0.95), s)).collect();
+        let together = draws(&mixed);
+        for s in 0..40 {
+            if s % 3 != 0 && s % 4 != 0 {
+                assert_eq!(together[s], alone[s], "row {s}");
+            }
+        }
+        assert!(alone.iter().any(|&i| i != alone[0]), "40 draws all equal");
+    }
+}

@@ -50,18 +50,28 @@ impl Sampler {
             logits = logits.mask_fill(below, f32::NEG_INFINITY);
         }
         if let Some(p) = top_p.filter(|&p| p < 1.0) {
-            // Keep sorted token i iff the probability mass before it is < p (the first always stays).
-            let sorted = logits.clone().sort_descending(1);
-            let probs = burn::tensor::activation::softmax(sorted.clone(), 1);
-            let mass_before = probs.clone().cumsum(1) - probs;
-            let dropped = mass_before.greater_equal_elem(p);
-            // Threshold = smallest kept sorted logit.
-            let threshold = sorted.mask_fill(dropped, f32::INFINITY).min_dim(1); // [batch, 1]
-            let below = logits.clone().lower(threshold.expand([batch, vocab]));
-            logits = logits.mask_fill(below, f32::NEG_INFINITY);
+            let p = Tensor::<B, 2>::full([batch, 1], p, &logits.device());
+            logits = keep_nucleus(logits, p);
         }
         logits
     }
+}
+
+/// Logits with every token outside each row's nucleus set to −∞: sorted by probability, token i stays
+/// iff the mass before it is < p (so the first always stays).
+///
+/// # Shapes
+/// - `logits`: [batch, vocab], `p`: [batch, 1] → [batch, vocab]
+pub fn keep_nucleus<B: Backend>(logits: Tensor<B, 2>, p: Tensor<B, 2>) -> Tensor<B, 2> {
+    let [batch, vocab] = logits.dims();
+    let sorted = logits.clone().sort_descending(1);
+    let probs = burn::tensor::activation::softmax(sorted.clone(), 1);
+    let mass_before = probs.clone().cumsum(1) - probs;
+    let dropped = mass_before.greater_equal(p.expand([batch, vocab]));
+    // Threshold = smallest kept sorted logit.
+    let threshold = sorted.mask_fill(dropped, f32::INFINITY).min_dim(1); // [batch, 1]
+    let below = logits.clone().lower(threshold.expand([batch, vocab]));
+    logits.mask_fill(below, f32::NEG_INFINITY)
 }
 
 #[cfg(test)]
