@@ -64,8 +64,22 @@ fn ci_pipeline_ppo_beats_sft_and_resumes() {
         assert!(log.contains(&format!("{stage}: complete, skipped")), "{stage}: {log}");
     }
 
-    // A changed section reruns its stage and every later one; earlier stages stay skipped.
-    let log = check(&rlhf(&["pipeline", "run", &config, "--out", out_s, "--set", "eval.max_kl=6.0"]));
+    // A changed section reruns its stage and every later one; earlier stages stay skipped. The new
+    // [eval] also has a judge (one that prefers the longer answer) compare PPO with SFT.
+    let (url, seen) = rlhf_teacher::testing::scripted_server(|_, body| {
+        let prompt = rlhf_teacher::testing::last_message(body);
+        let answer = |open: &str, close: &str| {
+            let start = prompt.find(open).unwrap() + open.len();
+            prompt[start..start + prompt[start..].find(close).unwrap()].chars().count()
+        };
+        let (first, second) = (answer("Assistant A's Answer]\n", "\n[The End"), answer("Assistant B's Answer]\n", "\n[The End"));
+        let verdict = ["[[B]]", "[[C]]", "[[A]]"][(first.cmp(&second) as i32 + 1) as usize];
+        (200, rlhf_teacher::testing::completion(&format!("Longer is better: {verdict}")))
+    });
+    let judge = ["eval.judge.endpoint.model=judge".to_string(), format!("eval.judge.endpoint.base_url={url}"), "eval.judge.limit=6".into(), "eval.judge.max_new_tokens=24".into()];
+    let mut args = vec!["pipeline", "run", &config, "--out", out_s, "--set", "eval.max_kl=6.0"];
+    judge.iter().for_each(|j| args.extend(["--set", j.as_str()]));
+    let log = check(&rlhf(&args));
     for stage in ["data", "pretrain", "sft", "reward", "ppo"] {
         assert!(log.contains(&format!("{stage}: complete, skipped")), "{stage}: {log}");
     }
@@ -73,6 +87,18 @@ fn ci_pipeline_ppo_beats_sft_and_resumes() {
     assert!(log.contains("eval: done in") && log.contains("report: done in"), "{log}");
     let eval: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
     assert_eq!(eval["kl_bound"].as_f64(), Some(6.0), "{eval}");
+    let judged: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("judge/judge.json")).unwrap()).unwrap();
+    let judgments: Vec<serde_json::Value> =
+        std::fs::read_to_string(out.join("judge/judgments.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let longer = |j: &serde_json::Value| j["a"].as_str().unwrap().chars().count().cmp(&j["b"].as_str().unwrap().chars().count());
+    let wins = judgments.iter().filter(|j| longer(j).is_gt()).count() as u64;
+    assert_eq!(judgments.len(), 6);
+    assert_eq!(judged["a_vs_b"]["wins"].as_u64(), Some(wins), "{judged}");
+    // Two verdicts per pair; a pair whose two answers are equal asks one question twice, sent once.
+    let asked: usize = judgments.iter().map(|j| if j["a"] == j["b"] { 1 } else { 2 }).sum();
+    assert_eq!(seen.lock().unwrap().len(), asked);
+    assert!(log.contains("judge (PPO = A, SFT = B): A vs B over 6 pairs"), "{log}");
+    assert!(std::fs::read_to_string(out.join("report.md")).unwrap().contains("## Judge: PPO against SFT"));
 
     // The PPO model chats (one turn from stdin).
     let mut child = Command::new(env!("CARGO_BIN_EXE_rlhf"))

@@ -24,8 +24,12 @@ impl Drop for Served {
 
 /// Starts `rlhf serve` on a free port with the tiny chat fixture and waits until it listens.
 pub fn serve(extra: &[&str]) -> Served {
+    serve_model(&fixture("hf-tiny-chat"), extra)
+}
+
+fn serve_model(dir: &std::path::Path, extra: &[&str]) -> Served {
     let mut child = Command::new(env!("CARGO_BIN_EXE_rlhf"))
-        .args(["serve", "--model", fixture("hf-tiny-chat").to_str().unwrap(), "--port", "0", "--served-model-name", "tiny"])
+        .args(["serve", "--model", dir.to_str().unwrap(), "--port", "0", "--served-model-name", "tiny"])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -181,4 +185,61 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
         assert_eq!(ok, 200, "{answer}");
     }
     assert_eq!(ureq::get(&s.url.replace("/v1", "/health")).call().unwrap().status(), 200);
+}
+
+/// The tiny chat fixture with a 2048-token context (its RoPE has no learned positions), so judge
+/// prompts fit.
+fn long_context_fixture(dir: &std::path::Path) -> std::path::PathBuf {
+    let to = dir.join("tiny-long");
+    std::fs::create_dir_all(&to).unwrap();
+    for entry in std::fs::read_dir(fixture("hf-tiny-chat")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(to.join("config.json")).unwrap()).unwrap();
+    config["max_position_embeddings"] = json!(2048);
+    std::fs::write(to.join("config.json"), config.to_string()).unwrap();
+    to
+}
+
+fn rlhf_ok(args: &[&str]) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_rlhf")).args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "rlhf {args:?}: {}{stdout}", String::from_utf8_lossy(&o.stderr));
+    stdout
+}
+
+/// The teacher tools against our own server: distillation writes what the server answers; a judge
+/// that cannot follow the ranking or verdict format (an untrained model) leaves prompts unranked
+/// and pairs tied, counted as such, without failing the job.
+#[test]
+fn teacher_tools_run_against_rlhf_serve() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = long_context_fixture(tmp.path());
+    let s = serve_model(&model, &[]);
+    let prompts = tmp.path().join("prompts.jsonl");
+    std::fs::write(&prompts, "{\"prompt\": \"Tell me about the sea.\"}\n{\"prompt\": \"你好吗？\"}\n").unwrap();
+    let teacher = ["--model", "tiny", "--base-url", s.url.as_str(), "--max-retries", "0"];
+
+    let sft = tmp.path().join("sft.jsonl");
+    let out = rlhf_ok(&[&["data", "distill", "--prompts", prompts.to_str().unwrap(), "--out", sft.to_str().unwrap(), "--max-tokens", "16"][..], &teacher].concat());
+    let written: usize = out.split("→ ").nth(1).and_then(|t| t.split_whitespace().next()).unwrap().parse().unwrap();
+    assert_eq!(std::fs::read_to_string(&sft).unwrap().lines().count(), written, "{out}");
+
+    let ranked = tmp.path().join("ranked.jsonl");
+    let out = rlhf_ok(&[&["data", "rank", "--policy", model.to_str().unwrap(), "--prompts", prompts.to_str().unwrap(), "--out", ranked.to_str().unwrap()][..], &["--k", "2", "--max-new-tokens", "8", "--judge-max-tokens", "24"], &teacher].concat());
+    let records = std::fs::read_to_string(&ranked).unwrap().lines().count();
+    assert!(out.contains(&format!("{records} ranked")), "{out}");
+
+    let judged = tmp.path().join("judged");
+    let b = tmp.path().join("b.jsonl");
+    std::fs::write(&b, "{\"prompt\": \"Tell me about the sea.\", \"answer\": \"It is big.\"}\n{\"prompt\": \"你好吗？\", \"answer\": \"很好。\"}\n").unwrap();
+    let out = rlhf_ok(&[&["eval", "judge", "--a", model.to_str().unwrap(), "--b", b.to_str().unwrap(), "--prompts", prompts.to_str().unwrap(), "--out", judged.to_str().unwrap()][..], &["--temperature", "1", "--max-new-tokens", "8", "--judge-max-tokens", "24"], &teacher].concat());
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(judged.join("judge.json")).unwrap()).unwrap();
+    assert_eq!(summary["pairs"], 2, "{out}");
+    let t = &summary["a_vs_b"];
+    assert_eq!(t["wins"].as_u64().unwrap() + t["ties"].as_u64().unwrap() + t["losses"].as_u64().unwrap(), 2);
+    let health: Value = serde_json::from_str(&ureq::get(&s.url.replace("/v1", "/health")).call().unwrap().into_string().unwrap()).unwrap();
+    // 2 answers + 2 rankings + 4 verdicts.
+    assert_eq!(health["requests"], 8, "{health}");
 }

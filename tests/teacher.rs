@@ -154,3 +154,167 @@ fn distill_answers_prompts_and_continues_conversations() {
     assert_eq!(seen.len(), 6);
     assert!(seen.iter().all(|(_, b)| b["messages"][0]["content"] == "Be brief."));
 }
+
+/// The texts between `[Response i]` markers of a rank prompt, in shown order.
+fn shown_responses(prompt: &str) -> Vec<String> {
+    (1..)
+        .map_while(|i| {
+            let open = format!("[Response {i}]\n");
+            let start = prompt.find(&open)? + open.len();
+            let end = prompt[start..].find(&format!("\n[End of Response {i}]"))? + start;
+            Some(prompt[start..end].to_string())
+        })
+        .collect()
+}
+
+/// A judge with a fixed taste: shorter is better (ties broken by the text, so any order of the same
+/// responses gets the same ranking).
+fn shortest_first(prompt: &str) -> String {
+    let shown = shown_responses(prompt);
+    let mut labels: Vec<usize> = (0..shown.len()).collect();
+    labels.sort_by(|&i, &j| (shown[i].chars().count(), &shown[i]).cmp(&(shown[j].chars().count(), &shown[j])));
+    let ranking: Vec<String> = labels.iter().map(|l| (l + 1).to_string()).collect();
+    format!("Shorter answers are better here.\n[[{}]]", ranking.join(" > "))
+}
+
+fn prompts_file(dir: &Path, prompts: &[&str]) -> std::path::PathBuf {
+    let path = dir.join("prompts.jsonl");
+    let lines: Vec<String> = prompts.iter().map(|p| serde_json::json!({ "prompt": p }).to_string()).collect();
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+/// RLAIF: K = 4 samples per prompt from the tiny model, ranked by the judge in two shuffled orders;
+/// the file's ranks follow the judge's taste, and stage 2 trains on it.
+#[test]
+fn rank_turns_k_samples_into_rankings_stage_2_trains_on() {
+    let (url, seen) = scripted_server(|_, body| (200, completion(&shortest_first(last_message(body)))));
+    let tmp = tempfile::tempdir().unwrap();
+    let prompts = prompts_file(tmp.path(), &["Tell me about the sea.", "Give me a word.", "Write a line of a poem.", "你好吗？", "Count to three.", "Name a colour."]);
+    let out = tmp.path().join("ranked.jsonl");
+    let o = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(["data", "rank", "--policy", crate::common::fixture("hf-tiny-chat").to_str().unwrap(), "--prompts", prompts.to_str().unwrap()])
+        .args(["--out", out.to_str().unwrap(), "--k", "4", "--orders", "2", "--max-new-tokens", "24", "--seed", "3"])
+        .args(["--model", "judge", "--base-url", &url, "--max-retries", "0", "--concurrency", "1"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}{stdout}", String::from_utf8_lossy(&o.stderr));
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(records.len() >= 4, "{stdout}");
+    // The judge's taste is order-free, so the two orders agree exactly.
+    assert!(stdout.contains("Kendall τ 1.000, same best 100.0%"), "{stdout}");
+    for r in &records {
+        let texts: Vec<&str> = r["completions"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+        let ranks: Vec<u64> = r["ranking"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+        assert_eq!(texts.len(), 4);
+        for i in 0..4 {
+            for j in 0..4 {
+                if (texts[i].chars().count(), texts[i]) < (texts[j].chars().count(), texts[j]) {
+                    assert!(ranks[i] < ranks[j], "{texts:?} ranked {ranks:?}");
+                }
+            }
+        }
+    }
+    // Two judgements per prompt, the second in a shuffled order of the same responses.
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2 * records.len());
+    let (first, second) = (shown_responses(last_message(&seen[0].1)), shown_responses(last_message(&seen[1].1)));
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    assert_eq!(sorted(first.clone()), sorted(second.clone()));
+
+    // Stage 2 reads it as K = 4 rankings and trains.
+    let config = format!(
+        "seed = 1\n[model]\nfrom = \"{}\"\n[data]\ntrain = \"{}\"\neval_fraction = 0.0\nmax_len = 96\n[train]\nsteps = 3\nbatch_size = 2\nmicro_batch_size = 2\nlr = 1e-3\nwarmup_steps = 1\neval_every = 100\nsave_every = 100\n",
+        crate::common::fixture("hf-tiny-chat").display(),
+        out.display()
+    );
+    let cfg_path = tmp.path().join("rm.toml");
+    std::fs::write(&cfg_path, config).unwrap();
+    let cfg: rlhf_reward::RewardConfig = rlhf_train::config::load_config(Some(&cfg_path), &[]).unwrap();
+    rlhf_reward::run::<rlhf_runtime::CpuTrain>(&cfg, &tmp.path().join("rm"), false, &Default::default()).unwrap();
+    let rows = rlhf_train::metrics::read_metrics(&tmp.path().join("rm/metrics.jsonl")).unwrap();
+    assert_eq!(crate::common::column(&rows, "loss").len(), 3);
+}
+
+/// The answers between the judge prompt's markers: (shown first, shown second).
+fn judged_answers(prompt: &str) -> (String, String) {
+    let between = |open: &str, close: &str| {
+        let start = prompt.find(open).unwrap() + open.len();
+        prompt[start..start + prompt[start..].find(close).unwrap()].to_string()
+    };
+    (
+        between("[The Start of Assistant A's Answer]\n", "\n[The End of Assistant A's Answer]"),
+        between("[The Start of Assistant B's Answer]\n", "\n[The End of Assistant B's Answer]"),
+    )
+}
+
+fn judge_cmd(a: &Path, b: &Path, questions: &Path, out: &Path, url: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(["eval", "judge", "--a", a.to_str().unwrap(), "--b", b.to_str().unwrap(), "--prompts", questions.to_str().unwrap()])
+        .args(["--out", out.to_str().unwrap(), "--max-new-tokens", "24", "--model", "judge", "--base-url", url, "--max-retries", "0", "--concurrency", "1"])
+        .output()
+        .unwrap()
+}
+
+/// Pairwise judging: a model folder's answers against a samples file's, each pair judged in both
+/// orders. A judge that prefers longer answers decides by length; a judge that always picks the
+/// first answer shown disagrees with itself on every pair, which must count as ties.
+#[test]
+fn judge_asks_both_orders_and_counts_disagreement_as_a_tie() {
+    let tmp = tempfile::tempdir().unwrap();
+    let questions = tmp.path().join("questions.jsonl");
+    let rows = [
+        serde_json::json!({ "prompt": "What is 2 + 3?", "category": "math", "reference": "5" }),
+        serde_json::json!({ "prompt": "Write a haiku about rain.", "category": "writing" }),
+        serde_json::json!({ "prompt": "用一句话介绍你自己。", "category": "chinese" }),
+    ];
+    std::fs::write(&questions, rows.iter().map(|r| r.to_string() + "\n").collect::<String>()).unwrap();
+    let b = tmp.path().join("b.jsonl");
+    let b_rows: Vec<String> = rows.iter().map(|r| serde_json::json!({ "prompt": r["prompt"], "answer": "ok" }).to_string()).collect();
+    std::fs::write(&b, b_rows.join("\n")).unwrap();
+
+    let (url, seen) = scripted_server(|_, body| {
+        let (first, second) = judged_answers(last_message(body));
+        let verdict = match first.chars().count().cmp(&second.chars().count()) {
+            std::cmp::Ordering::Greater => "[[A]]",
+            std::cmp::Ordering::Less => "[[B]]",
+            std::cmp::Ordering::Equal => "[[C]]",
+        };
+        (200, completion(&format!("The longer answer is better. {verdict}")))
+    });
+    let out = tmp.path().join("judged");
+    let o = judge_cmd(&crate::common::fixture("hf-tiny-chat"), &b, &questions, &out, &url);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}{stdout}", String::from_utf8_lossy(&o.stderr));
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("judge.json")).unwrap()).unwrap();
+    let a_answers: Vec<serde_json::Value> = std::fs::read_to_string(out.join("a_answers.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!((summary["pairs"].as_u64(), a_answers.len()), (Some(3), 3));
+    let expect = |a: &str| a.chars().count().cmp(&2);
+    let wins = a_answers.iter().filter(|r| expect(r["answer"].as_str().unwrap()).is_gt()).count() as u64;
+    let losses = a_answers.iter().filter(|r| expect(r["answer"].as_str().unwrap()).is_lt()).count() as u64;
+    assert_eq!((summary["a_vs_b"]["wins"].as_u64(), summary["a_vs_b"]["losses"].as_u64()), (Some(wins), Some(losses)), "{summary}");
+    assert_eq!(summary["position_consistency"], 1.0);
+    assert_eq!(summary["by_category"].as_object().unwrap().len(), 3);
+    // Two requests per pair, the second with B's answer shown first; the reference reaches the judge.
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 6);
+    assert_eq!(judged_answers(last_message(&seen[1].1)).0, "ok");
+    assert!(last_message(&seen[0].1).contains("[The Start of Reference Answer]\n5\n"));
+
+    // A judge that always says the first answer is better: every pair is a tie, no verdict agrees.
+    let (url, _) = scripted_server(|_, _| (200, completion("The first one. [[A]]")));
+    let biased = tmp.path().join("biased");
+    let o = judge_cmd(&out.join("a_answers.jsonl"), &b, &questions, &biased, &url);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(biased.join("judge.json")).unwrap()).unwrap();
+    assert_eq!(summary["a_vs_b"]["ties"].as_u64(), Some(3), "{summary}");
+    assert_eq!(summary["position_consistency"], 0.0);
+    for line in std::fs::read_to_string(biased.join("judgments.jsonl")).unwrap().lines() {
+        let j: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!((j["verdict_a_first"].as_str(), j["verdict_b_first"].as_str(), j["outcome"].as_str()), (Some("A"), Some("A"), Some("tie")));
+    }
+}

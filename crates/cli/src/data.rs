@@ -22,6 +22,9 @@ pub enum DataCommand {
     SelfInstruct(SelfInstructArgs),
     /// Answer a prompt set with a teacher model: SFT data (Vicuna-style distillation).
     Distill(DistillArgs),
+    /// Sample K responses per prompt from a model folder and have a judge model rank them (RLAIF):
+    /// a K-way ranking file for stage 2.
+    Rank(RankArgs),
     /// Write the embedded bilingual demo set (deterministic for a seed).
     Demo {
         #[arg(long)]
@@ -79,6 +82,7 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
         DataCommand::Convert(args) => convert(args),
         DataCommand::SelfInstruct(args) => self_instruct(args),
         DataCommand::Distill(args) => distill(args),
+        DataCommand::Rank(args) => rank(args),
         DataCommand::Demo { out, seed } => {
             write_demo(&out, seed, DemoSizes::default())?;
             println!("wrote the demo set (seed {seed}) to {}", out.display());
@@ -113,7 +117,7 @@ pub struct TeacherArgs {
 }
 
 impl TeacherArgs {
-    fn client(&self, out: &std::path::Path) -> anyhow::Result<rlhf_teacher::Client> {
+    pub(crate) fn client(&self, out: &std::path::Path) -> anyhow::Result<rlhf_teacher::Client> {
         rlhf_teacher::Client::new(&rlhf_teacher::ClientConfig {
             base_url: self.base_url.clone(),
             model: self.model.clone(),
@@ -172,17 +176,8 @@ fn self_instruct(args: SelfInstructArgs) -> anyhow::Result<ExitCode> {
 
 #[derive(Debug, Args)]
 pub struct DistillArgs {
-    /// Prompts (InstructionWild, ColossalChat, `{"prompt"}`, … as stage 3 reads them).
-    #[arg(long)]
-    prompts: PathBuf,
-    #[arg(long, value_enum, default_value = "auto")]
-    format: Format,
-    /// Skip malformed prompt records (reported) instead of stopping at the first.
-    #[arg(long)]
-    skip_invalid: bool,
-    /// At most this many prompts, from the top.
-    #[arg(long)]
-    limit: Option<usize>,
+    #[command(flatten)]
+    source: crate::answers::PromptSource,
     /// ColossalChat SFT JSONL to write.
     #[arg(long)]
     out: PathBuf,
@@ -202,18 +197,11 @@ pub struct DistillArgs {
 
 fn distill(args: DistillArgs) -> anyhow::Result<ExitCode> {
     use rlhf_teacher::distill::{distill, DistillConfig};
-    let loaded = load(&args.prompts, LoadOptions { kind: Kind::Prompt, format: args.format, skip_invalid: args.skip_invalid })?;
-    if loaded.skipped.count() > 0 {
-        eprintln!("{}: skipped {} malformed record(s) at lines {:?}", args.prompts.display(), loaded.skipped.count(), loaded.skipped.lines());
-    }
-    let prompts: Vec<Vec<rlhf_teacher::ChatMessage>> = loaded
-        .records
+    let prompts: Vec<Vec<rlhf_teacher::ChatMessage>> = args
+        .source
+        .load()?
         .into_iter()
-        .filter_map(|(_, r)| match r {
-            Record::Prompt(messages) => Some(messages.into_iter().map(|m| rlhf_teacher::ChatMessage { role: m.role, content: m.content }).collect()),
-            _ => None,
-        })
-        .take(args.limit.unwrap_or(usize::MAX))
+        .map(|(_, messages)| messages.into_iter().map(|m| rlhf_teacher::ChatMessage { role: m.role, content: m.content }).collect())
         .collect();
     let client = args.teacher.client(&args.out)?;
     let cfg = DistillConfig { turns: args.turns, temperature: args.temperature, max_tokens: args.max_tokens, system: args.system.clone() };
@@ -224,8 +212,81 @@ fn distill(args: DistillArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+#[derive(Debug, Args)]
+pub struct RankArgs {
+    /// The model folder whose samples are ranked (e.g. a pipeline's `sft/final`).
+    #[arg(long)]
+    policy: PathBuf,
+    #[command(flatten)]
+    source: crate::answers::PromptSource,
+    /// K-way ranking JSONL to write ({"prompt", "completions", "ranking"}; 1 = best).
+    #[arg(long)]
+    out: PathBuf,
+    /// Responses per prompt (2–9).
+    #[arg(long, default_value_t = 4)]
+    k: usize,
+    /// Sampling temperature of the responses.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+    #[arg(long)]
+    top_p: Option<f64>,
+    #[command(flatten)]
+    answers: crate::answers::AnswerArgs,
+    /// Orders each prompt's responses are judged in; more than 1 re-asks in shuffled orders, averages
+    /// the rankings (disagreements become ties) and reports the judge's consistency.
+    #[arg(long, default_value_t = 1)]
+    orders: usize,
+    /// Show the responses in their sampled order the first time instead of shuffled.
+    #[arg(long)]
+    no_shuffle: bool,
+    /// Tokens the judge may write per ranking.
+    #[arg(long, default_value_t = 1024)]
+    judge_max_tokens: u32,
+    #[command(flatten)]
+    teacher: TeacherArgs,
+}
+
+fn rank(args: RankArgs) -> anyhow::Result<ExitCode> {
+    use rlhf_teacher::rank::{rank, RankConfig, RankItem};
+    anyhow::ensure!((2..=9).contains(&args.k), "--k must be between 2 and 9 (stage 2 reads K-way rankings up to 9)");
+    anyhow::ensure!(args.temperature > 0.0, "--temperature must be > 0: K greedy samples would all be equal");
+    let prompts = args.source.load()?;
+    let messages: Vec<Vec<rlhf_data::Message>> = prompts.iter().map(|(_, m)| m.clone()).collect();
+    let samples = crate::answers::write_answers(&args.policy, &messages, args.k, args.temperature, args.top_p, &args.answers)?;
+    let mut items = vec![];
+    let mut with_empty = 0;
+    for (prompt, samples) in messages.into_iter().zip(samples) {
+        let Some(responses) = samples else { continue };
+        // A ranking file cannot hold an empty response.
+        if responses.iter().any(String::is_empty) {
+            with_empty += 1;
+            continue;
+        }
+        items.push(RankItem { prompt: prompt.into_iter().map(|m| rlhf_teacher::ChatMessage { role: m.role, content: m.content }).collect(), responses });
+    }
+    let client = args.teacher.client(&args.out)?;
+    let cfg = RankConfig { orders: args.orders, shuffle: !args.no_shuffle, seed: args.answers.seed, max_tokens: args.judge_max_tokens };
+    let summary = rank(&items, &cfg, &client, &args.out)?;
+    let agreement = match (summary.agreement, summary.same_best) {
+        (Some(tau), Some(best)) => format!("; judge consistency across orders: Kendall τ {tau:.3}, same best {:.1}%", 100.0 * best),
+        _ => String::new(),
+    };
+    println!(
+        "rank: {} prompts, K = {}; {} ranked, {} without a parseable ranking ({} judgements unparsed), {} with an empty sample{agreement} → {}",
+        prompts.len(),
+        args.k,
+        summary.written,
+        summary.unranked,
+        summary.unparsed,
+        with_empty,
+        args.out.display()
+    );
+    print_client_stats(&client);
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The client's request counts, for a job's summary.
-fn print_client_stats(client: &rlhf_teacher::Client) {
+pub(crate) fn print_client_stats(client: &rlhf_teacher::Client) {
     let load = |c: &std::sync::atomic::AtomicUsize| c.load(std::sync::atomic::Ordering::Relaxed);
     let stats = &client.stats;
     println!("requests: {} sent ({} retries), {} from the cache", load(&stats.sent), load(&stats.retried), load(&stats.cached));

@@ -6,18 +6,34 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use rlhf_runtime::Backend;
-use clap::Args;
+use clap::{Args, Subcommand};
 use rlhf_data::{ChatFormat, Tokenizer};
 use rlhf_runtime::{dispatch, DeviceSpec, Inference, InferenceTask};
 use rlhf_model::{CausalLm, RewardInfo, RewardModel};
 use rlhf_eval::{read_eval_prompts, rm_pairwise_acc, sample_and_score, summarize, win_rate, EvalConfig};
 use serde_json::json;
 
+/// `rlhf eval --run DIR`, or `rlhf eval judge …`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct EvalCli {
+    #[command(subcommand)]
+    pub command: Option<EvalCommand>,
+    #[command(flatten)]
+    pub run: EvalArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvalCommand {
+    /// Pairwise judging of two models' answers by a judge model (both orders; win/tie/loss).
+    Judge(crate::judge::JudgeArgs),
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct EvalArgs {
     /// A pipeline run directory (with sft/, reward/ and ppo/).
-    #[arg(long)]
-    pub run: PathBuf,
+    #[arg(long, required = true)]
+    pub run: Option<PathBuf>,
     /// Held-out prompts (default: `[eval] prompts` of RUN/pipeline.toml).
     #[arg(long)]
     pub prompts: Option<PathBuf>,
@@ -118,10 +134,15 @@ impl InferenceTask for Task<'_> {
     }
 }
 
-pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
-    let cfg = eval_config(&args.run, args.prompts.as_deref(), &args.sets)?;
-    let v = dispatch(args.device, Inference(Task(&args.run, &cfg)))??;
+pub fn run(cli: &EvalCli) -> anyhow::Result<()> {
+    if let Some(EvalCommand::Judge(args)) = &cli.command {
+        return crate::judge::run(args);
+    }
+    let args = &cli.run;
+    let run = args.run.as_deref().context("--run DIR is required")?;
+    let cfg = eval_config(run, args.prompts.as_deref(), &args.sets)?;
+    let v = dispatch(args.device, Inference(Task(run, &cfg)))??;
     println!("{}", summary_line(&v));
-    println!("eval: {}", args.run.join("eval.json").display());
+    println!("eval: {}", run.join("eval.json").display());
     Ok(())
 }

@@ -1,11 +1,14 @@
 //! The `rlhf` command line: the whole pipeline, evaluation, reports, chat, model inspection,
 //! generation, data tools and benchmarks.
 
+mod answers;
 mod bench;
+mod bench_serve;
 mod chat;
 mod data;
 pub mod eval;
 mod generate;
+mod judge;
 mod model;
 pub mod pipeline;
 pub mod report;
@@ -35,7 +38,7 @@ enum Command {
     /// Each stage's predicted peak memory, from config.json files alone (no weights read).
     Plan(pipeline::PlanArgs),
     /// Evaluate a run's SFT and PPO policies on held-out prompts (writes eval.json).
-    Eval(eval::EvalArgs),
+    Eval(eval::EvalCli),
     /// Write a run's report.md and plots.
     Report(report::ReportArgs),
     /// Talk to a model through its chat template.
@@ -109,6 +112,8 @@ enum BenchCommand {
     Sft(bench::SftBench),
     /// One PPO-ptx iteration's time split into generation / scoring / training.
     Ppo(bench::PpoBench),
+    /// `rlhf serve` under concurrent clients: requests/s and generated tokens/s.
+    Serve(bench_serve::ServeBench),
 }
 
 /// Runs a command; the exit code is non-zero on failure, and 2 when records were skipped.
@@ -131,5 +136,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench { command: BenchCommand::Generate(args) } => done(bench::run_generate(args)),
         Command::Bench { command: BenchCommand::Sft(args) } => done(bench::run_sft(args)),
         Command::Bench { command: BenchCommand::Ppo(args) } => done(bench::run_ppo(args)),
+        Command::Bench { command: BenchCommand::Serve(args) } => done(bench_serve::run(args)),
     }
 }

@@ -309,8 +309,14 @@ impl Pipeline {
                 )
             }
             Stage::Eval => {
-                let v = crate::eval::evaluate_run::<B::InnerBackend>(out, cfg.eval.as_ref().expect("checked in load"), device)?;
-                crate::eval::summary_line(&v)
+                let eval = cfg.eval.as_ref().expect("checked in load");
+                let v = crate::eval::evaluate_run::<B::InnerBackend>(out, eval, device)?;
+                let mut line = crate::eval::summary_line(&v);
+                if let Some(judge) = &eval.judge {
+                    let j = crate::judge::judge_run::<B::InnerBackend>(out, eval, judge, device)?;
+                    line.push_str(&format!("; judge (PPO = A, SFT = B): {}", crate::judge::summary_line(&j)));
+                }
+                line
             }
             Stage::Report => {
                 let samples = cfg.report.as_ref().map_or(6, |r| r.samples);

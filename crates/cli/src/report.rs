@@ -156,6 +156,32 @@ fn md_cell(s: &str) -> String {
 }
 
 /// Writes `run/report.md` and its plots in `run/plots/`.
+/// The judge's verdict on PPO (A) against SFT (B), overall and per category.
+fn judge_section(md: &mut String, j: &Value) {
+    md.push_str("## Judge: PPO against SFT\n\n");
+    let _ = writeln!(
+        md,
+        "Judge `{}` on {} questions, each pair judged in both orders (verdicts that disagree count as ties); \
+         position consistency {}, unparsed verdicts {}.\n",
+        j["judge"].as_str().unwrap_or("?"),
+        j["pairs"],
+        f(j["position_consistency"].as_f64()),
+        j["verdicts_unparsed"]
+    );
+    md.push_str("| | PPO wins | ties | SFT wins | PPO score | 95% interval |\n|---|---|---|---|---|---|\n");
+    let mut row = |name: &str, t: &Value| {
+        let g = |p: &str| t.pointer(p).and_then(Value::as_f64);
+        let _ = writeln!(md, "| {name} | {} | {} | {} | {} | {}–{} |", t["wins"], t["ties"], t["losses"], f(g("/score")), f(g("/interval/0")), f(g("/interval/1")));
+    };
+    row("all", &j["a_vs_b"]);
+    if let Some(cats) = j["by_category"].as_object() {
+        for (c, t) in cats {
+            row(c, t);
+        }
+    }
+    md.push('\n');
+}
+
 pub fn write_report(run: &Path, samples: usize) -> anyhow::Result<()> {
     let plots = run.join("plots");
     std::fs::create_dir_all(&plots).with_context(|| format!("creating {}", plots.display()))?;
@@ -192,6 +218,10 @@ pub fn write_report(run: &Path, samples: usize) -> anyhow::Result<()> {
         }
         bar_chart(&plots.join("eval.png"), &bars)?;
         md.push_str("\n![SFT vs PPO](plots/eval.png)\n\n");
+    }
+
+    if let Some(j) = std::fs::read_to_string(run.join("judge/judge.json")).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok()) {
+        judge_section(&mut md, &j);
     }
 
     if !sft.is_empty() || !pretrain.is_empty() {

@@ -2,8 +2,10 @@
 //! responses ([`ranking`]), and how policies do on held-out prompts — sampled answers scored by the
 //! reward model and the demo oracle, the KL of one policy to another, and the win rate ([`policy`]).
 
+pub mod answers;
 pub mod policy;
 pub mod ranking;
 
-pub use policy::{read_eval_prompts, rm_pairwise_acc, sample_and_score, summarize, win_rate, EvalConfig, PolicyScores, Scored};
+pub use answers::{sample_answers, AnswerSampling};
+pub use policy::{read_eval_prompts, rm_pairwise_acc, sample_and_score, summarize, win_rate, EvalConfig, JudgeConfig, PolicyScores, Scored};
 pub use ranking::{ranking_stats, RankingStats};

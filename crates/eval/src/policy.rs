@@ -40,6 +40,40 @@ pub struct EvalConfig {
     /// A built-in chat template, for tokenizers without one (as in the stages' `[data]`).
     #[serde(default)]
     pub template: Option<rlhf_data::BuiltinTemplate>,
+    /// A judge model comparing the PPO policy's answers with the SFT model's (`[eval.judge]`).
+    #[serde(default)]
+    pub judge: Option<JudgeConfig>,
+}
+
+/// `[eval.judge]`: pairwise judging of PPO against SFT by a judge model, both orders per question.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JudgeConfig {
+    /// Questions (default: the held-out prompts); `category` and `reference` fields are used.
+    #[serde(default)]
+    pub prompts: Option<PathBuf>,
+    /// At most this many questions, from the top.
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// Sampling temperature of the answers; 0 (default) decodes greedily.
+    #[serde(default)]
+    pub temperature: f64,
+    /// Tokens per answer.
+    #[serde(default = "default_answer_tokens")]
+    pub max_new_tokens: usize,
+    /// Tokens the judge may write per verdict.
+    #[serde(default = "default_judge_tokens")]
+    pub judge_max_tokens: u32,
+    /// The judge: an OpenAI-compatible endpoint (`model`, `base_url`, `api_key`, `concurrency`, …;
+    /// `base_url` and `api_key` default to OPENAI_BASE_URL / OPENAI_API_KEY).
+    pub endpoint: rlhf_teacher::ClientConfig,
+}
+
+fn default_answer_tokens() -> usize {
+    256
+}
+fn default_judge_tokens() -> u32 {
+    1024
 }
 
 fn two() -> usize {

@@ -145,6 +145,11 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 impl Client {
+    /// The model name requests carry.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
     /// A client for `cfg`, the base URL and key falling back to `OPENAI_BASE_URL` / `OPENAI_API_KEY`.
     pub fn new(cfg: &ClientConfig) -> anyhow::Result<Self> {
         let base = cfg
@@ -248,18 +253,31 @@ impl Client {
     /// Every request, at most `concurrency` in flight, answers in the requests' order; a progress
     /// bar when `label` is given. A failed request fails only its own slot.
     pub fn chat_many(&self, reqs: &[ChatRequest], label: Option<&str>) -> Vec<anyhow::Result<ChatResponse>> {
+        // Identical requests are sent once (e.g. a judge shown the same answer twice).
+        let mut unique: Vec<&ChatRequest> = vec![];
+        let mut seen = std::collections::HashMap::new();
+        let first_of: Vec<usize> = reqs
+            .iter()
+            .map(|r| {
+                let key = serde_json::to_string(r).unwrap_or_default();
+                *seen.entry(key).or_insert_with(|| {
+                    unique.push(r);
+                    unique.len() - 1
+                })
+            })
+            .collect();
         let next = AtomicUsize::new(0);
-        let slots: Mutex<Vec<Option<anyhow::Result<ChatResponse>>>> = Mutex::new((0..reqs.len()).map(|_| None).collect());
+        let slots: Mutex<Vec<Option<anyhow::Result<ChatResponse>>>> = Mutex::new((0..unique.len()).map(|_| None).collect());
         let bar = label.map(|l| {
-            let bar = indicatif::ProgressBar::new(reqs.len() as u64);
+            let bar = indicatif::ProgressBar::new(unique.len() as u64);
             bar.set_message(l.to_string());
             bar
         });
         std::thread::scope(|scope| {
-            for _ in 0..self.cfg.concurrency.min(reqs.len()) {
+            for _ in 0..self.cfg.concurrency.min(unique.len()) {
                 scope.spawn(|| loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(req) = reqs.get(i) else { break };
+                    let Some(req) = unique.get(i) else { break };
                     let answer = self.chat(req);
                     slots.lock().expect("no worker panics holding it")[i] = Some(answer);
                     if let Some(b) = &bar {
@@ -271,7 +289,8 @@ impl Client {
         if let Some(b) = bar {
             b.finish_and_clear();
         }
-        slots.into_inner().expect("workers are done").into_iter().map(|s| s.expect("every slot answered")).collect()
+        let answers: Vec<anyhow::Result<ChatResponse>> = slots.into_inner().expect("workers are done").into_iter().map(|s| s.expect("every slot answered")).collect();
+        first_of.iter().map(|&i| answers[i].as_ref().map(Clone::clone).map_err(|e| anyhow!("{e:#}"))).collect()
     }
 }
 
@@ -371,6 +390,15 @@ mod tests {
         let reqs: Vec<ChatRequest> = (0..12).map(|i| ask(&format!("n{i}"))).collect();
         let texts: Vec<String> = Client::new(&cfg).unwrap().chat_many(&reqs, None).into_iter().map(|a| a.unwrap().text().to_string()).collect();
         assert_eq!(texts, (0..12).map(|i| format!("echo: n{i}")).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn identical_requests_are_sent_once() {
+        let (url, seen) = scripted_server(|_, body| (200, echo(body)));
+        let reqs = [ask("x"), ask("y"), ask("x")];
+        let texts: Vec<String> = Client::new(&config(&url, None)).unwrap().chat_many(&reqs, None).into_iter().map(|a| a.unwrap().text().to_string()).collect();
+        assert_eq!(texts, ["echo: x", "echo: y", "echo: x"]);
+        assert_eq!(seen.lock().unwrap().len(), 2);
     }
 
     #[test]

@@ -11,8 +11,12 @@ pub enum Verdict {
     Tie,
 }
 
-/// The request for one verdict, with `first` shown as Assistant A.
-pub fn judge_prompt(question: &str, first: &str, second: &str) -> String {
+/// The request for one verdict, with `first` shown as Assistant A. A reference answer (math,
+/// reasoning, code) is shown to the judge as MT-bench does, to check correctness against.
+pub fn judge_prompt(question: &str, reference: Option<&str>, first: &str, second: &str) -> String {
+    let reference = reference.map_or(String::new(), |r| {
+        format!("[The Start of Reference Answer]\n{r}\n[The End of Reference Answer]\n\nUse the reference answer to check the correctness of the two responses.\n\n")
+    });
     format!(
         "Please act as an impartial judge and evaluate the quality of the responses provided by two AI assistants \
          to the user question shown below. Choose the assistant that follows the user's instructions and answers \
@@ -20,7 +24,7 @@ pub fn judge_prompt(question: &str, first: &str, second: &str) -> String {
          Do not let the order in which the responses were presented, their length, or the assistants' names \
          influence you. Begin with a short explanation comparing the two responses, then give your final verdict \
          strictly in this format: \"[[A]]\" if assistant A is better, \"[[B]]\" if assistant B is better, and \
-         \"[[C]]\" for a tie.\n\n[User Question]\n{question}\n\n[The Start of Assistant A's Answer]\n{first}\n\
+         \"[[C]]\" for a tie.\n\n[User Question]\n{question}\n\n{reference}[The Start of Assistant A's Answer]\n{first}\n\
          [The End of Assistant A's Answer]\n\n[The Start of Assistant B's Answer]\n{second}\n[The End of Assistant B's Answer]"
     )
 }
@@ -75,6 +79,46 @@ pub fn tally(outcomes: &[Outcome]) -> Tally {
     let var = if n > 1 { points.iter().map(|p| (p - score).powi(2)).sum::<f64>() / (n - 1) as f64 } else { 0.25 };
     let half = 1.96 * (var / n as f64).sqrt();
     Tally { wins, ties, losses, score, interval: ((score - half).max(0.0), (score + half).min(1.0)) }
+}
+
+/// A question and the two answers to compare.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pair {
+    pub question: String,
+    pub reference: Option<String>,
+    pub a: String,
+    pub b: String,
+}
+
+/// Both verdicts on one pair (each judge answer kept) and the outcome for A.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Judgment {
+    pub a_first: Option<Verdict>,
+    pub b_first: Option<Verdict>,
+    pub outcome: Outcome,
+    pub a_first_text: String,
+    pub b_first_text: String,
+}
+
+/// Judges every pair in both orders (two requests per pair, sent together with the client's
+/// concurrency and cache).
+pub fn judge_pairs(pairs: &[Pair], client: &crate::Client, max_tokens: u32) -> anyhow::Result<Vec<Judgment>> {
+    let ask = |first: &str, second: &str, p: &Pair| crate::ChatRequest {
+        messages: vec![crate::ChatMessage::user(judge_prompt(&p.question, p.reference.as_deref(), first, second))],
+        temperature: Some(0.0),
+        max_tokens: Some(max_tokens),
+        ..Default::default()
+    };
+    let requests: Vec<crate::ChatRequest> = pairs.iter().flat_map(|p| [ask(&p.a, &p.b, p), ask(&p.b, &p.a, p)]).collect();
+    let mut answers = client.chat_many(&requests, Some("judge: verdicts")).into_iter();
+    let mut out = Vec::with_capacity(pairs.len());
+    for _ in pairs {
+        let a_first_text = answers.next().expect("two answers per pair")?.text().to_string();
+        let b_first_text = answers.next().expect("two answers per pair")?.text().to_string();
+        let (a_first, b_first) = (parse_verdict(&a_first_text), parse_verdict(&b_first_text));
+        out.push(Judgment { a_first, b_first, outcome: outcome(a_first, b_first), a_first_text, b_first_text });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
