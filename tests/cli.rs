@@ -152,3 +152,16 @@ fn data_demo_writes_a_set_that_checks_clean() {
         assert!(o.status.success(), "{f}: {}", String::from_utf8_lossy(&o.stderr));
     }
 }
+
+/// `rlhf bench sft --model DIR` trains a random model of the folder's shape (tied Qwen2 here) and
+/// reports tokens/s, model FLOP/s with the MFU against the peak it is given, and the memory plan.
+#[test]
+fn bench_sft_takes_a_folders_shape_and_reports_mfu() {
+    let dir = fixture("hf-tiny-qwen2");
+    let o = rlhf(&["bench", "sft", "--model", dir.to_str().unwrap(), "--batch", "2", "--seq", "16", "--steps", "1", "--peak-tflops", "0.001"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}{out}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("hf-tiny-qwen2's shape") && out.contains("random weights"), "{out}");
+    assert!(out.contains("% MFU of an assumed 0.001 TFLOP/s peak"), "{out}");
+    assert!(out.contains("memory: predicted peak"), "{out}");
+}

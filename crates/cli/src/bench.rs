@@ -1,5 +1,6 @@
 //! `rlhf bench …`: throughput figures printed as tokens/s (targets live here, never in timed tests).
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use rlhf_runtime::Backend;
@@ -27,7 +28,8 @@ pub struct GenerateBench {
     sample: bool,
 }
 
-/// The size of the random LLaMA a benchmark runs (SwiGLU width ≈ 8/3·hidden, as LLaMA).
+/// The size of the random model a benchmark runs: a small LLaMA (SwiGLU width ≈ 8/3·hidden), a
+/// real model's shape (`--preset`, or `--model DIR` whose config.json is read; weights never are).
 #[derive(Debug, Clone, Args)]
 pub struct BenchModel {
     #[arg(long, default_value_t = 4)]
@@ -38,30 +40,97 @@ pub struct BenchModel {
     heads: usize,
     #[arg(long, default_value_t = 8192)]
     vocab: usize,
+    /// A real model's shape: Qwen2.5-0.5B, -1.5B or -7B (random weights).
+    #[arg(long, value_enum, conflicts_with = "model")]
+    preset: Option<Preset>,
+    /// The shape of a model folder's config.json (random weights; the weights are not read).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The device's peak FLOP/s in TFLOP/s for the model FLOP utilisation (default on CUDA: H100/H200
+    /// SXM dense TF32, 494.7; none on the CPU).
+    #[arg(long)]
+    peak_tflops: Option<f64>,
 }
 
+/// Real model shapes for benchmarks (the same `config.json` files `rlhf plan` reads in `configs/shapes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Preset {
+    #[value(name = "0.5b")]
+    Qwen05b,
+    #[value(name = "1.5b")]
+    Qwen15b,
+    #[value(name = "7b")]
+    Qwen7b,
+}
+
+impl Preset {
+    fn config_json(self) -> (&'static str, &'static str) {
+        match self {
+            Preset::Qwen05b => ("Qwen2.5-0.5B", include_str!("../../../configs/shapes/qwen2.5-0.5b/config.json")),
+            Preset::Qwen15b => ("Qwen2.5-1.5B", include_str!("../../../configs/shapes/qwen2.5-1.5b/config.json")),
+            Preset::Qwen7b => ("Qwen2.5-7B", include_str!("../../../configs/shapes/qwen2.5-7b/config.json")),
+        }
+    }
+}
+
+/// H100 / H200 SXM dense tensor-core peak for f32 matmuls (run as TF32), TFLOP/s.
+const CUDA_TF32_PEAK_TFLOPS: f64 = 494.7;
+
 impl BenchModel {
-    fn config(&self, max_positions: usize) -> TransformerConfig {
-        let ffn = (self.hidden * 8 / 3).div_ceil(16) * 16;
-        let cfg = TransformerConfig::llama(self.vocab, self.hidden, ffn, self.layers, self.heads, self.heads, max_positions.max(256));
-        TransformerConfig { pad_token_id: Some(0), ..cfg }
+    fn config(&self, max_positions: usize) -> anyhow::Result<TransformerConfig> {
+        let real = match (&self.preset, &self.model) {
+            (Some(p), _) => {
+                let (name, json) = p.config_json();
+                let hf: rlhf_model::HfConfig = serde_json::from_str(json)?;
+                Some(hf.resolve(std::path::Path::new(name))?)
+            }
+            (None, Some(dir)) => Some(TransformerConfig::from_hf_dir(dir)?),
+            (None, None) => None,
+        };
+        Ok(match real {
+            // Positions only size the rotary tables here: as many as the benchmark uses.
+            Some(cfg) => TransformerConfig { max_position_embeddings: max_positions.max(256), pad_token_id: Some(0), ..cfg },
+            None => {
+                let ffn = (self.hidden * 8 / 3).div_ceil(16) * 16;
+                let cfg = TransformerConfig::llama(self.vocab, self.hidden, ffn, self.layers, self.heads, self.heads, max_positions.max(256));
+                TransformerConfig { pad_token_id: Some(0), ..cfg }
+            }
+        })
     }
 
-    /// A randomly initialised model (untied head) and its config.
-    fn random_model<B: Backend>(&self, max_positions: usize, device: &B::Device) -> (TransformerConfig, CausalLm<B>) {
+    /// A randomly initialised model (tied or untied head as the shape says) and its config.
+    fn random_model<B: Backend>(&self, max_positions: usize, device: &B::Device) -> anyhow::Result<(TransformerConfig, CausalLm<B>)> {
         B::seed(device, 0);
-        let cfg = self.config(max_positions);
-        let lm_head = burn::module::Param::from_tensor(burn::tensor::Tensor::random(
-            [cfg.vocab_size, cfg.hidden_size],
-            burn::tensor::Distribution::Normal(0.0, 0.02),
-            device,
-        ));
-        let model = CausalLm { lm_head: Some(lm_head), model: cfg.init::<B>(device) };
-        (cfg, model)
+        let cfg = self.config(max_positions)?;
+        let lm_head = (!cfg.tie_word_embeddings).then(|| {
+            burn::module::Param::from_tensor(burn::tensor::Tensor::random(
+                [cfg.vocab_size, cfg.hidden_size],
+                burn::tensor::Distribution::Normal(0.0, 0.02),
+                device,
+            ))
+        });
+        let model = CausalLm { lm_head, model: cfg.init::<B>(device) };
+        Ok((cfg, model))
     }
 
-    fn describe(&self, params: usize) -> String {
-        format!("{:.2}M-param LLaMA ({} layers, d={}, vocab {})", params as f64 / 1e6, self.layers, self.hidden, self.vocab)
+    fn describe(&self, cfg: &TransformerConfig) -> String {
+        let shape = format!("{} layers, d={}, vocab {}", cfg.num_layers, cfg.hidden_size, cfg.vocab_size);
+        let params = cfg.num_params() as f64 / 1e6;
+        match (&self.preset, &self.model) {
+            (Some(p), _) => format!("{:.1}M-param {} shape ({shape}, random weights)", params, p.config_json().0),
+            (None, Some(dir)) => format!("{params:.1}M-param model of {}'s shape ({shape}, random weights)", dir.display()),
+            (None, None) => format!("{params:.2}M-param LLaMA ({shape})"),
+        }
+    }
+
+    /// Model FLOP/s as 6·N·tokens/s (N = all parameters) and its share of the device's peak.
+    fn flops_line(&self, cfg: &TransformerConfig, tokens_per_s: f64, device: DeviceSpec) -> String {
+        let tflops = 6.0 * cfg.num_params() as f64 * tokens_per_s / 1e12;
+        let peak = self.peak_tflops.or((device != DeviceSpec::Cpu).then_some(CUDA_TF32_PEAK_TFLOPS));
+        match peak {
+            Some(p) => format!("model FLOP/s (6·N·tokens/s): {tflops:.3} TFLOP/s = {:.1}% MFU of an assumed {p} TFLOP/s peak", 100.0 * tflops / p),
+            None => format!("model FLOP/s (6·N·tokens/s): {tflops:.3} TFLOP/s (no peak assumed on the CPU; --peak-tflops P gives MFU)"),
+        }
     }
 }
 
@@ -69,7 +138,7 @@ impl InferenceTask for GenerateBench {
     type Output = anyhow::Result<()>;
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
-        let (cfg, model) = self.size.random_model::<B>(self.prompt_len + self.new_tokens, &device);
+        let (cfg, model) = self.size.random_model::<B>(self.prompt_len + self.new_tokens, &device)?;
         // Prompts of different lengths (left padding exercised), ids spread over the vocabulary.
         let prompts: Vec<Vec<u32>> = (0..self.batch)
             .map(|b| {
@@ -85,7 +154,7 @@ impl InferenceTask for GenerateBench {
         let gen_cfg = GenerateConfig { max_new_tokens: self.new_tokens, sampler, stop_ids: vec![], pad_id: 0, seed: Some(0) };
         println!(
             "generate: {}, batch {}, prompt ≤{}, {} new tokens, {}",
-            self.size.describe(cfg.num_params()),
+            self.size.describe(&cfg),
             self.batch,
             self.prompt_len,
             self.new_tokens,
@@ -149,7 +218,7 @@ impl rlhf_runtime::Task for SftBench {
     /// ([`rlhf_train::Trainable`]: non-finite check, global-norm clip, AdamW).
     fn run<B: rlhf_runtime::AutodiffBackend>(self, device: B::Device) -> Self::Output {
         use burn::tensor::ElementConversion;
-        let (cfg, model) = self.size.random_model::<B>(self.seq, &device);
+        let (cfg, model) = self.size.random_model::<B>(self.seq, &device)?;
         let (model, lora) = match self.lora {
             Some(r) => {
                 let (model, spec) = model.attach_lora(&bench_lora(r, self.base_quant), 0, &device)?;
@@ -167,7 +236,7 @@ impl rlhf_runtime::Task for SftBench {
         let batch: Vec<&rlhf_data::encode::SftSample> = samples.iter().collect();
         let targets = samples.iter().map(|s| s.targets()).sum::<usize>() as f64;
         let mut model = rlhf_train::Trainable::new("model", model, &rlhf_train::optim::OptimConfig::default(), &device);
-        println!("sft step: {}, batch {} × seq {}, {}{lora}", self.size.describe(cfg.num_params()), self.batch, self.seq, self.device);
+        println!("sft step: {}, batch {} × seq {}, {}{lora}", self.size.describe(&cfg), self.batch, self.seq, self.device);
         let mut best = f64::INFINITY;
         for step in 0..self.steps + 2 {
             let start = Instant::now();
@@ -183,7 +252,9 @@ impl rlhf_runtime::Task for SftBench {
                 println!("  step {}: {secs:.3}s, {:.0} tokens/s", step - 1, (self.batch * self.seq) as f64 / secs);
             }
         }
-        println!("sft train tokens/s (best of {}): {:.0}", self.steps, (self.batch * self.seq) as f64 / best);
+        let tokens_per_s = (self.batch * self.seq) as f64 / best;
+        println!("sft train tokens/s (best of {}): {tokens_per_s:.0}", self.steps);
+        println!("{}", self.size.flops_line(&cfg, tokens_per_s, self.device));
         // The memory plan of the same step (one micro-batch = the whole batch), beside what it used.
         let plan_cfg: rlhf_sft::SftConfig = toml::from_str(&format!(
             "[model]\nfrom = \"-\"\n[data]\ntrain = \"-\"\nmax_len = {seq}\n[train]\nsteps = 1\nbatch_size = {b}\nmicro_batch_size = {b}\nlr = 1e-4\n",
@@ -239,7 +310,7 @@ impl rlhf_runtime::Task for PpoBench {
     fn run<B: rlhf_runtime::AutodiffBackend>(self, device: B::Device) -> Self::Output {
         use burn::module::AutodiffModule;
         let max_pos = self.prompt_len + self.new_tokens;
-        let (cfg, actor) = self.size.random_model::<B>(max_pos, &device);
+        let (cfg, actor) = self.size.random_model::<B>(max_pos, &device)?;
         let head = || rlhf_model::ScalarHead::init(cfg.hidden_size, &device);
         let critic = rlhf_model::RewardModel { model: actor.model.clone(), head: head() };
         let (actor, reference, critic, reward_model) = match self.lora {
@@ -292,7 +363,7 @@ kl_coef = 0.1
         let mut trainer = rlhf_ppo::Trainer::<B>::new(ppo_cfg, actor, critic, reference, reward_model, prompts, ptx, vec![], 0, None, device.clone());
         println!(
             "ppo iteration: 4 × {}, {} prompts × ({} prompt + {} new tokens), micro-batch {}, {}{}",
-            self.size.describe(cfg.num_params()),
+            self.size.describe(&cfg),
             self.batch,
             self.prompt_len,
             self.new_tokens,
@@ -324,4 +395,23 @@ kl_coef = 0.1
 
 pub fn run_ppo(args: PpoBench) -> anyhow::Result<()> {
     dispatch(args.device, args.clone())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The presets are Qwen2.5's shapes, as their Hugging Face config.json files declare them (the 7B's
+    /// vocabulary is padded to 152,064).
+    #[test]
+    fn presets_have_the_qwen2_5_shapes() {
+        let shape = |p: Preset| {
+            let m = BenchModel { layers: 0, hidden: 0, heads: 0, vocab: 0, preset: Some(p), model: None, peak_tflops: None };
+            let c = m.config(1024).unwrap();
+            (c.hidden_size, c.num_layers, c.num_heads, c.num_kv_heads, c.intermediate_size, c.vocab_size, c.tie_word_embeddings, c.qkv_bias)
+        };
+        assert_eq!(shape(Preset::Qwen05b), (896, 24, 14, 2, 4864, 151_936, true, true));
+        assert_eq!(shape(Preset::Qwen15b), (1536, 28, 12, 2, 8960, 151_936, true, true));
+        assert_eq!(shape(Preset::Qwen7b), (3584, 28, 28, 4, 18944, 152_064, false, true));
+    }
 }
