@@ -1,44 +1,22 @@
 //! `rlhf serve` over real HTTP on 127.0.0.1: OpenAI-shaped answers, streaming, batching that does
 //! not change answers, errors that leave the server serving, the API key.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use serde_json::{json, Value};
 
+use rlhf_serve::ServeProcess;
+
 use crate::common::fixture;
 
-/// A running `rlhf serve`; killed when dropped.
-pub struct Served {
-    child: Child,
-    /// `http://127.0.0.1:PORT/v1`
-    pub url: String,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Starts `rlhf serve` on a free port with the tiny chat fixture and waits until it listens.
-pub fn serve(extra: &[&str]) -> Served {
+pub fn serve(extra: &[&str]) -> ServeProcess {
     serve_model(&fixture("hf-tiny-chat"), extra)
 }
 
-fn serve_model(dir: &std::path::Path, extra: &[&str]) -> Served {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rlhf"))
-        .args(["serve", "--model", dir.to_str().unwrap(), "--port", "0", "--served-model-name", "tiny"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap_or_else(|| panic!("no address in {line:?}")).to_string();
-    Served { child, url }
+fn serve_model(dir: &std::path::Path, extra: &[&str]) -> ServeProcess {
+    let args = [&["--model", dir.to_str().unwrap(), "--served-model-name", "tiny"][..], extra].concat();
+    ServeProcess::start(std::path::Path::new(env!("CARGO_BIN_EXE_rlhf")), &args).unwrap()
 }
 
 /// POSTs a chat completion; the status and the body (JSON, or the raw text of a stream).

@@ -49,6 +49,11 @@ fn load_prompts(path: &Path, format: Format, skip_invalid: bool, limit: Option<u
         .collect())
 }
 
+/// A conversation as the teacher client sends it.
+pub fn to_chat(messages: &[Message]) -> Vec<rlhf_teacher::ChatMessage> {
+    messages.iter().map(|m| rlhf_teacher::ChatMessage { role: m.role.clone(), content: m.content.clone() }).collect()
+}
+
 /// How a model folder writes answers.
 #[derive(Debug, Clone, Args)]
 pub struct AnswerArgs {
@@ -67,6 +72,11 @@ pub struct AnswerArgs {
     pub template: Option<rlhf_data::BuiltinTemplate>,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
+}
+
+/// The one answer per prompt of [`write_answers`] with `samples` = 1.
+pub fn single(answers: Vec<Option<Vec<String>>>) -> Vec<Option<String>> {
+    answers.into_iter().map(|a| a.and_then(|v| v.into_iter().next())).collect()
 }
 
 /// `samples` answers per prompt from the model in `dir`, on `args.device`; None for prompts longer
@@ -101,8 +111,7 @@ pub fn write_answers_on<B: Backend>(
     if kept.len() < prompts.len() {
         eprintln!("{}: {} prompt(s) longer than {limit} tokens left out", dir.display(), prompts.len() - kept.len());
     }
-    let mut stop_ids = fmt.stop_ids(&tok);
-    stop_ids.extend(&config.eos_token_ids);
+    let stop_ids = fmt.stop_ids_and(&tok, &config.eos_token_ids);
     let sampling = AnswerSampling {
         samples,
         max_new_tokens: args.max_new_tokens,

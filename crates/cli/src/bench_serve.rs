@@ -1,16 +1,14 @@
 //! `rlhf bench serve`: requests/s and generated tokens/s of `rlhf serve` under 1, 8, 32 … concurrent
 //! clients. One client sending one request after another is sequential generation, the baseline.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use anyhow::Context;
 use clap::Args;
 use rlhf_runtime::DeviceSpec;
+use rlhf_serve::ServeProcess;
 use rlhf_teacher::{ChatMessage, ChatRequest, Client, ClientConfig};
 
 #[derive(Debug, Clone, Args)]
@@ -34,30 +32,6 @@ pub struct ServeBench {
     max_batch: usize,
 }
 
-/// The server as a child process, killed when dropped.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(args: &ServeBench) -> anyhow::Result<(Server, String)> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(["serve", "--model", &args.model.display().to_string(), "--port", "0", "--served-model-name", "bench"])
-        .args(["--device", &args.device.to_string(), "--max-batch", &args.max_batch.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("the server's stdout")?).read_line(&mut line)?;
-    let server = Server(child);
-    let url = line.split_whitespace().find(|w| w.starts_with("http://")).with_context(|| format!("the server did not start: {line:?}"))?.to_string();
-    Ok((server, url))
-}
-
 fn request(i: usize, max_tokens: u32) -> ChatRequest {
     let topics = ["the sea", "a city at night", "how bread is made", "a long train journey", "秋天的树叶", "learning to swim"];
     ChatRequest {
@@ -70,8 +44,9 @@ fn request(i: usize, max_tokens: u32) -> ChatRequest {
 }
 
 pub fn run(args: ServeBench) -> anyhow::Result<()> {
-    let (_server, url) = start(&args)?;
-    let client = Client::new(&ClientConfig { base_url: Some(url), max_retries: 0, ..ClientConfig::for_model("bench") })?;
+    let (model, device, max_batch) = (args.model.display().to_string(), args.device.to_string(), args.max_batch.to_string());
+    let server = ServeProcess::start(&std::env::current_exe()?, &["--model", &model, "--served-model-name", "bench", "--device", &device, "--max-batch", &max_batch])?;
+    let client = Client::new(&ClientConfig { base_url: Some(server.url.clone()), max_retries: 0, ..ClientConfig::for_model("bench") })?;
     client.chat(&request(0, args.max_tokens))?; // warm-up
     println!("serve: {}, {} requests of ≤{} tokens per row, server batch ≤{}, {}", args.model.display(), args.requests, args.max_tokens, args.max_batch, args.device);
     println!("{:>8} {:>10} {:>10} {:>12} {:>12} {:>12}", "clients", "wall s", "req/s", "tokens/s", "latency p50", "latency p95");

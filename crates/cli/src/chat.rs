@@ -47,7 +47,7 @@ impl InferenceTask for &ChatArgs {
         if self.max_new_tokens >= positions {
             bail!("--max-new-tokens {} leaves no room for a prompt in {positions} positions", self.max_new_tokens);
         }
-        let sampler = if self.temperature > 0.0 { Sampler::Sample { temperature: self.temperature, top_k: None, top_p: self.top_p } } else { Sampler::Greedy };
+        let sampler = Sampler::from_temperature(self.temperature, self.top_p);
         let pad = tok.pad_id_for(model.config().pad_token_id);
         let stop_ids = fmt.stop_ids(&tok);
         let opening: Vec<Message> = self.system.iter().map(|s| Message::new("system", s.as_str())).collect();

@@ -201,7 +201,7 @@ fn distill(args: DistillArgs) -> anyhow::Result<ExitCode> {
         .source
         .load()?
         .into_iter()
-        .map(|(_, messages)| messages.into_iter().map(|m| rlhf_teacher::ChatMessage { role: m.role, content: m.content }).collect())
+        .map(|(_, messages)| crate::answers::to_chat(&messages))
         .collect();
     let client = args.teacher.client(&args.out)?;
     let cfg = DistillConfig { turns: args.turns, temperature: args.temperature, max_tokens: args.max_tokens, system: args.system.clone() };
@@ -262,7 +262,7 @@ fn rank(args: RankArgs) -> anyhow::Result<ExitCode> {
             with_empty += 1;
             continue;
         }
-        items.push(RankItem { prompt: prompt.into_iter().map(|m| rlhf_teacher::ChatMessage { role: m.role, content: m.content }).collect(), responses });
+        items.push(RankItem { prompt: crate::answers::to_chat(&prompt), responses });
     }
     let client = args.teacher.client(&args.out)?;
     let cfg = RankConfig { orders: args.orders, shuffle: !args.no_shuffle, seed: args.answers.seed, max_tokens: args.judge_max_tokens };

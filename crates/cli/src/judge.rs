@@ -13,7 +13,7 @@ use rlhf_teacher::rank::question_text;
 use rlhf_teacher::ChatMessage;
 use serde_json::{json, Value};
 
-use crate::answers::{write_answers, write_answers_on, AnswerArgs, PromptSource};
+use crate::answers::{single, to_chat, write_answers, write_answers_on, AnswerArgs, PromptSource};
 use rlhf_eval::{EvalConfig, JudgeConfig};
 use crate::data::TeacherArgs;
 
@@ -66,10 +66,6 @@ pub fn read_questions(source: &PromptSource) -> anyhow::Result<Vec<Question>> {
             Question { messages, category: field("category"), reference: field("reference") }
         })
         .collect())
-}
-
-fn to_chat(messages: &[Message]) -> Vec<ChatMessage> {
-    messages.iter().map(|m| ChatMessage { role: m.role.clone(), content: m.content.clone() }).collect()
 }
 
 /// Writes a model folder's answer to each prompt (None: the prompt was left out).
@@ -163,8 +159,7 @@ pub fn judge(a: &Path, b: &Path, questions: &[Question], client: &rlhf_teacher::
     }
     let outcomes: Vec<Outcome> = judgments.iter().map(|j| j.outcome).collect();
     let overall = tally(&outcomes);
-    // Position consistency: both orders gave a verdict and they agree (same winner, or tie twice).
-    let consistent = judgments.iter().filter(|j| matches!((j.a_first, j.b_first), (Some(Verdict::First), Some(Verdict::Second)) | (Some(Verdict::Second), Some(Verdict::First)) | (Some(Verdict::Tie), Some(Verdict::Tie)))).count();
+    let consistent = judgments.iter().filter(|j| j.consistent()).count();
     let unparsed = judgments.iter().map(|j| usize::from(j.a_first.is_none()) + usize::from(j.b_first.is_none())).sum::<usize>();
     let summary = json!({
         "a": a.display().to_string(),
@@ -219,7 +214,7 @@ pub fn judge_run<B: rlhf_runtime::Backend>(run: &Path, eval: &EvalConfig, cfg: &
         device: Default::default(),
     };
     let answer = |dir: &Path, prompts: &[Vec<Message>]| -> anyhow::Result<Vec<Option<String>>> {
-        Ok(write_answers_on::<B>(dir, prompts, 1, cfg.temperature, None, &args, device)?.into_iter().map(|a| a.map(|mut v| v.remove(0))).collect())
+        Ok(single(write_answers_on::<B>(dir, prompts, 1, cfg.temperature, None, &args, device)?))
     };
     judge(&run.join("ppo/final"), &run.join("sft/final"), &questions, &client, cfg.judge_max_tokens, &run.join("judge"), &answer)
 }
@@ -228,7 +223,7 @@ pub fn run(args: &JudgeArgs) -> anyhow::Result<()> {
     let questions = read_questions(&args.questions)?;
     let client = args.teacher.client(&args.out.join("judge"))?;
     let answer = |dir: &Path, prompts: &[Vec<Message>]| -> anyhow::Result<Vec<Option<String>>> {
-        Ok(write_answers(dir, prompts, 1, args.temperature, None, &args.answers)?.into_iter().map(|a| a.map(|mut v| v.remove(0))).collect())
+        Ok(single(write_answers(dir, prompts, 1, args.temperature, None, &args.answers)?))
     };
     let summary = judge(&args.a, &args.b, &questions, &client, args.judge_max_tokens, &args.out, &answer)?;
     println!("{}", summary_line(&summary));

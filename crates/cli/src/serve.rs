@@ -55,7 +55,8 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         device: args.device,
         api_key: args.api_key.clone(),
         template: args.template,
-        policy: BatchPolicy { max_batch: args.max_batch, max_wait: Duration::from_millis(args.max_wait_ms), check_every: args.check_every.max(1) },
+        policy: BatchPolicy { max_batch: args.max_batch, max_wait: Duration::from_millis(args.max_wait_ms) },
+        check_every: args.check_every.max(1),
         default_max_tokens: args.default_max_tokens,
         max_body_bytes: args.max_body_bytes,
     })

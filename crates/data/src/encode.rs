@@ -89,10 +89,17 @@ impl ChatFormat {
 
     /// Token ids generation stops at: the end-of-turn marker and EOS.
     pub fn stop_ids(&self, tok: &Tokenizer) -> Vec<u32> {
+        self.stop_ids_and(tok, &[])
+    }
+
+    /// [`stop_ids`](Self::stop_ids) plus the model's own EOS ids (config.json, generation_config.json),
+    /// sorted, each once.
+    pub fn stop_ids_and(&self, tok: &Tokenizer, model_eos: &[u32]) -> Vec<u32> {
         let mut ids: Vec<u32> = [self.end_of_turn.as_str(), self.eos_token.as_str()]
             .iter()
             .filter(|t| !t.is_empty())
             .filter_map(|t| tok.token_id(t))
+            .chain(model_eos.iter().copied())
             .collect();
         ids.sort_unstable();
         ids.dedup();

@@ -10,7 +10,7 @@ use rlhf_data::prepare::{prepare, PrepareOptions, Prompt};
 use rlhf_data::{ChatFormat, Format, Kind, Tokenizer};
 use rlhf_model::ops::action_log_probs;
 use rlhf_model::reward_info::scaled_score;
-use rlhf_model::{generate, CausalLm, GenerateConfig, RewardModel, Sampler};
+use rlhf_model::{CausalLm, GenerateConfig, RewardModel, Sampler};
 use serde::{Deserialize, Serialize};
 
 /// The `[eval]` settings.
@@ -142,19 +142,18 @@ pub fn sample_and_score<B: Backend>(
     pad_id: u32,
     device: &B::Device,
 ) -> anyhow::Result<Vec<Scored>> {
-    let sampler = if cfg.temperature > 0.0 { Sampler::Sample { temperature: cfg.temperature, top_k: None, top_p: None } } else { Sampler::Greedy };
     let expanded: Vec<&Prompt> = prompts.iter().flat_map(|p| std::iter::repeat_n(p, cfg.samples_per_prompt.max(1))).collect();
+    let rows: Vec<Vec<u32>> = expanded.iter().map(|p| p.ids.clone()).collect();
+    let gen_cfg = GenerateConfig {
+        max_new_tokens: cfg.max_new_tokens,
+        sampler: Sampler::from_temperature(cfg.temperature, None),
+        stop_ids: stop_ids.to_vec(),
+        pad_id,
+        seed: None,
+    };
     let mut out = Vec::with_capacity(expanded.len());
-    for (chunk_no, chunk) in expanded.chunks(cfg.batch_size.max(1)).enumerate() {
-        let ids: Vec<Vec<u32>> = chunk.iter().map(|p| p.ids.clone()).collect();
-        let gen_cfg = GenerateConfig {
-            max_new_tokens: cfg.max_new_tokens,
-            sampler: sampler.clone(),
-            stop_ids: stop_ids.to_vec(),
-            pad_id,
-            seed: Some(cfg.seed.wrapping_mul(7919).wrapping_add(chunk_no as u64)),
-        };
-        let g = generate(policy, &ids, &gen_cfg, device)?;
+    crate::answers::generate_in_chunks(policy, &rows, cfg.batch_size, &gen_cfg, cfg.seed, device, |range, g| {
+        let chunk = &expanded[range];
         let prompt_len = g.prompt_ids.dims()[1];
         let seq = Tensor::cat(vec![g.prompt_ids.clone(), g.new_ids.clone()], 1);
         let attention = Tensor::cat(vec![g.prompt_mask.clone(), g.new_mask.clone()], 1);
@@ -182,7 +181,8 @@ pub fn sample_and_score<B: Backend>(
                 tokens,
             });
         }
-    }
+        Ok(())
+    })?;
     Ok(out)
 }
 

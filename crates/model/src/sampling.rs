@@ -14,6 +14,15 @@ pub enum Sampler {
 }
 
 impl Sampler {
+    /// Greedy at temperature 0 (or below), else a draw at `temperature` within the nucleus `top_p`.
+    pub fn from_temperature(temperature: f64, top_p: Option<f64>) -> Self {
+        if temperature > 0.0 {
+            Sampler::Sample { temperature, top_k: None, top_p }
+        } else {
+            Sampler::Greedy
+        }
+    }
+
     /// Next token of every row.
     ///
     /// Sampling uses the Gumbel-max trick: argmax(logits' + g) with g = −log(−log U) is an exact

@@ -3,7 +3,7 @@
 //! Batching: the oldest waiting request opens a batch and waits at most `max_wait` for company;
 //! every request waiting by then joins (oldest first) while the batch has rows left and the longest
 //! prompt plus the largest budget fit the context. Requests that arrive while a batch runs join the
-//! next one. A choice is answered as soon as it stops (checked every `check_every` tokens), not when
+//! next one. A choice is answered as soon as it stops (checked every `rows.check_every` tokens), not when
 //! the batch's slowest row does; rows whose client has gone are halted.
 
 use std::collections::VecDeque;
@@ -50,8 +50,6 @@ pub struct BatchPolicy {
     pub max_batch: usize,
     /// How long the oldest waiting request waits for others before its batch starts.
     pub max_wait: Duration,
-    /// Tokens between the host's looks at a batch (each look is one device sync).
-    pub check_every: usize,
 }
 
 /// Counts since start-up, shown by `GET /health`.

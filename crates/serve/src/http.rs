@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
@@ -30,15 +30,14 @@ pub struct Server {
     pub api_key: Option<String>,
     /// Seconds since the epoch when the server started (`created` of the model).
     pub started: u64,
-    pub jobs: Mutex<std::sync::mpsc::Sender<Job>>,
+    pub jobs: std::sync::mpsc::Sender<Job>,
     pub stats: Arc<Stats>,
     requests: AtomicU64,
 }
 
 impl Server {
     pub fn new(limits: Limits, tokenizer: Tokenizer, format: ChatFormat, api_key: Option<String>, jobs: std::sync::mpsc::Sender<Job>, stats: Arc<Stats>) -> Self {
-        let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        Self { limits, tokenizer, format, api_key, started, jobs: Mutex::new(jobs), stats, requests: AtomicU64::new(0) }
+        Self { limits, tokenizer, format, api_key, started: unix_now(), jobs, stats, requests: AtomicU64::new(0) }
     }
 
     /// A fresh number per request: ids and the seeds of requests without one.
@@ -119,8 +118,7 @@ async fn chat_completions(State(server): State<Arc<Server>>, headers: HeaderMap,
     let prompt_tokens = checked.prompt.len();
     let choices = checked.choices.len();
     let job = Job { prompt: checked.prompt, choices: checked.choices, stop: checked.stop, stream: checked.stream, events, arrived: Instant::now() };
-    let sent = server.jobs.lock().map_err(|_| ()).and_then(|jobs| jobs.send(job).map_err(|_| ()));
-    if sent.is_err() {
+    if server.jobs.send(job).is_err() {
         return error(ApiError::new(503, "server_error", None, "the generation engine has stopped"));
     }
     if checked.stream {

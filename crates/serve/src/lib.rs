@@ -11,7 +11,6 @@ mod http;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use rlhf_data::{BuiltinTemplate, ChatFormat, Tokenizer};
@@ -31,6 +30,8 @@ pub struct ServeOptions {
     pub api_key: Option<String>,
     pub template: Option<BuiltinTemplate>,
     pub policy: BatchPolicy,
+    /// Tokens between looks at a running batch (finished rows answered, text streamed; one sync each).
+    pub check_every: usize,
     pub default_max_tokens: usize,
     pub max_body_bytes: usize,
 }
@@ -41,10 +42,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let config = rlhf_model::TransformerConfig::from_hf_dir(&opts.model_dir)?;
     let tokenizer = Tokenizer::from_dir(&opts.model_dir)?;
     let format = ChatFormat::resolve(&tokenizer, opts.template)?;
-    let mut stop_ids = format.stop_ids(&tokenizer);
-    stop_ids.extend(&config.eos_token_ids);
-    stop_ids.sort_unstable();
-    stop_ids.dedup();
+    let stop_ids = format.stop_ids_and(&tokenizer, &config.eos_token_ids);
     let pad_id = tokenizer.pad_id_for(config.pad_token_id);
     let model = match &opts.model_name {
         Some(name) => name.clone(),
@@ -63,7 +61,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let engine = engine::Engine {
         model_dir: opts.model_dir.clone(),
         tokenizer: tokenizer.clone(),
-        rows: RowsConfig { stop_ids, pad_id, check_every: opts.policy.check_every },
+        rows: RowsConfig { stop_ids, pad_id, check_every: opts.check_every },
         policy: opts.policy.clone(),
         jobs: queue,
         ready,
@@ -90,6 +88,41 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A running `rlhf serve` child process (tests, `rlhf bench serve`), killed when dropped.
+pub struct ServeProcess {
+    child: std::process::Child,
+    /// `http://127.0.0.1:PORT/v1`
+    pub url: String,
+}
+
+impl ServeProcess {
+    /// Starts `EXE serve --port 0 ARGS…` and waits until it says where it listens.
+    pub fn start(exe: &std::path::Path, args: &[&str]) -> anyhow::Result<Self> {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(exe)
+            .args(["serve", "--port", "0"])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        let stdout = child.stdout.take().context("the server's stdout")?;
+        // Owned before reading, so a failed start still kills the child.
+        let mut process = Self { child, url: String::new() };
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        process.url = line.split_whitespace().find(|w| w.starts_with("http://")).with_context(|| format!("the server did not start: {line:?}"))?.to_string();
+        Ok(process)
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -106,6 +139,3 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     interrupt.await.unwrap_or(());
 }
-
-/// How long a batch waits for requests by default.
-pub const DEFAULT_MAX_WAIT: Duration = Duration::from_millis(10);

@@ -259,7 +259,8 @@ impl Client {
         let first_of: Vec<usize> = reqs
             .iter()
             .map(|r| {
-                let key = serde_json::to_string(r).unwrap_or_default();
+                // Strings, numbers and lists only: serialising cannot fail.
+                let key = serde_json::to_string(r).expect("a ChatRequest serialises");
                 *seen.entry(key).or_insert_with(|| {
                     unique.push(r);
                     unique.len() - 1

@@ -100,6 +100,15 @@ pub struct Judgment {
     pub b_first_text: String,
 }
 
+impl Judgment {
+    /// Position consistency: both orders gave a verdict and they agree (the same answer won, or a tie
+    /// twice).
+    pub fn consistent(&self) -> bool {
+        use Verdict::*;
+        matches!((self.a_first, self.b_first), (Some(First), Some(Second)) | (Some(Second), Some(First)) | (Some(Tie), Some(Tie)))
+    }
+}
+
 /// Judges every pair in both orders (two requests per pair, sent together with the client's
 /// concurrency and cache).
 pub fn judge_pairs(pairs: &[Pair], client: &crate::Client, max_tokens: u32) -> anyhow::Result<Vec<Judgment>> {
@@ -142,6 +151,14 @@ mod tests {
         assert_eq!(outcome(Some(First), Some(First)), Outcome::Tie);
         assert_eq!(outcome(Some(Tie), Some(Second)), Outcome::Tie);
         assert_eq!(outcome(None, Some(Second)), Outcome::Tie);
+    }
+
+    #[test]
+    fn consistency_needs_both_verdicts_to_agree() {
+        use Verdict::*;
+        let j = |a, b| Judgment { a_first: a, b_first: b, outcome: outcome(a, b), a_first_text: String::new(), b_first_text: String::new() };
+        assert!(j(Some(First), Some(Second)).consistent() && j(Some(Tie), Some(Tie)).consistent());
+        assert!(!j(Some(First), Some(First)).consistent() && !j(None, Some(Second)).consistent() && !j(Some(Tie), Some(First)).consistent());
     }
 
     /// 2 wins, 1 tie, 1 loss: points 1, 1, ½, 0 → score 0.625; squared deviations 0.140625 (twice),
