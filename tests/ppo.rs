@@ -14,7 +14,7 @@ use rlhf_ppo::PpoConfig;
 use crate::common::fixture;
 
 /// Demo prompts/pretraining text and a reward model (fixture body + random head) in `dir`.
-fn setup(dir: &Path) -> (PathBuf, PathBuf) {
+pub fn setup(dir: &Path) -> (PathBuf, PathBuf) {
     let sizes = rlhf_data::demo::DemoSizes { pretrain_docs: 40, sft: 10, rankings: 10, prompts: 64 };
     let data = dir.join("demo");
     rlhf_data::demo::write_demo(&data, 0, sizes).unwrap();
@@ -69,7 +69,7 @@ samples_per_log = 2
     )
 }
 
-fn config(data: &Path, rm: &Path, extra: &[&str]) -> PpoConfig {
+pub fn config(data: &Path, rm: &Path, extra: &[&str]) -> PpoConfig {
     let tmp = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(tmp.path(), config_text(data, rm)).unwrap();
     let sets: Vec<String> = extra.iter().map(|s| s.to_string()).collect();

@@ -155,7 +155,7 @@ fn shipped_configs_parse() {
     }
     for entry in std::fs::read_dir(root.join("pipeline")).unwrap() {
         let p = entry.unwrap().path();
-        let (cfg, ..) = rlhf_cli::pipeline::load(&p, &[], Path::new("/run")).unwrap_or_else(|e| panic!("{e:#}"));
+        let (cfg, ..) = rlhf_cli::pipeline::load(&p, &[], None, Path::new("/run")).unwrap_or_else(|e| panic!("{e:#}"));
         for c in cfg.pretrain.iter().chain(&cfg.sft) {
             c.train.validate().unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         }

@@ -11,13 +11,13 @@ use rlhf_sft::SftConfig;
 
 use crate::common::{column, fixture};
 
-fn demo(dir: &Path) -> std::path::PathBuf {
+pub fn demo(dir: &Path) -> std::path::PathBuf {
     let sizes = rlhf_data::demo::DemoSizes { pretrain_docs: 100, sft: 300, rankings: 10, prompts: 10 };
     rlhf_data::demo::write_demo(dir, 0, sizes).unwrap();
     dir.join("sft.jsonl")
 }
 
-fn config(train: &Path, steps: usize, extra: &[&str]) -> SftConfig {
+pub fn config(train: &Path, steps: usize, extra: &[&str]) -> SftConfig {
     let text = format!(
         r#"
 seed = 3

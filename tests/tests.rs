@@ -11,6 +11,7 @@ mod cuda;
 mod model;
 mod pipeline;
 mod ppo;
+mod precision;
 mod reward;
 mod serve;
 mod sft;

@@ -18,7 +18,7 @@ use std::time::Instant;
 use anyhow::Context;
 use rlhf_runtime::AutodiffBackend;
 use clap::{Args, ValueEnum};
-use rlhf_runtime::{dispatch, DeviceSpec, Task};
+use rlhf_runtime::{dispatch, DeviceSpec, Precision, Runtime, Task};
 use rlhf_eval::EvalConfig;
 use rlhf_ppo::PpoConfig;
 use rlhf_reward::RewardConfig;
@@ -82,6 +82,9 @@ pub struct PipelineArgs {
     /// Run even when a stage's memory plan predicts more than the device has free.
     #[arg(long)]
     pub force: bool,
+    /// f32 or bf16 for every training stage (sets `precision` in each stage's section).
+    #[arg(long)]
+    pub precision: Option<Precision>,
 }
 
 /// The embedded demo data set.
@@ -176,11 +179,18 @@ fn fingerprint(section: Option<&toml::Value>) -> String {
 
 /// Reads CONFIG, applies `--set`, fills in `{run}`, and parses it. Also returns the resolved table
 /// and each stage's [`fingerprint`].
-pub fn load(path: &Path, sets: &[String], out: &Path) -> anyhow::Result<(PipelineConfig, toml::Table, BTreeMap<Stage, String>)> {
+pub fn load(path: &Path, sets: &[String], precision: Option<Precision>, out: &Path) -> anyhow::Result<(PipelineConfig, toml::Table, BTreeMap<Stage, String>)> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut table: toml::Table = toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
     for s in sets {
         rlhf_train::config::apply_override(&mut table, s)?;
+    }
+    if let Some(p) = precision {
+        for stage in [Stage::Pretrain, Stage::Sft, Stage::Reward, Stage::Ppo] {
+            if let Some(section) = table.get_mut(stage.name()).and_then(toml::Value::as_table_mut) {
+                section.insert("precision".into(), toml::Value::String(p.to_string()));
+            }
+        }
     }
     let fingerprints = Stage::ALL.into_iter().map(|s| (s, fingerprint(table.get(s.name())))).collect();
     let mut value = toml::Value::Table(table);
@@ -419,7 +429,7 @@ impl Task for Pipeline {
 }
 
 pub fn run(args: PipelineArgs) -> anyhow::Result<()> {
-    let (cfg, resolved, fingerprints) = load(&args.config, &args.sets, &args.out)?;
+    let (cfg, resolved, fingerprints) = load(&args.config, &args.sets, args.precision, &args.out)?;
     // Every stage's plan is checked before the first one starts (or anything is written).
     let available = rlhf_train::memory::available_bytes(args.device);
     for plan in memory_plans(&cfg, &args.out)? {
@@ -428,7 +438,9 @@ pub fn run(args: PipelineArgs) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     rlhf_train::checkpoint::write_atomic(&args.out.join("pipeline.toml"), toml::to_string_pretty(&resolved)?.as_bytes())?;
-    dispatch(args.device, Pipeline { cfg, args, fingerprints })?
+    let precisions = [cfg.pretrain.as_ref().map(|c| c.precision), cfg.sft.as_ref().map(|c| c.precision), cfg.reward.as_ref().map(|c| c.precision), cfg.ppo.as_ref().map(|c| c.precision)];
+    let precision = if precisions.contains(&Some(Precision::Bf16)) { Precision::Bf16 } else { Precision::F32 };
+    dispatch(Runtime { device: args.device, precision }, Pipeline { cfg, args, fingerprints })?
 }
 
 /// `rlhf plan CONFIG`: the memory plan of each stage of a pipeline config, from config.json files
@@ -445,11 +457,14 @@ pub struct PlanArgs {
     /// What `{run}` stands for (earlier stages' outputs are planned with their inputs' shapes).
     #[arg(long, default_value = "runs/plan")]
     pub out: PathBuf,
+    /// f32 or bf16 for every training stage.
+    #[arg(long)]
+    pub precision: Option<Precision>,
 }
 
 /// Prints every plan; fails (non-zero exit) when one does not fit the device's free memory.
 pub fn plan(args: &PlanArgs) -> anyhow::Result<()> {
-    let (cfg, _, _) = load(&args.config, &args.sets, &args.out)?;
+    let (cfg, _, _) = load(&args.config, &args.sets, args.precision, &args.out)?;
     let available = rlhf_train::memory::available_bytes(args.device);
     let free = available.map_or("unknown".into(), rlhf_train::memory::gib);
     let mut refused = Vec::new();
@@ -481,7 +496,7 @@ mod tests {
     fn run_placeholder_is_filled_and_stages_follow_the_sections() {
         let tmp = tempfile::tempdir().unwrap();
         let p = write(tmp.path(), "[data]\npretrain_docs = 1\nsft = 1\nrankings = 1\nprompts = 1\n[eval]\nprompts = \"{run}/data/heldout.jsonl\"\nmax_new_tokens = 4\n");
-        let (cfg, table, _) = load(&p, &["eval.samples_per_prompt=3".into()], Path::new("/out")).unwrap();
+        let (cfg, table, _) = load(&p, &["eval.samples_per_prompt=3".into()], None, Path::new("/out")).unwrap();
         let eval = cfg.eval.as_ref().unwrap();
         assert_eq!(eval.prompts, PathBuf::from("/out/data/heldout.jsonl"));
         assert_eq!(eval.samples_per_prompt, 3);
@@ -493,10 +508,10 @@ mod tests {
     fn a_listed_stage_needs_its_section_and_unknown_keys_are_named() {
         let tmp = tempfile::tempdir().unwrap();
         let p = write(tmp.path(), "stages = [\"sft\", \"report\"]\n");
-        let e = load(&p, &[], Path::new("/out")).unwrap_err();
+        let e = load(&p, &[], None, Path::new("/out")).unwrap_err();
         assert!(format!("{e:#}").contains("stage `sft` is listed but has no [sft] section"), "{e:#}");
         let p = write(tmp.path(), "[reprot]\nsamples = 2\n");
-        let e = load(&p, &[], Path::new("/out")).unwrap_err();
+        let e = load(&p, &[], None, Path::new("/out")).unwrap_err();
         assert!(format!("{e:#}").contains("reprot"), "{e:#}");
     }
 
@@ -512,8 +527,8 @@ mod tests {
         assert_eq!(fingerprint(table.get("ppo")), fingerprint(halted.get("ppo")));
         assert_ne!(fingerprint(table.get("ppo")), fingerprint(longer.get("ppo")));
         // `{run}` stays unfilled: moving the run directory changes nothing.
-        let (_, _, a) = load(&write(tmp.path(), "[eval]\nprompts = \"{run}/h.jsonl\"\nmax_new_tokens = 4\n"), &[], Path::new("/a")).unwrap();
-        let (_, _, b) = load(&tmp.path().join("p.toml"), &[], Path::new("/b")).unwrap();
+        let (_, _, a) = load(&write(tmp.path(), "[eval]\nprompts = \"{run}/h.jsonl\"\nmax_new_tokens = 4\n"), &[], None, Path::new("/a")).unwrap();
+        let (_, _, b) = load(&tmp.path().join("p.toml"), &[], None, Path::new("/b")).unwrap();
         assert_eq!(a, b);
         assert!(a[&Stage::Eval].contains("{run}/h.jsonl"));
     }

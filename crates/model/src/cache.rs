@@ -1,7 +1,7 @@
 //! Preallocated key/value cache for one attention layer.
 
-use burn::tensor::Tensor;
-use rlhf_runtime::Backend;
+use burn::tensor::{DType, Tensor};
+use rlhf_runtime::{Backend, Precision};
 
 use crate::error::{ModelError, Result};
 
@@ -17,9 +17,11 @@ pub struct KvCache<B: Backend> {
 }
 
 impl<B: Backend> KvCache<B> {
-    pub fn new(batch: usize, kv_heads: usize, capacity: usize, head_dim: usize, device: &B::Device) -> Self {
+    /// An empty cache holding keys and values in `precision`'s dtype.
+    pub fn new(batch: usize, kv_heads: usize, capacity: usize, head_dim: usize, precision: Precision, device: &B::Device) -> Self {
         let shape = [batch, kv_heads, capacity, head_dim];
-        Self { keys: Tensor::zeros(shape, device), values: Tensor::zeros(shape, device), len: 0 }
+        let dtype = DType::from(precision.dtype());
+        Self { keys: Tensor::zeros(shape, (device, dtype)), values: Tensor::zeros(shape, (device, dtype)), len: 0 }
     }
 
     /// Tokens cached so far.

@@ -3,11 +3,12 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::{Distribution, Int, Tensor};
-use rlhf_runtime::Backend;
+use rlhf_runtime::{Backend, Precision};
 
 use crate::cache::KvCache;
 use crate::config::TransformerConfig;
 use crate::error::Result;
+use crate::precision::{in_compute, in_f32, store_frozen_weights, store_weights};
 use crate::transformer::Transformer;
 
 /// Transformer body + unembedding. `lm_head` is None when tied to `model.embed_tokens`.
@@ -31,22 +32,24 @@ impl<B: Backend> CausalLm<B> {
         }
     }
 
-    /// Logits for the given hidden states.
+    /// Logits for the given hidden states: the product in the model's precision, the logits f32
+    /// (log-softmax, losses and sampling read them).
     ///
     /// # Shapes
     /// - `hidden`: [batch, seq, hidden] → [batch, seq, vocab]
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         let [batch, seq, d] = hidden.dims();
         let rows = batch * seq;
-        let w = self.unembedding();
+        let precision = self.model.precision;
+        let w = in_compute(self.unembedding(), precision);
         let vocab = w.dims()[0];
-        let h = hidden.reshape([rows, d]);
+        let h = in_compute(hidden.reshape([rows, d]), precision);
         // W (the embedding itself when tied) is never copied: burn-flex hands transposed views to
         // gemm as strides. For a few rows (generation) W·hᵀ, transposed back, is faster (measured:
         // 2016 vs 1510 tokens/s in `rlhf bench generate`); for many rows (training) h·Wᵀ avoids
         // transposing [rows, vocab] logits.
         let logits = if rows <= 64 { w.matmul(h.transpose()).transpose() } else { h.matmul(w.transpose()) };
-        logits.reshape([batch, seq, vocab])
+        in_f32(logits).reshape([batch, seq, vocab])
     }
 
     /// Logits at every position (see [`Transformer::forward`] for the mask convention).
@@ -60,6 +63,18 @@ impl<B: Backend> CausalLm<B> {
         cache: Option<&mut [KvCache<B>]>,
     ) -> Result<Tensor<B, 3>> {
         Ok(self.logits(self.model.forward(input_ids, attention_mask, cache)?))
+    }
+
+    /// The model computing in `precision`, its frozen weight matrices stored in it (all of them when
+    /// nothing trains: a reference model; a LoRA base; none in full training).
+    pub fn in_precision(self, precision: Precision) -> Self {
+        let model = Self { model: self.model.with_precision(precision), ..self };
+        store_frozen_weights(model, precision)
+    }
+
+    /// An inference copy computing in `precision` with every weight stored in it (generation).
+    pub fn for_inference(self, precision: Precision) -> Self {
+        store_weights(Self { model: self.model.with_precision(precision), ..self }, precision)
     }
 }
 
@@ -82,11 +97,13 @@ impl<B: Backend> ScalarHead<B> {
         }
     }
 
+    /// In f32 whatever the precision: one dot product per token, and the score every objective reads.
+    ///
     /// # Shapes
     /// - `hidden`: [batch, seq, hidden] → [batch, seq]
     pub fn forward(&self, hidden: Tensor<B, 3>) -> Tensor<B, 2> {
         let [batch, seq, d] = hidden.dims();
-        let out = hidden.reshape([batch * seq, d]).matmul(self.weight.val().transpose()) + self.bias.val().unsqueeze::<2>();
+        let out = in_f32(hidden).reshape([batch * seq, d]).matmul(in_f32(self.weight.val()).transpose()) + in_f32(self.bias.val()).unsqueeze::<2>();
         out.reshape([batch, seq])
     }
 }
@@ -113,6 +130,13 @@ impl<B: Backend> RewardModel<B> {
     /// - `input_ids`: [batch, seq]; `attention_mask`: [batch, seq] → [batch]
     pub fn score(&self, input_ids: Tensor<B, 2, Int>, attention_mask: Tensor<B, 2, Int>) -> Result<Tensor<B, 1>> {
         Ok(at_last_token(self.forward(input_ids, attention_mask.clone())?, attention_mask))
+    }
+
+    /// The model computing in `precision`, its frozen weight matrices stored in it (see
+    /// [`CausalLm::in_precision`]).
+    pub fn in_precision(self, precision: Precision) -> Self {
+        let model = Self { model: self.model.with_precision(precision), ..self };
+        store_frozen_weights(model, precision)
     }
 }
 

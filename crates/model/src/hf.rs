@@ -358,6 +358,7 @@ impl<B: Backend> Transformer<B> {
             norm,
             rope: (!gpt2).then(|| Rope::from_config(cfg, device)),
             config: cfg.clone(),
+            precision: rlhf_runtime::Precision::F32,
         })
     }
 

@@ -12,6 +12,7 @@ pub mod heads;
 pub mod hf;
 pub mod lora;
 pub mod ops;
+pub mod precision;
 pub mod proj;
 pub mod reward_info;
 pub mod rope;

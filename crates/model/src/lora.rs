@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::{Tensor, TensorData};
-use rlhf_runtime::Backend;
+use rlhf_runtime::{Backend, Precision};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -23,6 +23,7 @@ use crate::config::{Arch, TransformerConfig};
 use crate::error::{ModelError, Result};
 use crate::heads::{CausalLm, RewardModel, ScalarHead};
 use crate::hf::{replace_dir, sibling, write_safetensors, HostTensor, KeyScheme, SafetensorsFiles};
+use crate::precision::{in_compute, in_f32};
 use crate::proj::Proj;
 use rlhf_runtime::quant::BaseQuant;
 use crate::transformer::Transformer;
@@ -359,14 +360,14 @@ impl<B: Backend> Lora<B> {
         Self { a: Param::from_tensor(a), b: Param::from_tensor(b), scale: spec.scale(), dropout: DropoutConfig::new(spec.dropout).init() }
     }
 
-    /// The update (α/r)·dropout(x)·A·B.
+    /// The update (α/r)·dropout(x)·A·B. The products run in `precision`; A and B stay f32 masters.
     ///
     /// # Shapes
     /// - `x`: [batch, seq, d_in] → [batch, seq, d_out]
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    pub fn forward(&self, x: Tensor<B, 3>, precision: Precision) -> Tensor<B, 3> {
         let [batch, seq, d_in] = x.dims();
-        let x = self.dropout.forward(x.reshape([batch * seq, d_in]));
-        let y = x.matmul(self.a.val()).matmul(self.b.val()) * self.scale;
+        let x = in_compute(self.dropout.forward(x.reshape([batch * seq, d_in])), precision);
+        let y = in_f32(x.matmul(in_compute(self.a.val(), precision)).matmul(in_compute(self.b.val(), precision))) * self.scale;
         let d_out = y.dims()[1];
         y.reshape([batch, seq, d_out])
     }

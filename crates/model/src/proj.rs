@@ -5,7 +5,9 @@ use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::{Int, Tensor};
 use rlhf_runtime::quant::{dequantize, quantize_host, to_device, BaseQuant, QuantFormat};
-use rlhf_runtime::{Backend, QuantizedWeight};
+use rlhf_runtime::{Backend, Precision, QuantizedWeight};
+
+use crate::precision::{in_compute, in_f32};
 
 /// y = x·W + b with W [d_in, d_out], dense or quantized.
 #[derive(Module, Debug)]
@@ -41,15 +43,20 @@ impl<B: Backend> Proj<B> {
     /// burn's default `linear` broadcasts the weight over the batch and runs one GEMM per row,
     /// re-packing the weight for every row: with one-token rows (generation) that packing dominated
     /// the step time.
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    ///
+    /// The product runs in `precision` (operands cast, f32 accumulation); the output and the bias
+    /// add are f32.
+    pub fn forward(&self, x: Tensor<B, 3>, precision: Precision) -> Tensor<B, 3> {
         let [batch, seq, d_in] = x.dims();
-        let x = x.reshape([batch * seq, d_in]);
-        let y = match self {
-            Proj::Dense(linear) => linear.forward(x),
-            Proj::Quantized(q) => match &q.bias {
-                Some(b) => q.matmul(x) + b.val().unsqueeze::<2>(),
-                None => q.matmul(x),
-            },
+        let x = in_compute(x.reshape([batch * seq, d_in]), precision);
+        let (y, bias) = match self {
+            Proj::Dense(linear) => (x.matmul(in_compute(linear.weight.val(), precision)), &linear.bias),
+            Proj::Quantized(q) => (q.matmul(x), &q.bias),
+        };
+        let y = in_f32(y);
+        let y = match bias {
+            Some(b) => y + in_f32(b.val()).unsqueeze::<2>(),
+            None => y,
         };
         let d_out = y.dims()[1];
         y.reshape([batch, seq, d_out])
@@ -79,9 +86,10 @@ impl<B: Backend> Proj<B> {
     }
 
     /// A dense map with `delta` added to the weight (merging an adapter; a quantized weight is
-    /// rebuilt first, as PEFT merges into a 4/8-bit base).
+    /// rebuilt first, as PEFT merges into a 4/8-bit base). The sum is f32 (a bf16-stored base is
+    /// widened first).
     pub fn add_to_weight(&mut self, delta: Tensor<B, 2>) {
-        let weight = Param::from_tensor(self.weight() + delta);
+        let weight = Param::from_tensor(in_f32(self.weight()) + in_f32(delta));
         match self {
             Proj::Dense(linear) => linear.weight = weight,
             Proj::Quantized(q) => *self = Proj::Dense(Linear { weight, bias: q.bias.clone() }),

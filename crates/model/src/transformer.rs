@@ -8,12 +8,13 @@ use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
-use rlhf_runtime::Backend;
+use rlhf_runtime::{Backend, Precision};
 
 use crate::cache::KvCache;
 use crate::config::{Arch, TransformerConfig};
 use crate::error::{ModelError, Result};
 use crate::lora::{BlockLora, Lora, Slot};
+use crate::precision::{in_compute, in_f32};
 use crate::proj::Proj;
 use crate::rope::{apply_rotary, Rope};
 
@@ -35,9 +36,12 @@ pub struct Norm<B: Backend> {
 }
 
 impl<B: Backend> Norm<B> {
+    /// Statistics in f32 whatever the weights are stored in.
+    ///
     /// # Shapes
     /// - `x`: [batch, seq, hidden] → same
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let x = in_f32(x);
         let x = if self.centered {
             let mean = x.clone().mean_dim(2);
             x - mean
@@ -45,19 +49,19 @@ impl<B: Backend> Norm<B> {
             x
         };
         let scale = (x.clone().square().mean_dim(2) + self.eps).sqrt().recip();
-        let y = x * scale * self.weight.val().unsqueeze::<3>();
+        let y = x * scale * in_f32(self.weight.val()).unsqueeze::<3>();
         match &self.bias {
-            Some(b) => y + b.val().unsqueeze::<3>(),
+            Some(b) => y + in_f32(b.val()).unsqueeze::<3>(),
             None => y,
         }
     }
 }
 
 /// The projection, plus the adapter's low-rank update when it has one.
-fn project<B: Backend>(proj: &Proj<B>, adapter: Option<&Lora<B>>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+fn project<B: Backend>(proj: &Proj<B>, adapter: Option<&Lora<B>>, x: Tensor<B, 3>, precision: Precision) -> Tensor<B, 3> {
     match adapter {
-        Some(a) => proj.forward(x.clone()) + a.forward(x),
-        None => proj.forward(x),
+        Some(a) => proj.forward(x.clone(), precision) + a.forward(x, precision),
+        None => proj.forward(x, precision),
     }
 }
 
@@ -79,6 +83,9 @@ impl<B: Backend> Attention<B> {
     /// - `rotary`: cos/sin [batch, 1, seq, head_dim] (None for learned positions)
     /// - `bias`: [batch, 1, 1, seq, past + seq] additive mask
     /// - returns [batch, seq, hidden]
+    ///
+    /// Both attention products run in `precision` (keys and values are cached in it); the scores'
+    /// scale, mask and softmax are f32.
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
@@ -86,17 +93,18 @@ impl<B: Backend> Attention<B> {
         bias: Tensor<B, 5>,
         cache: Option<&mut KvCache<B>>,
         lora: Option<&BlockLora<B>>,
+        precision: Precision,
     ) -> Result<Tensor<B, 3>> {
         let [batch, seq, _] = x.dims();
         let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let rep = h / kvh;
         let adapter = |s: Slot| lora.and_then(|l| l.slot(s));
-        let mut q = project(&self.q_proj, adapter(Slot::Q), x.clone());
-        let mut k = project(&self.k_proj, adapter(Slot::K), x.clone());
-        let mut v = project(&self.v_proj, adapter(Slot::V), x.clone());
+        let mut q = project(&self.q_proj, adapter(Slot::Q), x.clone(), precision);
+        let mut k = project(&self.k_proj, adapter(Slot::K), x.clone(), precision);
+        let mut v = project(&self.v_proj, adapter(Slot::V), x.clone(), precision);
         if let Some(qkv) = adapter(Slot::Qkv) {
             // GPT-2's fused c_attn adapter: one update, split into its q, k, v columns.
-            let delta = qkv.forward(x);
+            let delta = qkv.forward(x, precision);
             let (qd, kvd) = (h * hd, kvh * hd);
             q = q + delta.clone().slice([0..batch, 0..seq, 0..qd]);
             k = k + delta.clone().slice([0..batch, 0..seq, qd..qd + kvd]);
@@ -109,6 +117,7 @@ impl<B: Backend> Attention<B> {
             q = apply_rotary(q, cos.clone(), sin.clone());
             k = apply_rotary(k, cos.clone(), sin.clone());
         }
+        let (q, k, v) = (in_compute(q, precision), in_compute(k, precision), in_compute(v, precision));
         // [batch, kv_heads, past + seq, head_dim]
         let (k, v) = match cache {
             Some(cache) => cache.append(k, v)?,
@@ -119,13 +128,13 @@ impl<B: Backend> Attention<B> {
         // never copied `rep` times: [batch, kv_heads, rep * seq, head_dim]. Without grouping the
         // strided view goes to the matmul as is (no copy).
         let q = if rep == 1 { q } else { q.reshape([batch, kvh, rep * seq, hd]) };
-        let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
+        let scores = in_f32(q.matmul(k.swap_dims(2, 3))) * (1.0 / (hd as f64).sqrt());
         // [batch, kv_heads, rep, seq, keys]
         let scores = scores.reshape([batch, kvh, rep, seq, keys]) + bias;
-        let probs = softmax(scores, 4).reshape([batch, kvh, rep * seq, keys]);
+        let probs = in_compute(softmax(scores, 4).reshape([batch, kvh, rep * seq, keys]), precision);
         // [batch, heads, seq, head_dim] → [batch, seq, heads * head_dim]
-        let out = probs.matmul(v).reshape([batch, h, seq, hd]).swap_dims(1, 2).reshape([batch, seq, h * hd]);
-        Ok(project(&self.o_proj, adapter(Slot::O), out))
+        let out = in_f32(probs.matmul(v)).reshape([batch, h, seq, hd]).swap_dims(1, 2).reshape([batch, seq, h * hd]);
+        Ok(project(&self.o_proj, adapter(Slot::O), out, precision))
     }
 }
 
@@ -139,13 +148,13 @@ pub struct Mlp<B: Backend> {
 }
 
 impl<B: Backend> Mlp<B> {
-    pub fn forward(&self, x: Tensor<B, 3>, lora: Option<&BlockLora<B>>) -> Tensor<B, 3> {
+    pub fn forward(&self, x: Tensor<B, 3>, lora: Option<&BlockLora<B>>, precision: Precision) -> Tensor<B, 3> {
         let adapter = |s: Slot| lora.and_then(|l| l.slot(s));
         let inner = match &self.gate_proj {
-            Some(gate) => silu(project(gate, adapter(Slot::Gate), x.clone())) * project(&self.up_proj, adapter(Slot::Up), x),
-            None => gelu_tanh(project(&self.up_proj, adapter(Slot::Up), x)),
+            Some(gate) => silu(project(gate, adapter(Slot::Gate), x.clone(), precision)) * project(&self.up_proj, adapter(Slot::Up), x, precision),
+            None => gelu_tanh(project(&self.up_proj, adapter(Slot::Up), x, precision)),
         };
-        project(&self.down_proj, adapter(Slot::Down), inner)
+        project(&self.down_proj, adapter(Slot::Down), inner, precision)
     }
 }
 
@@ -174,11 +183,12 @@ impl<B: Backend> Block<B> {
         rotary: Option<&(Tensor<B, 4>, Tensor<B, 4>)>,
         bias: Tensor<B, 5>,
         cache: Option<&mut KvCache<B>>,
+        precision: Precision,
     ) -> Result<Tensor<B, 3>> {
         let lora = self.lora.as_ref();
-        let attn = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rotary, bias, cache, lora)?;
+        let attn = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rotary, bias, cache, lora, precision)?;
         let x = x + attn;
-        Ok(x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x), lora))
+        Ok(x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x), lora, precision))
     }
 }
 
@@ -195,6 +205,9 @@ pub struct Transformer<B: Backend> {
     pub rope: Option<Rope<B>>,
     #[module(skip)]
     pub config: TransformerConfig,
+    /// What matmuls and attention compute in (f32 unless a stage asks for bf16).
+    #[module(skip)]
+    pub precision: Precision,
 }
 
 impl<B: Backend> Transformer<B> {
@@ -243,24 +256,32 @@ impl<B: Backend> Transformer<B> {
         // [batch, seq]: position of each new token among the real tokens of its row.
         let positions = (attention_mask.clone().cumsum(1) - 1).clamp_min(0).slice([0..batch, past..total]);
 
-        let mut x = burn::tensor::module::embedding(self.embed_tokens.val(), input_ids);
+        // The residual stream is f32 even when the tables are stored in bf16.
+        let mut x = in_f32(burn::tensor::module::embedding(self.embed_tokens.val(), input_ids));
         if let Some(wpe) = &self.embed_positions {
-            x = x + burn::tensor::module::embedding(wpe.val(), positions.clone());
+            x = x + in_f32(burn::tensor::module::embedding(wpe.val(), positions.clone()));
         }
         let rotary = self.rope.as_ref().map(|r| r.tables(positions));
         let bias = attention_bias::<B>(attention_mask, past, seq, &device);
 
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c[i]);
-            x = layer.forward(x, rotary.as_ref(), bias.clone(), layer_cache)?;
+            x = layer.forward(x, rotary.as_ref(), bias.clone(), layer_cache, self.precision)?;
         }
         Ok(self.norm.forward(x))
     }
 
-    /// One preallocated cache per layer, for `batch` rows of up to `max_len` tokens.
+    /// One preallocated cache per layer, for `batch` rows of up to `max_len` tokens, in the
+    /// model's compute dtype.
     pub fn new_cache(&self, batch: usize, max_len: usize, device: &B::Device) -> Vec<KvCache<B>> {
         let c = &self.config;
-        (0..c.num_layers).map(|_| KvCache::new(batch, c.num_kv_heads, max_len, c.head_dim, device)).collect()
+        (0..c.num_layers).map(|_| KvCache::new(batch, c.num_kv_heads, max_len, c.head_dim, self.precision, device)).collect()
+    }
+
+    /// The body computing in `precision` (weights untouched: see [`crate::precision`] for storing
+    /// them in it).
+    pub fn with_precision(self, precision: Precision) -> Self {
+        Self { precision, ..self }
     }
 }
 
@@ -329,6 +350,7 @@ impl TransformerConfig {
             norm: norm(),
             rope: (!gpt2).then(|| Rope::from_config(self, device)),
             config: self.clone(),
+            precision: Precision::F32,
         }
     }
 }

@@ -19,13 +19,15 @@ use crate::quant::{dequantize, QuantFormat};
 
 /// burn's backend plus our own ops (default implementations: the plain composition of burn ops).
 pub trait Backend: burn::tensor::backend::Backend {
-    /// `x · W` where `W` ([d_in, d_out]) is held block-quantized as `w`.
+    /// `x · W` where `W` ([d_in, d_out]) is held block-quantized as `w`; `W` is rebuilt in `x`'s
+    /// dtype (f32 or bf16), so the product runs in the caller's precision.
     ///
     /// # Shapes
     /// - `x`: [rows, d_in] → [rows, d_out]
     fn quantized_matmul(x: FloatTensor<Self>, w: QuantizedWeight<Self>) -> FloatTensor<Self> {
         let x = Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(x));
-        x.matmul(w.dequantize()).into_primitive().tensor()
+        let w = w.dequantize().cast(x.dtype());
+        x.matmul(w).into_primitive().tensor()
     }
 }
 
@@ -74,7 +76,8 @@ impl<B: Backend, C: CheckpointStrategy> Backend for Autodiff<B, C> {
                 let w = ops.state;
                 unary::<B, _>(ops.parents, ops.node, grads, |grad| {
                     let grad = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(grad));
-                    grad.matmul(w.dequantize().transpose()).into_primitive().tensor()
+                    let w = w.dequantize().cast(grad.dtype());
+                    grad.matmul(w.transpose()).into_primitive().tensor()
                 });
             }
         }

@@ -2,8 +2,9 @@
 //! else: every command and stage hands a [`Task`] to [`dispatch`], which picks the backend.
 //!
 //! One task kind serves training and inference: a task gets an autodiff backend `B`; inference code
-//! uses its inner backend (`Infer<B>`, no autograd graph, no overhead). Adding a device kind or a
-//! precision is one new arm in [`dispatch`].
+//! uses its inner backend (`Infer<B>`, no autograd graph, no overhead). Adding a device kind is one
+//! new arm in [`dispatch`]. Precision is not a backend type: burn tensors carry their own dtype, and
+//! the model casts per op ([`Precision`]).
 //!
 //! CPU is burn-flex, not NdArray (measured here, 2 cores, `rlhf bench generate`: 2016 vs 1353
 //! tokens/s; NdArray's reshape copies every standard-layout matmul input, weights included, and its
@@ -42,6 +43,8 @@ pub enum RuntimeError {
     NoCudaBuild,
     #[error("CUDA device {index} is not usable (is an NVIDIA driver and GPU present?): {why}")]
     CudaUnusable { index: usize, why: String },
+    #[error("CUDA device {index} cannot compute in bf16: use precision = \"f32\"")]
+    NoBf16 { index: usize },
 }
 
 /// `--device cpu | cuda | cuda:N`.
@@ -76,13 +79,51 @@ impl fmt::Display for DeviceSpec {
     }
 }
 
-/// The number format weights and activations are computed in. Only f32 exists so far: parameters,
-/// gradients, optimizer state and every activation are f32.
+/// The number format matmuls and attention are computed in.
+///
+/// `Bf16` is mixed precision, as torch autocast: trained parameters, their gradients and AdamW's
+/// moments stay f32 (the master copy), each matmul casts its operands to bf16 and accumulates in
+/// f32, and everything numerically touchy — the residual stream, norms, softmax / log-softmax,
+/// losses, advantages — stays f32. Frozen weights are stored in bf16 (half their memory). burn
+/// tensors carry their own dtype, so one backend type serves both: precision is a property of the
+/// model ([`Precision::dtype`]), not of the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     #[default]
     F32,
+    Bf16,
+}
+
+impl Precision {
+    /// The dtype matmul operands (and the KV cache) are cast to.
+    pub fn dtype(self) -> burn::tensor::FloatDType {
+        match self {
+            Precision::F32 => burn::tensor::FloatDType::F32,
+            Precision::Bf16 => burn::tensor::FloatDType::BF16,
+        }
+    }
+}
+
+impl FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" | "fp32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(format!("unknown precision {s:?} (expected f32 or bf16)")),
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        })
+    }
 }
 
 /// Where and how a task runs.
@@ -124,16 +165,20 @@ impl<T: InferenceTask> Task for Inference<T> {
 /// Runs `task` on the backend `runtime` names.
 pub fn dispatch<T: Task>(runtime: impl Into<Runtime>, task: T) -> Result<T::Output, RuntimeError> {
     let Runtime { device, precision } = runtime.into();
-    match (device, precision) {
-        (DeviceSpec::Cpu, Precision::F32) => Ok(task.run::<CpuTrain>(Default::default())),
-        (DeviceSpec::Cuda(index), Precision::F32) => {
+    match device {
+        DeviceSpec::Cpu => Ok(task.run::<CpuTrain>(Default::default())),
+        DeviceSpec::Cuda(index) => {
             #[cfg(feature = "cuda")]
             {
-                Ok(task.run::<GpuTrain>(cuda_device(index)?))
+                let device = cuda_device(index)?;
+                if precision == Precision::Bf16 && !<Gpu as burn::tensor::backend::Backend>::supports_dtype(&device, burn::tensor::DType::BF16) {
+                    return Err(RuntimeError::NoBf16 { index });
+                }
+                Ok(task.run::<GpuTrain>(device))
             }
             #[cfg(not(feature = "cuda"))]
             {
-                let _ = (index, task);
+                let _ = (index, precision, task);
                 Err(RuntimeError::NoCudaBuild)
             }
         }

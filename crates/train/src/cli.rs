@@ -1,10 +1,10 @@
 //! The command line every stage binary shares:
-//! `rlhf-<stage> --config FILE [--set k=v]… --out DIR [--device D] [--resume]`.
+//! `rlhf-<stage> --config FILE [--set k=v]… --out DIR [--device D] [--precision P] [--resume]`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use rlhf_runtime::{dispatch, DeviceSpec, Task};
+use rlhf_runtime::{dispatch, DeviceSpec, Precision, Runtime, Task};
 
 use crate::memory::{available_bytes, MemoryPlan};
 use serde::de::DeserializeOwned;
@@ -20,6 +20,9 @@ pub struct StageArgs {
     pub out: PathBuf,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
+    /// f32 or bf16 (mixed precision); the same as `--set precision=P`.
+    #[arg(long)]
+    pub precision: Option<Precision>,
     /// Continue from the newest complete checkpoint in OUT.
     #[arg(long)]
     pub resume: bool,
@@ -28,19 +31,27 @@ pub struct StageArgs {
     pub force: bool,
 }
 
+/// What the command line needs to know of a stage's config.
+pub trait StageConfig: DeserializeOwned {
+    fn precision(&self) -> Precision;
+}
+
 /// Loads the stage's config, prints its memory plan and refuses one the device cannot hold (before
 /// anything is loaded; `--force` overrides), runs the task built from it on the chosen device, and
 /// turns the result into an exit code (errors printed with their whole context chain).
 pub fn stage_main<C, T>(args: StageArgs, plan: impl FnOnce(&C) -> anyhow::Result<MemoryPlan>, task: impl FnOnce(C, StageArgs) -> T) -> ExitCode
 where
-    C: DeserializeOwned,
+    C: StageConfig,
     T: Task<Output = anyhow::Result<()>>,
 {
-    let result = crate::config::load_config::<C>(Some(&args.config), &args.sets).map_err(anyhow::Error::from).and_then(|cfg| {
+    let mut sets = args.sets.clone();
+    sets.extend(args.precision.map(|p| format!("precision={p}")));
+    let result = crate::config::load_config::<C>(Some(&args.config), &sets).map_err(anyhow::Error::from).and_then(|cfg| {
         let plan = plan(&cfg)?;
         eprint!("{}", plan.table());
         plan.check(args.device, available_bytes(args.device), args.force)?;
-        dispatch(args.device, task(cfg, args.clone()))?
+        let runtime = Runtime { device: args.device, precision: cfg.precision() };
+        dispatch(runtime, task(cfg, args.clone()))?
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -16,6 +16,10 @@ use crate::objective::{KlEstimator, PtxMode};
 pub struct PpoConfig {
     #[serde(default)]
     pub seed: u64,
+    /// "f32", or "bf16": mixed precision for the actor and critic (f32 masters, bf16 matmuls); the
+    /// frozen reference and reward model, and generation, fully in bf16.
+    #[serde(default)]
+    pub precision: rlhf_runtime::Precision,
     pub model: PpoModels,
     pub data: PromptData,
     /// The pretraining mix (PPO-ptx); without it, plain PPO.
@@ -275,5 +279,11 @@ impl PpoConfig {
             }
         }
         Ok(())
+    }
+}
+
+impl rlhf_train::cli::StageConfig for PpoConfig {
+    fn precision(&self) -> rlhf_runtime::Precision {
+        self.precision
     }
 }

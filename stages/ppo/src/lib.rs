@@ -224,7 +224,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         let device = &self.device;
         let ppo = &self.cfg.ppo;
         let clock = Instant::now();
-        let actor = self.actor.module.valid();
+        // Generation and the old log-probs read one inference copy, in bf16 under mixed precision
+        // (the same rounding the training forward applies per matmul).
+        let actor = self.actor.module.valid().for_inference(self.cfg.precision);
         let out = self.generate_rollouts(&actor, prompts, iteration)?;
         let prompt_len = out.prompt_ids.dims()[1];
         let steps = out.new_ids.dims()[1];
@@ -463,10 +465,13 @@ pub fn load_models<B: AutodiffBackend>(cfg: &PpoConfig, device: &B::Device) -> a
             (actor, Some(spec))
         }
     };
+    // With bf16, the frozen models (and a LoRA actor's frozen base) are stored in bf16.
+    let p = cfg.precision;
+    let actor = actor.in_precision(p);
     let reference = match (&actor_lora, &m.reference) {
         // The actor's frozen base, adapters off: the same weights in memory, never a second copy.
         (Some(_), None) => actor.without_lora().valid(),
-        _ => CausalLm::<B::InnerBackend>::from_hf_dir(m.reference.as_ref().unwrap_or(&m.actor), device)?,
+        _ => CausalLm::<B::InnerBackend>::from_hf_dir(m.reference.as_ref().unwrap_or(&m.actor), device)?.in_precision(p),
     };
     let critic = RewardModel::<B>::from_dir(m.critic.as_ref().unwrap_or(&m.reward_model), device)?;
     let (critic, critic_lora) = match &cfg.ppo.critic_lora {
@@ -477,10 +482,11 @@ pub fn load_models<B: AutodiffBackend>(cfg: &PpoConfig, device: &B::Device) -> a
             (critic, Some(spec))
         }
     };
+    let critic = critic.in_precision(p);
     let reward_model = match (&critic_lora, &m.critic) {
         // The critic's frozen base with the reward model's own head (the critic's copy of the head trains).
         (Some(_), None) => RewardModel { model: critic.model.without_lora(), head: critic.head.clone() }.valid(),
-        _ => RewardModel::<B::InnerBackend>::from_dir(&m.reward_model, device)?,
+        _ => RewardModel::<B::InnerBackend>::from_dir(&m.reward_model, device)?.in_precision(p),
     };
     Ok(Models { actor, critic, reference, reward_model, actor_lora })
 }

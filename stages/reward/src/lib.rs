@@ -28,6 +28,9 @@ pub use objective::ranking_loss;
 pub struct RewardConfig {
     #[serde(default)]
     pub seed: u64,
+    /// "f32", or "bf16": mixed precision (f32 master weights, bf16 matmuls).
+    #[serde(default)]
+    pub precision: rlhf_runtime::Precision,
     pub model: ModelConfig,
     /// Rankings: ColossalChat / TRL preference pairs or K-way rankings (K ≤ 9).
     pub data: DataFiles,
@@ -240,6 +243,7 @@ pub fn run<B: AutodiffBackend>(cfg: &RewardConfig, out: &Path, resume: bool, dev
             (model, Some(spec))
         }
     };
+    let model = model.in_precision(cfg.precision);
     let pad_id = tok.pad_id_for(model.model.config.pad_token_id);
     eprintln!("reward: {} train / {} eval rankings", train.len(), eval.len());
     let objective = RewardObjective::<B> {
@@ -283,4 +287,10 @@ pub fn run<B: AutodiffBackend>(cfg: &RewardConfig, out: &Path, resume: bool, dev
     }
     eprintln!("reward: reference mean {mean:.4} (std {std:.4}) shifted to 0; final model in {}", out.join("final").display());
     Ok(model)
+}
+
+impl rlhf_train::cli::StageConfig for RewardConfig {
+    fn precision(&self) -> rlhf_runtime::Precision {
+        self.precision
+    }
 }

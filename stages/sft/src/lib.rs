@@ -16,6 +16,7 @@ use rlhf_data::encode::SftSample;
 use rlhf_data::{prepare, BuiltinTemplate, ChatFormat, DataFiles, Kind, Tokenizer};
 use rlhf_model::{Arch, CausalLm, LoraConfig, TransformerConfig};
 use rlhf_train::memory::{lora_knob, resident_rows, update_rows, MemoryPlan, PlannedModel, ShapeOf, Training, LM_LOSS_COPIES};
+use rlhf_runtime::Precision;
 use rlhf_train::TrainConfig;
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +49,9 @@ pub struct SftConfig {
     pub seed: u64,
     #[serde(default)]
     pub mode: Mode,
+    /// "f32", or "bf16": mixed precision (f32 master weights, bf16 matmuls).
+    #[serde(default)]
+    pub precision: Precision,
     pub model: ModelConfig,
     pub data: DataFiles,
     pub train: TrainConfig,
@@ -234,6 +238,7 @@ pub fn run<B: AutodiffBackend>(cfg: &SftConfig, out: &Path, resume: bool, device
             (model, Some(spec))
         }
     };
+    let model = model.in_precision(cfg.precision);
     let tok = Tokenizer::from_dir(&tok_dir)?;
     let fmt = match cfg.mode {
         Mode::Sft => ChatFormat::resolve(&tok, cfg.data.template)?,
@@ -279,4 +284,10 @@ pub fn run<B: AutodiffBackend>(cfg: &SftConfig, out: &Path, resume: bool, device
     };
     eprintln!("{}: final model in {}", if cfg.mode == Mode::Sft { "sft" } else { "pretrain" }, out.join("final").display());
     Ok(model)
+}
+
+impl rlhf_train::cli::StageConfig for SftConfig {
+    fn precision(&self) -> rlhf_runtime::Precision {
+        self.precision
+    }
 }
