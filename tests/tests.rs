@@ -1,5 +1,6 @@
 //! Integration tests, one module per feature (ripgrep's layout).
 
+mod checkpointing;
 mod cli;
 mod common;
 mod data;

@@ -72,6 +72,12 @@ impl<B: Backend> CausalLm<B> {
         store_frozen_weights(model, precision)
     }
 
+    /// The model with gradient checkpointing of its blocks on or off (see
+    /// [`Transformer::with_gradient_checkpointing`]).
+    pub fn with_gradient_checkpointing(self, on: bool) -> Result<Self> {
+        Ok(Self { model: self.model.with_gradient_checkpointing(on)?, ..self })
+    }
+
     /// An inference copy computing in `precision` with every weight stored in it (generation).
     pub fn for_inference(self, precision: Precision) -> Self {
         store_weights(Self { model: self.model.with_precision(precision), ..self }, precision)
@@ -130,6 +136,11 @@ impl<B: Backend> RewardModel<B> {
     /// - `input_ids`: [batch, seq]; `attention_mask`: [batch, seq] → [batch]
     pub fn score(&self, input_ids: Tensor<B, 2, Int>, attention_mask: Tensor<B, 2, Int>) -> Result<Tensor<B, 1>> {
         Ok(at_last_token(self.forward(input_ids, attention_mask.clone())?, attention_mask))
+    }
+
+    /// The model with gradient checkpointing of its blocks on or off.
+    pub fn with_gradient_checkpointing(self, on: bool) -> Result<Self> {
+        Ok(Self { model: self.model.with_gradient_checkpointing(on)?, ..self })
     }
 
     /// The model computing in `precision`, its frozen weight matrices stored in it (see

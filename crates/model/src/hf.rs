@@ -359,6 +359,7 @@ impl<B: Backend> Transformer<B> {
             rope: (!gpt2).then(|| Rope::from_config(cfg, device)),
             config: cfg.clone(),
             precision: rlhf_runtime::Precision::F32,
+            gradient_checkpointing: false,
         })
     }
 

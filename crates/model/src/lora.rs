@@ -410,6 +410,11 @@ impl<B: Backend> BlockLora<B> {
         }
     }
 
+    /// Every adapter the block has.
+    pub fn adapters(&self) -> impl Iterator<Item = &Lora<B>> {
+        [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj, &self.gate_proj, &self.up_proj, &self.down_proj, &self.c_attn].into_iter().flatten()
+    }
+
     fn slot_mut(&mut self, s: Slot) -> &mut Option<Lora<B>> {
         match s {
             Slot::Q => &mut self.q_proj,

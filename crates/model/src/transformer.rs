@@ -7,8 +7,10 @@
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::{silu, softmax};
-use burn::tensor::{Distribution, Int, Tensor, TensorData};
-use rlhf_runtime::{Backend, Precision};
+use burn::module::AutodiffModule;
+use burn::tensor::{Distribution, Int, Tensor, TensorData, TensorPrimitive};
+use rlhf_runtime::checkpoint::{Checkpointable, ParamTensors};
+use rlhf_runtime::{AutodiffBackend, Backend, Precision};
 
 use crate::cache::KvCache;
 use crate::config::{Arch, TransformerConfig};
@@ -192,6 +194,50 @@ impl<B: Backend> Block<B> {
     }
 }
 
+/// A decoder block with what its forward reads besides its input: the segment gradient
+/// checkpointing keeps only the input of, and recomputes in backward.
+#[derive(Clone, Debug)]
+pub struct BlockSegment<B: Backend> {
+    block: Block<B>,
+    rotary: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+    bias: Tensor<B, 5>,
+    precision: Precision,
+}
+
+/// Names [`BlockSegment`] to [`Checkpointable`].
+pub struct CheckpointedBlock;
+
+impl Checkpointable for CheckpointedBlock {
+    type On<B: Backend> = BlockSegment<B>;
+
+    fn forward<B: Backend>(s: &BlockSegment<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        // Without a cache a block has nothing that can fail.
+        s.block.forward(x, s.rotary.as_ref(), s.bias.clone(), None, s.precision).expect("a block without a KV cache")
+    }
+
+    fn valid<B: AutodiffBackend>(s: &BlockSegment<B>) -> BlockSegment<B::InnerBackend> {
+        BlockSegment {
+            block: s.block.valid(),
+            rotary: s.rotary.as_ref().map(|(cos, sin)| (cos.clone().inner(), sin.clone().inner())),
+            bias: s.bias.clone().inner(),
+            precision: s.precision,
+        }
+    }
+
+    fn from_inner<B: AutodiffBackend>(s: BlockSegment<B::InnerBackend>) -> BlockSegment<B> {
+        BlockSegment {
+            block: Block::from_inner(s.block),
+            rotary: s.rotary.map(|(cos, sin)| (Tensor::from_inner(cos), Tensor::from_inner(sin))),
+            bias: Tensor::from_inner(s.bias),
+            precision: s.precision,
+        }
+    }
+
+    fn params<B: Backend>(s: &BlockSegment<B>, visit: &mut ParamTensors<B>) {
+        s.block.visit(visit);
+    }
+}
+
 /// The decoder body. `forward` returns hidden states after the final norm.
 #[derive(Module, Debug)]
 pub struct Transformer<B: Backend> {
@@ -208,6 +254,10 @@ pub struct Transformer<B: Backend> {
     /// What matmuls and attention compute in (f32 unless a stage asks for bf16).
     #[module(skip)]
     pub precision: Precision,
+    /// Keep only each block's input for backward and recompute the block there (training only;
+    /// inference backends and cached generation run blocks as usual).
+    #[module(skip)]
+    pub gradient_checkpointing: bool,
 }
 
 impl<B: Backend> Transformer<B> {
@@ -265,8 +315,14 @@ impl<B: Backend> Transformer<B> {
         let bias = attention_bias::<B>(attention_mask, past, seq, &device);
 
         for (i, layer) in self.layers.iter().enumerate() {
-            let layer_cache = cache.as_deref_mut().map(|c| &mut c[i]);
-            x = layer.forward(x, rotary.as_ref(), bias.clone(), layer_cache, self.precision)?;
+            x = match cache.as_deref_mut() {
+                None if self.gradient_checkpointing => {
+                    let segment = BlockSegment { block: layer.clone(), rotary: rotary.clone(), bias: bias.clone(), precision: self.precision };
+                    let y = B::checkpointed::<CheckpointedBlock>(&segment, x.into_primitive().tensor());
+                    Tensor::from_primitive(TensorPrimitive::Float(y))
+                }
+                layer_cache => layer.forward(x, rotary.as_ref(), bias.clone(), layer_cache.map(|c| &mut c[i]), self.precision)?,
+            };
         }
         Ok(self.norm.forward(x))
     }
@@ -282,6 +338,16 @@ impl<B: Backend> Transformer<B> {
     /// them in it).
     pub fn with_precision(self, precision: Precision) -> Self {
         Self { precision, ..self }
+    }
+
+    /// The body with gradient checkpointing on or off. Refused with LoRA dropout: the recompute
+    /// would draw another mask than the forward.
+    pub fn with_gradient_checkpointing(self, on: bool) -> Result<Self> {
+        let dropout = self.layers.iter().filter_map(|l| l.lora.as_ref()).flat_map(|l| l.adapters()).any(|a| a.dropout.prob > 0.0);
+        if on && dropout {
+            return Err(ModelError::Invalid("gradient checkpointing with lora.dropout > 0 is not supported: set lora.dropout = 0".into()));
+        }
+        Ok(Self { gradient_checkpointing: on, ..self })
     }
 }
 
@@ -351,6 +417,7 @@ impl TransformerConfig {
             rope: (!gpt2).then(|| Rope::from_config(self, device)),
             config: self.clone(),
             precision: Precision::F32,
+            gradient_checkpointing: false,
         }
     }
 }

@@ -15,6 +15,7 @@ use burn::backend::Autodiff;
 use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{Int, Tensor, TensorPrimitive};
 
+use crate::checkpoint::Checkpointable;
 use crate::quant::{dequantize, QuantFormat};
 
 /// burn's backend plus our own ops (default implementations: the plain composition of burn ops).
@@ -28,6 +29,15 @@ pub trait Backend: burn::tensor::backend::Backend {
         let x = Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(x));
         let w = w.dequantize().cast(x.dtype());
         x.matmul(w).into_primitive().tensor()
+    }
+
+    /// `segment`'s forward; under autodiff, gradient-checkpointed (see [`crate::checkpoint`]):
+    /// only `x` is kept, and backward runs the segment again.
+    ///
+    /// # Shapes
+    /// - `x`: [batch, seq, hidden] → same
+    fn checkpointed<S: Checkpointable>(segment: &S::On<Self>, x: FloatTensor<Self>) -> FloatTensor<Self> {
+        S::forward::<Self>(segment, Tensor::from_primitive(TensorPrimitive::Float(x))).into_primitive().tensor()
     }
 }
 
@@ -88,5 +98,9 @@ impl<B: Backend, C: CheckpointStrategy> Backend for Autodiff<B, C> {
             OpsKind::Tracked(prep) => prep.finish(w.clone(), B::quantized_matmul(x.primitive, w)),
             OpsKind::UnTracked(prep) => prep.finish(B::quantized_matmul(x.primitive, w)),
         }
+    }
+
+    fn checkpointed<S: Checkpointable>(segment: &S::On<Self>, x: FloatTensor<Self>) -> FloatTensor<Self> {
+        crate::checkpoint::checkpointed::<S, B, C>(segment, x)
     }
 }

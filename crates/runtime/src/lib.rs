@@ -16,6 +16,7 @@ use std::fmt;
 use std::str::FromStr;
 
 pub mod backend;
+pub mod checkpoint;
 pub mod quant;
 
 pub use backend::{AutodiffBackend, Backend, QuantizedWeight};
