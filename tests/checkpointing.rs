@@ -82,3 +82,21 @@ fn checkpointing_with_lora_dropout_is_refused() {
     let e = adapted.with_gradient_checkpointing(true).unwrap_err().to_string();
     assert!(e.contains("lora.dropout"), "{e}");
 }
+
+/// Stage 1 with `train.gradient_checkpointing = true` takes the same steps as without it.
+#[test]
+fn sft_with_checkpointing_takes_the_same_steps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = crate::sft::demo(&tmp.path().join("demo"));
+    let run = |name: &str, extra: &[&str]| {
+        let out = tmp.path().join(name);
+        let sets: Vec<&str> = ["train.eval_every=0", "train.save_every=0"].iter().chain(extra).copied().collect();
+        rlhf_sft::run::<CpuTrain>(&crate::sft::config(&data, 4, &sets), &out, false, &Default::default()).unwrap();
+        crate::common::column(&rlhf_train::metrics::read_metrics(&out.join("metrics.jsonl")).unwrap(), "loss")
+    };
+    let (plain, ckpt) = (run("plain", &[]), run("ckpt", &["train.gradient_checkpointing=true"]));
+    assert_eq!(plain.len(), 4);
+    for (a, b) in plain.iter().zip(&ckpt) {
+        assert!((a - b).abs() <= 1e-5 * a.abs(), "losses {plain:?} vs {ckpt:?}");
+    }
+}

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use rlhf_runtime::Backend;
 use clap::Args;
-use rlhf_runtime::{dispatch, DeviceSpec, Inference, InferenceTask};
+use rlhf_runtime::{dispatch, DeviceSpec, Inference, InferenceTask, Precision};
 use rlhf_model::{generate, CausalLm, GenerateConfig, Sampler, TransformerConfig};
 
 #[derive(Debug, Clone, Args)]
@@ -47,9 +47,16 @@ pub struct BenchModel {
     #[arg(long)]
     model: Option<PathBuf>,
     /// The device's peak FLOP/s in TFLOP/s for the model FLOP utilisation (default on CUDA: H100/H200
-    /// SXM dense TF32, 494.7; none on the CPU).
+    /// SXM dense TF32 494.7 in f32, BF16 989.4 in bf16; none on the CPU).
     #[arg(long)]
     peak_tflops: Option<f64>,
+    /// f32, or bf16: mixed precision for training (f32 masters, bf16 matmuls), bf16 weights and KV
+    /// cache for generation.
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
+    /// Recompute each decoder block in backward instead of keeping its activations (sft, ppo).
+    #[arg(long)]
+    gradient_checkpointing: bool,
 }
 
 /// Real model shapes for benchmarks (the same `config.json` files `rlhf plan` reads in `configs/shapes`).
@@ -73,8 +80,9 @@ impl Preset {
     }
 }
 
-/// H100 / H200 SXM dense tensor-core peak for f32 matmuls (run as TF32), TFLOP/s.
+/// H100 / H200 SXM dense tensor-core peaks, TFLOP/s: f32 matmuls (run as TF32), and bf16.
 const CUDA_TF32_PEAK_TFLOPS: f64 = 494.7;
+const CUDA_BF16_PEAK_TFLOPS: f64 = 989.4;
 
 impl BenchModel {
     fn config(&self, max_positions: usize) -> anyhow::Result<TransformerConfig> {
@@ -113,6 +121,17 @@ impl BenchModel {
         Ok((cfg, model))
     }
 
+    /// A model to train as the flags say: compute precision (frozen weights stored in it) and
+    /// gradient checkpointing.
+    fn for_training<B: Backend>(&self, model: CausalLm<B>) -> anyhow::Result<CausalLm<B>> {
+        Ok(model.in_precision(self.precision).with_gradient_checkpointing(self.gradient_checkpointing)?)
+    }
+
+    /// How the model computes, for the header line.
+    fn settings(&self) -> String {
+        format!("{}{}", self.precision, if self.gradient_checkpointing { ", gradient checkpointing" } else { "" })
+    }
+
     fn describe(&self, cfg: &TransformerConfig) -> String {
         let shape = format!("{} layers, d={}, vocab {}", cfg.num_layers, cfg.hidden_size, cfg.vocab_size);
         let params = cfg.num_params() as f64 / 1e6;
@@ -126,7 +145,8 @@ impl BenchModel {
     /// Model FLOP/s as 6·N·tokens/s (N = all parameters) and its share of the device's peak.
     fn flops_line(&self, cfg: &TransformerConfig, tokens_per_s: f64, device: DeviceSpec) -> String {
         let tflops = 6.0 * cfg.num_params() as f64 * tokens_per_s / 1e12;
-        let peak = self.peak_tflops.or((device != DeviceSpec::Cpu).then_some(CUDA_TF32_PEAK_TFLOPS));
+        let cuda_peak = if self.precision == Precision::Bf16 { CUDA_BF16_PEAK_TFLOPS } else { CUDA_TF32_PEAK_TFLOPS };
+        let peak = self.peak_tflops.or((device != DeviceSpec::Cpu).then_some(cuda_peak));
         match peak {
             Some(p) => format!("model FLOP/s (6·N·tokens/s): {tflops:.3} TFLOP/s = {:.1}% MFU of an assumed {p} TFLOP/s peak", 100.0 * tflops / p),
             None => format!("model FLOP/s (6·N·tokens/s): {tflops:.3} TFLOP/s (no peak assumed on the CPU; --peak-tflops P gives MFU)"),
@@ -139,6 +159,7 @@ impl InferenceTask for GenerateBench {
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
         let (cfg, model) = self.size.random_model::<B>(self.prompt_len + self.new_tokens, &device)?;
+        let model = model.for_inference(self.size.precision);
         // Prompts of different lengths (left padding exercised), ids spread over the vocabulary.
         let prompts: Vec<Vec<u32>> = (0..self.batch)
             .map(|b| {
@@ -153,12 +174,13 @@ impl InferenceTask for GenerateBench {
         };
         let gen_cfg = GenerateConfig { max_new_tokens: self.new_tokens, sampler, stop_ids: vec![], pad_id: 0, seed: Some(0) };
         println!(
-            "generate: {}, batch {}, prompt ≤{}, {} new tokens, {}",
+            "generate: {}, batch {}, prompt ≤{}, {} new tokens, {}, {}",
             self.size.describe(&cfg),
             self.batch,
             self.prompt_len,
             self.new_tokens,
-            self.device
+            self.device,
+            self.size.precision
         );
         let mut best = f64::INFINITY;
         for rep in 0..=self.repeats {
@@ -180,7 +202,7 @@ impl InferenceTask for GenerateBench {
 }
 
 pub fn run_generate(args: GenerateBench) -> anyhow::Result<()> {
-    dispatch(args.device, Inference(args.clone()))?
+    dispatch(rlhf_runtime::Runtime { device: args.device, precision: args.size.precision }, Inference(args.clone()))?
 }
 
 #[derive(Debug, Clone, Args)]
@@ -227,6 +249,7 @@ impl rlhf_runtime::Task for SftBench {
             }
             None => (model, String::new()),
         };
+        let model = self.size.for_training(model)?;
         let samples: Vec<rlhf_data::encode::SftSample> = (0..self.batch)
             .map(|b| rlhf_data::encode::SftSample {
                 ids: (0..self.seq).map(|i| ((b * 7919 + i * 104_729) % (cfg.vocab_size - 1) + 1) as u32).collect(),
@@ -236,7 +259,7 @@ impl rlhf_runtime::Task for SftBench {
         let batch: Vec<&rlhf_data::encode::SftSample> = samples.iter().collect();
         let targets = samples.iter().map(|s| s.targets()).sum::<usize>() as f64;
         let mut model = rlhf_train::Trainable::new("model", model, &rlhf_train::optim::OptimConfig::default(), &device);
-        println!("sft step: {}, batch {} × seq {}, {}{lora}", self.size.describe(&cfg), self.batch, self.seq, self.device);
+        println!("sft step: {}, batch {} × seq {}, {}, {}{lora}", self.size.describe(&cfg), self.batch, self.seq, self.device, self.size.settings());
         let mut best = f64::INFINITY;
         for step in 0..self.steps + 2 {
             let start = Instant::now();
@@ -257,9 +280,11 @@ impl rlhf_runtime::Task for SftBench {
         println!("{}", self.size.flops_line(&cfg, tokens_per_s, self.device));
         // The memory plan of the same step (one micro-batch = the whole batch), beside what it used.
         let plan_cfg: rlhf_sft::SftConfig = toml::from_str(&format!(
-            "[model]\nfrom = \"-\"\n[data]\ntrain = \"-\"\nmax_len = {seq}\n[train]\nsteps = 1\nbatch_size = {b}\nmicro_batch_size = {b}\nlr = 1e-4\n",
+            "precision = \"{p}\"\n[model]\nfrom = \"-\"\n[data]\ntrain = \"-\"\nmax_len = {seq}\n[train]\nsteps = 1\nbatch_size = {b}\nmicro_batch_size = {b}\nlr = 1e-4\ngradient_checkpointing = {ckpt}\n",
+            p = self.size.precision,
             seq = self.seq,
-            b = self.batch
+            b = self.batch,
+            ckpt = self.size.gradient_checkpointing
         ))?;
         let plan_cfg = rlhf_sft::SftConfig { lora: self.lora.map(|r| bench_lora(r, self.base_quant)), ..plan_cfg };
         let plan = rlhf_sft::memory_plan(&plan_cfg, &|_| Ok(cfg.clone()))?;
@@ -270,7 +295,7 @@ impl rlhf_runtime::Task for SftBench {
 }
 
 pub fn run_sft(args: SftBench) -> anyhow::Result<()> {
-    dispatch(args.device, args.clone())?
+    dispatch(rlhf_runtime::Runtime { device: args.device, precision: args.size.precision }, args.clone())?
 }
 
 #[derive(Debug, Clone, Args)]
@@ -327,12 +352,18 @@ impl rlhf_runtime::Task for PpoBench {
                 (actor.clone(), actor.valid(), critic, reward_model)
             }
         };
+        // As the stage sets them up: trained models in mixed precision, frozen ones stored in it.
+        let p = self.size.precision;
+        let actor = self.size.for_training(actor)?;
+        let critic = critic.in_precision(p).with_gradient_checkpointing(self.size.gradient_checkpointing)?;
+        let (reference, reward_model) = (reference.in_precision(p), reward_model.in_precision(p));
         let ids = |b: usize, len: usize| -> Vec<u32> { (0..len).map(|i| ((b * 7919 + i * 104_729) % (cfg.vocab_size - 1) + 1) as u32).collect() };
         let prompts: Vec<Vec<u32>> = (0..self.batch).map(|b| ids(b, self.prompt_len)).collect();
         let ptx: Vec<rlhf_data::encode::SftSample> =
             (0..self.batch).map(|b| rlhf_data::encode::SftSample { ids: ids(b + 1000, max_pos), loss_mask: vec![true; max_pos] }).collect();
         let ppo_cfg: rlhf_ppo::PpoConfig = toml::from_str(&format!(
             r#"
+precision = "{p}"
 [model]
 actor = "-"
 reward_model = "-"
@@ -353,6 +384,7 @@ actor_lr = 1e-5
 critic_lr = 1e-5
 kl_coef = 0.1
 "#,
+            p = self.size.precision,
             ptx = self.micro_batch,
             new = self.new_tokens,
             its = self.iterations + 1,
@@ -362,13 +394,14 @@ kl_coef = 0.1
         ))?;
         let mut trainer = rlhf_ppo::Trainer::<B>::new(ppo_cfg, actor, critic, reference, reward_model, prompts, ptx, vec![], 0, None, device.clone());
         println!(
-            "ppo iteration: 4 × {}, {} prompts × ({} prompt + {} new tokens), micro-batch {}, {}{}",
+            "ppo iteration: 4 × {}, {} prompts × ({} prompt + {} new tokens), micro-batch {}, {}, {}{}",
             self.size.describe(&cfg),
             self.batch,
             self.prompt_len,
             self.new_tokens,
             self.micro_batch,
             self.device,
+            self.size.settings(),
             self.lora.map_or(String::new(), |r| format!(
                 ", LoRA r={r} on actor and critic{}",
                 self.base_quant.map_or(String::new(), |q| format!(", {q:?} bases"))
@@ -394,7 +427,7 @@ kl_coef = 0.1
 }
 
 pub fn run_ppo(args: PpoBench) -> anyhow::Result<()> {
-    dispatch(args.device, args.clone())?
+    dispatch(rlhf_runtime::Runtime { device: args.device, precision: args.size.precision }, args.clone())?
 }
 
 #[cfg(test)]
@@ -406,7 +439,7 @@ mod tests {
     #[test]
     fn presets_have_the_qwen2_5_shapes() {
         let shape = |p: Preset| {
-            let m = BenchModel { layers: 0, hidden: 0, heads: 0, vocab: 0, preset: Some(p), model: None, peak_tflops: None };
+            let m = BenchModel { layers: 0, hidden: 0, heads: 0, vocab: 0, preset: Some(p), model: None, peak_tflops: None, precision: Precision::F32, gradient_checkpointing: false };
             let c = m.config(1024).unwrap();
             (c.hidden_size, c.num_layers, c.num_heads, c.num_kv_heads, c.intermediate_size, c.vocab_size, c.tie_word_embeddings, c.qkv_bias)
         };

@@ -23,7 +23,7 @@ use crate::config::{Arch, TransformerConfig};
 use crate::error::{ModelError, Result};
 use crate::heads::{CausalLm, RewardModel, ScalarHead};
 use crate::hf::{replace_dir, sibling, write_safetensors, HostTensor, KeyScheme, SafetensorsFiles};
-use crate::precision::{in_compute, in_f32};
+use crate::precision::in_compute;
 use crate::proj::Proj;
 use rlhf_runtime::quant::BaseQuant;
 use crate::transformer::Transformer;
@@ -360,14 +360,15 @@ impl<B: Backend> Lora<B> {
         Self { a: Param::from_tensor(a), b: Param::from_tensor(b), scale: spec.scale(), dropout: DropoutConfig::new(spec.dropout).init() }
     }
 
-    /// The update (α/r)·dropout(x)·A·B. The products run in `precision`; A and B stay f32 masters.
+    /// The update (α/r)·dropout(x)·A·B. The products run (and the update is returned) in
+    /// `precision`; A and B stay f32 masters.
     ///
     /// # Shapes
     /// - `x`: [batch, seq, d_in] → [batch, seq, d_out]
     pub fn forward(&self, x: Tensor<B, 3>, precision: Precision) -> Tensor<B, 3> {
         let [batch, seq, d_in] = x.dims();
         let x = in_compute(self.dropout.forward(x.reshape([batch * seq, d_in])), precision);
-        let y = in_f32(x.matmul(in_compute(self.a.val(), precision)).matmul(in_compute(self.b.val(), precision))) * self.scale;
+        let y = x.matmul(in_compute(self.a.val(), precision)).matmul(in_compute(self.b.val(), precision)) * self.scale;
         let d_out = y.dims()[1];
         y.reshape([batch, seq, d_out])
     }

@@ -44,8 +44,10 @@ impl<B: Backend> Proj<B> {
     /// re-packing the weight for every row: with one-token rows (generation) that packing dominated
     /// the step time.
     ///
-    /// The product runs in `precision` (operands cast, f32 accumulation); the output and the bias
-    /// add are f32.
+    /// The product runs in `precision` (operands cast, f32 accumulation) and the output stays in
+    /// it, as under torch autocast: what follows a projection (rotary, SiLU, the next product) runs
+    /// in bf16 too and keeps bf16 activations; the block casts back to f32 where the residual
+    /// stream takes it.
     pub fn forward(&self, x: Tensor<B, 3>, precision: Precision) -> Tensor<B, 3> {
         let [batch, seq, d_in] = x.dims();
         let x = in_compute(x.reshape([batch * seq, d_in]), precision);
@@ -53,9 +55,8 @@ impl<B: Backend> Proj<B> {
             Proj::Dense(linear) => (x.matmul(in_compute(linear.weight.val(), precision)), &linear.bias),
             Proj::Quantized(q) => (q.matmul(x), &q.bias),
         };
-        let y = in_f32(y);
         let y = match bias {
-            Some(b) => y + in_f32(b.val()).unsqueeze::<2>(),
+            Some(b) => y + in_compute(b.val(), precision).unsqueeze::<2>(),
             None => y,
         };
         let d_out = y.dims()[1];

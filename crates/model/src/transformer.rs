@@ -86,8 +86,9 @@ impl<B: Backend> Attention<B> {
     /// - `bias`: [batch, 1, 1, seq, past + seq] additive mask
     /// - returns [batch, seq, hidden]
     ///
-    /// Both attention products run in `precision` (keys and values are cached in it); the scores'
-    /// scale, mask and softmax are f32.
+    /// Projections, rotary and both attention products run in `precision` (keys and values are
+    /// cached in it); the scores' scale, mask and softmax are f32. Returns the output in
+    /// `precision`.
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
@@ -116,10 +117,10 @@ impl<B: Backend> Attention<B> {
         let split = |t: Tensor<B, 3>, heads: usize| t.reshape([batch, seq, heads, hd]).swap_dims(1, 2);
         let (mut q, mut k, v) = (split(q, h), split(k, kvh), split(v, kvh));
         if let Some((cos, sin)) = rotary {
+            let (cos, sin) = (in_compute(cos.clone(), precision), in_compute(sin.clone(), precision));
             q = apply_rotary(q, cos.clone(), sin.clone());
-            k = apply_rotary(k, cos.clone(), sin.clone());
+            k = apply_rotary(k, cos, sin);
         }
-        let (q, k, v) = (in_compute(q, precision), in_compute(k, precision), in_compute(v, precision));
         // [batch, kv_heads, past + seq, head_dim]
         let (k, v) = match cache {
             Some(cache) => cache.append(k, v)?,
@@ -135,7 +136,7 @@ impl<B: Backend> Attention<B> {
         let scores = scores.reshape([batch, kvh, rep, seq, keys]) + bias;
         let probs = in_compute(softmax(scores, 4).reshape([batch, kvh, rep * seq, keys]), precision);
         // [batch, heads, seq, head_dim] → [batch, seq, heads * head_dim]
-        let out = in_f32(probs.matmul(v)).reshape([batch, h, seq, hd]).swap_dims(1, 2).reshape([batch, seq, h * hd]);
+        let out = probs.matmul(v).reshape([batch, h, seq, hd]).swap_dims(1, 2).reshape([batch, seq, h * hd]);
         Ok(project(&self.o_proj, adapter(Slot::O), out, precision))
     }
 }
@@ -188,9 +189,10 @@ impl<B: Backend> Block<B> {
         precision: Precision,
     ) -> Result<Tensor<B, 3>> {
         let lora = self.lora.as_ref();
+        // The residual stream is f32; the attention and MLP outputs come back in `precision`.
         let attn = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rotary, bias, cache, lora, precision)?;
-        let x = x + attn;
-        Ok(x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x), lora, precision))
+        let x = x + in_f32(attn);
+        Ok(x.clone() + in_f32(self.mlp.forward(self.post_attention_layernorm.forward(x), lora, precision)))
     }
 }
 

@@ -45,6 +45,9 @@ pub struct TrainConfig {
     /// Stop after this step as if interrupted (time-boxed runs; resume tests).
     #[serde(default)]
     pub halt_after: Option<usize>,
+    /// Recompute each decoder block in backward instead of keeping its activations.
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
 }
 
 fn one() -> usize {

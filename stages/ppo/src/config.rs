@@ -119,6 +119,10 @@ impl GenerationConfig {
 #[serde(deny_unknown_fields)]
 pub struct PpoTrainConfig {
     pub iterations: usize,
+    /// Recompute each decoder block of the actor and critic in backward instead of keeping its
+    /// activations.
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
     /// Prompts sampled (one response each) per iteration.
     pub rollout_batch_size: usize,
     /// Responses per optimizer step.

@@ -467,7 +467,7 @@ pub fn load_models<B: AutodiffBackend>(cfg: &PpoConfig, device: &B::Device) -> a
     };
     // With bf16, the frozen models (and a LoRA actor's frozen base) are stored in bf16.
     let p = cfg.precision;
-    let actor = actor.in_precision(p);
+    let actor = actor.in_precision(p).with_gradient_checkpointing(cfg.ppo.gradient_checkpointing)?;
     let reference = match (&actor_lora, &m.reference) {
         // The actor's frozen base, adapters off: the same weights in memory, never a second copy.
         (Some(_), None) => actor.without_lora().valid(),
@@ -482,7 +482,7 @@ pub fn load_models<B: AutodiffBackend>(cfg: &PpoConfig, device: &B::Device) -> a
             (critic, Some(spec))
         }
     };
-    let critic = critic.in_precision(p);
+    let critic = critic.in_precision(p).with_gradient_checkpointing(cfg.ppo.gradient_checkpointing)?;
     let reward_model = match (&critic_lora, &m.critic) {
         // The critic's frozen base with the reward model's own head (the critic's copy of the head trains).
         (Some(_), None) => RewardModel { model: critic.model.without_lora(), head: critic.head.clone() }.valid(),

@@ -243,7 +243,7 @@ pub fn run<B: AutodiffBackend>(cfg: &RewardConfig, out: &Path, resume: bool, dev
             (model, Some(spec))
         }
     };
-    let model = model.in_precision(cfg.precision);
+    let model = model.in_precision(cfg.precision).with_gradient_checkpointing(cfg.train.gradient_checkpointing)?;
     let pad_id = tok.pad_id_for(model.model.config.pad_token_id);
     eprintln!("reward: {} train / {} eval rankings", train.len(), eval.len());
     let objective = RewardObjective::<B> {

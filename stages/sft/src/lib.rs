@@ -238,7 +238,7 @@ pub fn run<B: AutodiffBackend>(cfg: &SftConfig, out: &Path, resume: bool, device
             (model, Some(spec))
         }
     };
-    let model = model.in_precision(cfg.precision);
+    let model = model.in_precision(cfg.precision).with_gradient_checkpointing(cfg.train.gradient_checkpointing)?;
     let tok = Tokenizer::from_dir(&tok_dir)?;
     let fmt = match cfg.mode {
         Mode::Sft => ChatFormat::resolve(&tok, cfg.data.template)?,
