@@ -46,6 +46,28 @@ fn sft_plan_of_the_tiny_llama_matches_a_count_by_hand() {
     assert_eq!(row(&plan, "policy AdamW moments"), 2 * 3_584 * 4);
 }
 
+/// The same model under bf16 mixed precision and gradient checkpointing. Vectors (2 norms × 64 per
+/// block + the final norm: 320) stay f32; the 223,232 matrix parameters get a bf16 copy for the
+/// products. Per token and block: f32 4·64 + 2·4 heads·16 = 384, bf16 2·64 + 2·64 + 2·32 + 5·176 +
+/// 4·16 = 1,264 → 384·4 + 1,264·2 = 4,064 bytes. Checkpointed: each of the 2 blocks keeps its
+/// 64-wide f32 input, one block's 4,064 exist at a time, + the final norm's 2·64 f32.
+#[test]
+fn bf16_and_checkpointing_plans_match_a_count_by_hand() {
+    let dir = fixture("hf-tiny-llama");
+    let bf16 = |extra: &str| rlhf_sft::SftConfig { precision: rlhf_runtime::Precision::Bf16, ..sft_config(&dir, extra) };
+    let plan = rlhf_sft::memory_plan(&bf16(""), &shape_from_dir).unwrap();
+    assert_eq!(row(&plan, "policy weights"), 223_552 * 4, "trained weights stay f32 masters");
+    assert_eq!(row(&plan, "bf16 weight copies"), 223_232 * 2);
+    assert_eq!(row(&plan, "activations"), 32 * (2 * 4_064 + 2 * 64 * 4));
+    assert_eq!(row(&plan, "logits + loss"), 4 * 32 * 1_024 * 4 + 32 * 1_024 * 2);
+    let plan = rlhf_sft::memory_plan(&bf16("gradient_checkpointing = true\n"), &shape_from_dir).unwrap();
+    assert_eq!(row(&plan, "activations"), 32 * (2 * 64 * 4 + 4_064 + 2 * 64 * 4));
+    assert!(!plan.knobs.iter().any(|k| k.contains("gradient_checkpointing") || k.contains("precision")), "{:?}", plan.knobs);
+    // With LoRA the frozen base's matrices are stored in bf16.
+    let plan = rlhf_sft::memory_plan(&bf16("[lora]\nr = 8\ntarget_modules = [\"q_proj\", \"v_proj\"]\n"), &shape_from_dir).unwrap();
+    assert_eq!(row(&plan, "policy weights"), 223_232 * 2 + 320 * 4);
+}
+
 /// PPO with LoRA holds two bases: the reference is the actor's, at no extra cost.
 #[test]
 fn ppo_plan_shares_the_actors_base_with_lora() {

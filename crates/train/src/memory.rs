@@ -7,16 +7,32 @@
 //! (kv), the attention output the o-projection keeps (q), the softmax's exponentials and its output
 //! (2·heads·seq), and in the MLP five tensors of width ffn (gate, its sigmoid, SiLU, up, their
 //! product; GELU's tanh chain is as wide). The loss adds a few [tokens, vocab] tensors on top.
+//!
+//! Under bf16 mixed precision the norms' tensors and the softmax stay f32, every other kept tensor is
+//! bf16 (plus the bf16 copies of the norms' outputs and of the probabilities the products read), and
+//! each trained weight matrix has a bf16 copy kept for backward; frozen weight matrices are stored in
+//! bf16. With gradient checkpointing a block keeps only its input, and one block's activations exist
+//! at a time (while it is recomputed in backward).
 
 use std::fmt::Write as _;
 
 use rlhf_model::lora::{Slot, LoraSpec};
 use rlhf_model::{Arch, LoraConfig, TransformerConfig};
 use rlhf_runtime::quant::{BaseQuant, QuantFormat};
-use rlhf_runtime::DeviceSpec;
+use rlhf_runtime::{DeviceSpec, Precision};
 
-/// Bytes of one f32 (parameters, gradients, optimizer moments and activations are all f32 today).
+/// Bytes of one f32 (trained parameters, gradients, optimizer moments, f32 activations).
 const F32: u64 = 4;
+/// Bytes of one bf16.
+const BF16: u64 = 2;
+
+/// Bytes per element of what `precision` computes in (matmul operands, bf16 activations, KV cache).
+fn compute_bytes(precision: Precision) -> u64 {
+    match precision {
+        Precision::F32 => F32,
+        Precision::Bf16 => BF16,
+    }
+}
 /// Set aside for what the table does not itemise: the CUDA context or the CPU binary, allocator
 /// slack, tokenizer and data.
 pub const RUNTIME_RESERVE: u64 = 512 << 20;
@@ -28,6 +44,19 @@ pub type ShapeOf<'a> = &'a dyn Fn(&std::path::Path) -> anyhow::Result<Transforme
 /// The shape in `dir/config.json`.
 pub fn shape_from_dir(dir: &std::path::Path) -> anyhow::Result<TransformerConfig> {
     Ok(TransformerConfig::from_hf_dir(dir)?)
+}
+
+/// The knobs of precision and gradient checkpointing that are not on yet (`section`: where the
+/// checkpointing switch lives, `train` or `ppo`).
+pub fn compute_knobs(precision: Precision, checkpointing: bool, section: &str) -> Vec<String> {
+    let mut knobs = Vec::new();
+    if precision == Precision::F32 {
+        knobs.push("precision = \"bf16\" (bf16 activations, frozen weights and KV cache)".to_string());
+    }
+    if !checkpointing {
+        knobs.push(format!("{section}.gradient_checkpointing = true (one block's activations at a time)"));
+    }
+    knobs
 }
 
 /// The knob a `[lora]` section offers: adapters on a frozen base, then a quantized base.
@@ -195,6 +224,9 @@ pub struct PlannedModel {
     pub cfg: TransformerConfig,
     pub lm_head: bool,
     pub training: Training,
+    pub precision: Precision,
+    /// Gradient checkpointing of its blocks (when it trains).
+    pub checkpointing: bool,
 }
 
 impl PlannedModel {
@@ -209,15 +241,19 @@ impl PlannedModel {
         }
     }
 
-    /// Bytes of its weights: f32, except the block projections of a quantized base.
+    /// Bytes of its weights: trained ones f32; frozen ones (a frozen model, a LoRA base) with their
+    /// matrices in the compute precision, vectors f32; a quantized base's block projections as codes.
     pub fn weight_bytes(&self) -> u64 {
-        let dense = self.params() * F32;
+        let frozen_matrix = compute_bytes(self.precision);
+        let vectors = vector_params(&self.cfg);
+        let frozen = (self.params() - vectors) * frozen_matrix + vectors * F32;
         match &self.training {
+            Training::Full => self.params() * F32,
+            Training::Frozen | Training::Lora(_, None) => frozen,
             Training::Lora(_, Some(quant)) => {
                 let (f32_bytes, quant_bytes) = projection_bytes(&self.cfg, *quant);
-                dense - f32_bytes + quant_bytes
+                frozen - f32_bytes / F32 * frozen_matrix + quant_bytes
             }
-            _ => dense,
         }
     }
 
@@ -235,14 +271,26 @@ impl PlannedModel {
             Training::Full => "trains in full".to_string(),
             Training::Lora(spec, quant) => format!(
                 "frozen {} base + LoRA r={} ({:.2}M trained)",
-                quant.map_or("f32".into(), |q| format!("{q:?}").to_lowercase()),
+                quant.map_or(self.precision.to_string(), |q| format!("{q:?}").to_lowercase()),
                 spec.r,
                 self.trained_params() as f64 / 1e6
             ),
-            Training::Frozen => "frozen, f32".to_string(),
+            Training::Frozen => format!("frozen, {}", self.precision),
         };
         format!("{:.1}M params, {how}", self.params() as f64 / 1e6)
     }
+}
+
+/// Parameters held in vectors — norm weights and biases, projection biases — which stay f32 in
+/// every precision.
+pub fn vector_params(cfg: &TransformerConfig) -> u64 {
+    let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
+    let (q, kv) = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim);
+    let norm = if cfg.arch == Arch::Gpt2 { 2 * h } else { h };
+    let qkv_bias = if cfg.qkv_bias { q + 2 * kv } else { 0 };
+    let gate = if cfg.arch == Arch::Gpt2 { 0 } else { f };
+    let out_bias = if cfg.out_bias { h + gate + f + h } else { 0 };
+    ((2 * norm + qkv_bias + out_bias) * cfg.num_layers + norm) as u64
 }
 
 /// Adapter parameters: r·(d_in + d_out) per targeted projection per block.
@@ -270,11 +318,31 @@ pub fn activations_per_token_block(cfg: &TransformerConfig, seq: usize) -> u64 {
     (4 * h + 2 * q + 2 * kv + 5 * f + 2 * cfg.num_heads * seq) as u64
 }
 
-/// Bytes of the activations a forward over `sequences` × `seq` tokens keeps for backward: every
-/// block, plus the final norm's input and output.
-pub fn activation_bytes(cfg: &TransformerConfig, sequences: usize, seq: usize) -> u64 {
+/// Bytes one token keeps per decoder block for backward: all f32, or under bf16 the norms'
+/// tensors (4·h) and the softmax's (2·heads·seq) f32 and the rest bf16, with bf16 copies of the
+/// norms' outputs (2·h) and of the probabilities (heads·seq).
+pub fn activation_bytes_per_token_block(cfg: &TransformerConfig, seq: usize, precision: Precision) -> u64 {
+    match precision {
+        Precision::F32 => activations_per_token_block(cfg, seq) * F32,
+        Precision::Bf16 => {
+            let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
+            let (q, kv) = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim);
+            let kept_f32 = 4 * h + 2 * cfg.num_heads * seq;
+            let kept_bf16 = 2 * h + 2 * q + 2 * kv + 5 * f + cfg.num_heads * seq;
+            kept_f32 as u64 * F32 + kept_bf16 as u64 * BF16
+        }
+    }
+}
+
+/// Bytes of the activations a forward over `sequences` × `seq` tokens keeps for backward, plus the
+/// final norm's input and output: every block's, or with checkpointing each block's f32 input and
+/// one block's activations (the block being recomputed).
+pub fn activation_bytes(cfg: &TransformerConfig, sequences: usize, seq: usize, precision: Precision, checkpointing: bool) -> u64 {
     let tokens = (sequences * seq) as u64;
-    tokens * (cfg.num_layers as u64 * activations_per_token_block(cfg, seq) + 2 * cfg.hidden_size as u64) * F32
+    let (h, layers) = (cfg.hidden_size as u64, cfg.num_layers as u64);
+    let block = activation_bytes_per_token_block(cfg, seq, precision);
+    let blocks = if checkpointing { layers * h * F32 + block } else { layers * block };
+    tokens * (blocks + 2 * h * F32)
 }
 
 /// Bytes of `copies` [tokens, vocab] f32 tensors (logits, log-softmax, its gradient, …).
@@ -282,9 +350,9 @@ pub fn logits_bytes(cfg: &TransformerConfig, sequences: usize, seq: usize, copie
     (sequences * seq * cfg.vocab_size) as u64 * copies * F32
 }
 
-/// Bytes of the key/value cache of a generation batch.
-pub fn kv_cache_bytes(cfg: &TransformerConfig, batch: usize, len: usize) -> u64 {
-    (2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * batch * len) as u64 * F32
+/// Bytes of the key/value cache of a generation batch (held in the compute precision).
+pub fn kv_cache_bytes(cfg: &TransformerConfig, batch: usize, len: usize, precision: Precision) -> u64 {
+    (2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * batch * len) as u64 * compute_bytes(precision)
 }
 
 /// Bytes a forward without autodiff holds at once over `sequences` × `seq` tokens (scoring): one
@@ -318,21 +386,34 @@ pub fn resident_rows(models: &[(PlannedModel, Option<&str>)]) -> Vec<Row> {
 /// The rows of one update of `m`: its gradients, the activations of `sequences` × `seq` tokens,
 /// and `logit_copies` [tokens, vocab] tensors when it predicts tokens.
 pub fn update_rows(m: &PlannedModel, sequences: usize, seq: usize, logit_copies: u64) -> Vec<Row> {
+    let checkpointing = if m.checkpointing { "gradient checkpointing" } else { "no checkpointing" };
     let mut rows = vec![
         Row::new(format!("{} gradients", m.name), format!("{:.2}M f32", m.trained_params() as f64 / 1e6), m.trained_params() * F32),
         Row::new(
             "activations",
-            format!("{sequences} seq × {seq} tokens × {} blocks, f32, no checkpointing", m.cfg.num_layers),
-            activation_bytes(&m.cfg, sequences, seq),
+            format!("{sequences} seq × {seq} tokens × {} blocks, {}, {checkpointing}", m.cfg.num_layers, m.precision),
+            activation_bytes(&m.cfg, sequences, seq, m.precision, m.checkpointing),
         ),
     ];
+    if m.precision == Precision::Bf16 && matches!(m.training, Training::Full) {
+        let matrices = m.params() - vector_params(&m.cfg);
+        rows.push(Row::new("bf16 weight copies", "each trained matrix cast for its products, kept for backward", matrices * BF16));
+    }
     if logit_copies > 0 {
-        rows.push(Row::new("logits + loss", format!("{logit_copies} × {sequences} × {seq} × vocab {}", m.cfg.vocab_size), logits_bytes(&m.cfg, sequences, seq, logit_copies)));
+        // Under bf16 the product's bf16 output comes before the f32 logits.
+        let bf16_logits = if m.precision == Precision::Bf16 { logits_bytes(&m.cfg, sequences, seq, 1) / F32 * BF16 } else { 0 };
+        rows.push(Row::new(
+            "logits + loss",
+            format!("{logit_copies} × {sequences} × {seq} × vocab {} f32", m.cfg.vocab_size),
+            logits_bytes(&m.cfg, sequences, seq, logit_copies) + bf16_logits,
+        ));
     }
     if let Training::Lora(_, Some(_)) = &m.training {
         // One projection dequantized at a time, forward or backward.
         let widest = Slot::of(m.cfg.arch).iter().map(|&s| s.dims(&m.cfg)).map(|(i, o)| (i * o) as u64).max().unwrap_or(0);
-        rows.push(Row::new("dequantized projection", "the widest, one at a time", widest * F32));
+        // Rebuilt in f32, then cast to bf16 under mixed precision.
+        let bytes = if m.precision == Precision::Bf16 { F32 + BF16 } else { F32 };
+        rows.push(Row::new("dequantized projection", "the widest, one at a time", widest * bytes));
     }
     rows
 }
@@ -351,7 +432,7 @@ mod tests {
     #[test]
     fn params_and_weights_by_hand() {
         let cfg = llama(2, 8, 16, 2, 1, 10);
-        let lm = PlannedModel { name: "policy".into(), cfg: cfg.clone(), lm_head: true, training: Training::Full };
+        let lm = PlannedModel { name: "policy".into(), cfg: cfg.clone(), lm_head: true, training: Training::Full, precision: Precision::F32, checkpointing: false };
         assert_eq!(lm.params(), 80 + 80 + 2 * 592 + 8);
         assert_eq!(lm.weight_bytes(), 4 * 1352);
         // The reward model: no LM head, a scalar head of 8 + 1.
@@ -371,9 +452,15 @@ mod tests {
     fn activations_kv_cache_and_logits_by_hand() {
         let cfg = llama(2, 8, 16, 2, 1, 10);
         assert_eq!(activations_per_token_block(&cfg, 5), 156);
-        assert_eq!(activation_bytes(&cfg, 3, 5), 15 * (312 + 16) * 4);
-        // k and v: 2 × 2 blocks × 1 kv head × 4 wide × batch 3 × 7 positions × 4 bytes.
-        assert_eq!(kv_cache_bytes(&cfg, 3, 7), 2 * 2 * 4 * 3 * 7 * 4);
+        assert_eq!(activation_bytes(&cfg, 3, 5, Precision::F32, false), 15 * (312 + 16) * 4);
+        // bf16: f32 4·8 + 2·2·5 = 52, bf16 2·8 + 2·8 + 2·4 + 5·16 + 2·5 = 130: 52·4 + 130·2 = 468 bytes.
+        assert_eq!(activation_bytes_per_token_block(&cfg, 5, Precision::Bf16), 468);
+        assert_eq!(activation_bytes(&cfg, 3, 5, Precision::Bf16, false), 15 * (2 * 468 + 16 * 4));
+        // Checkpointing: each block's f32 input (8 · 4 bytes) + one block's activations.
+        assert_eq!(activation_bytes(&cfg, 3, 5, Precision::F32, true), 15 * (2 * 32 + 156 * 4 + 16 * 4));
+        // k and v: 2 × 2 blocks × 1 kv head × 4 wide × batch 3 × 7 positions × 4 bytes (2 in bf16).
+        assert_eq!(kv_cache_bytes(&cfg, 3, 7, Precision::F32), 2 * 2 * 4 * 3 * 7 * 4);
+        assert_eq!(kv_cache_bytes(&cfg, 3, 7, Precision::Bf16), 2 * 2 * 4 * 3 * 7 * 2);
         assert_eq!(logits_bytes(&cfg, 3, 5, 4), 15 * 10 * 4 * 4);
     }
 

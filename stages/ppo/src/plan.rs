@@ -3,7 +3,7 @@
 //! ptx micro-batches), the critic's.
 
 use rlhf_train::memory::{
-    inference_bytes, kv_cache_bytes, lora_knob, resident_rows, update_rows, MemoryPlan, PlannedModel, Row, ShapeOf, Training,
+    compute_knobs, inference_bytes, kv_cache_bytes, lora_knob, resident_rows, update_rows, MemoryPlan, PlannedModel, Row, ShapeOf, Training,
     LM_LOSS_COPIES,
 };
 
@@ -25,7 +25,8 @@ pub fn memory_plan(cfg: &PpoConfig, shape_of: ShapeOf) -> anyhow::Result<MemoryP
         Some(dir) => shape_of(dir)?,
         None => actor_shape.clone(),
     };
-    let planned = |name: &str, cfg, lm_head, training| PlannedModel { name: name.into(), cfg, lm_head, training };
+    let (precision, checkpointing) = (cfg.precision, cfg.ppo.gradient_checkpointing);
+    let planned = |name: &str, cfg, lm_head, training| PlannedModel { name: name.into(), cfg, lm_head, training, precision, checkpointing };
     let actor = planned("actor", actor_shape.clone(), true, Training::of(cfg.ppo.lora.as_ref(), actor_shape.arch)?);
     let critic = planned("critic", critic_shape.clone(), false, Training::of(cfg.ppo.critic_lora.as_ref(), critic_shape.arch)?);
     // A frozen model on a shared base holds the base's (possibly quantized) weights once.
@@ -39,7 +40,7 @@ pub fn memory_plan(cfg: &PpoConfig, shape_of: ShapeOf) -> anyhow::Result<MemoryP
     let gen_batch = cfg.generate.batch_size.unwrap_or(p.rollout_batch_size).min(p.rollout_batch_size);
     let micro = p.micro_batch_size;
     let generation = vec![
-        Row::new("KV cache", format!("{gen_batch} seq × {len} positions × {} blocks", actor_shape.num_layers), kv_cache_bytes(&actor_shape, gen_batch, len)),
+        Row::new("KV cache", format!("{gen_batch} seq × {len} positions × {} blocks", actor_shape.num_layers), kv_cache_bytes(&actor_shape, gen_batch, len, precision)),
         Row::new(
             "prompt prefill",
             format!("{gen_batch} × {} tokens, one block at a time", cfg.data.max_prompt_len),
@@ -66,6 +67,7 @@ pub fn memory_plan(cfg: &PpoConfig, shape_of: ShapeOf) -> anyhow::Result<MemoryP
         format!("generate.batch_size (now {gen_batch}: the KV cache)"),
         format!("data.max_prompt_len + generate.max_new_tokens (now {} + {})", cfg.data.max_prompt_len, cfg.generate.max_new_tokens),
     ];
+    knobs.extend(compute_knobs(precision, checkpointing, "ppo"));
     if let Some(ptx) = &cfg.ptx {
         knobs.push(format!("ptx.max_len (now {})", ptx.max_len));
     }

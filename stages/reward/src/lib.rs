@@ -17,7 +17,7 @@ use rlhf_eval::{ranking_stats, RankingStats};
 use rlhf_model::reward_info::{Normalization, REWARD_INFO_FILE};
 use rlhf_model::{LoraConfig, RewardInfo, RewardModel, ScalarHead, Transformer};
 use rlhf_train::batch::score_sequences;
-use rlhf_train::memory::{lora_knob, resident_rows, update_rows, MemoryPlan, PlannedModel, ShapeOf, Training};
+use rlhf_train::memory::{compute_knobs, lora_knob, resident_rows, update_rows, MemoryPlan, PlannedModel, ShapeOf, Training};
 use rlhf_train::{Objective, TrainConfig, TrainError};
 use serde::{Deserialize, Serialize};
 
@@ -202,13 +202,19 @@ fn widest_ranking(path: &Path, format: Format) -> Option<usize> {
 /// most we accept, when the file does not exist yet).
 pub fn memory_plan(cfg: &RewardConfig, shape_of: ShapeOf) -> anyhow::Result<MemoryPlan> {
     let shape = shape_of(&cfg.model.from)?;
-    let rm = PlannedModel { name: "reward model".into(), training: Training::of(cfg.lora.as_ref(), shape.arch)?, cfg: shape, lm_head: false };
+    let training = Training::of(cfg.lora.as_ref(), shape.arch)?;
+    let (precision, checkpointing) = (cfg.precision, cfg.train.gradient_checkpointing);
+    let rm = PlannedModel { name: "reward model".into(), training, cfg: shape, lm_head: false, precision, checkpointing };
     let (k, read) = widest_ranking(&cfg.data.train, cfg.data.format).map_or((9, " assumed"), |k| (k, ""));
     let (micro, len) = (cfg.train.micro_batch_size, cfg.data.max_len);
     Ok(MemoryPlan {
         stage: "reward".into(),
         phases: vec![(format!("training step (K = {k}{read})"), update_rows(&rm, micro * k, len, 0))],
-        knobs: vec![format!("train.micro_batch_size (now {micro} rankings of {k})"), format!("data.max_len (now {len})"), lora_knob(cfg.lora.as_ref(), "lora")],
+        knobs: [format!("train.micro_batch_size (now {micro} rankings of {k})"), format!("data.max_len (now {len})")]
+            .into_iter()
+            .chain(compute_knobs(precision, checkpointing, "train"))
+            .chain([lora_knob(cfg.lora.as_ref(), "lora")])
+            .collect(),
         resident: resident_rows(&[(rm, None)]),
     })
 }

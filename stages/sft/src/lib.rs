@@ -15,7 +15,7 @@ use burn::tensor::Tensor;
 use rlhf_data::encode::SftSample;
 use rlhf_data::{prepare, BuiltinTemplate, ChatFormat, DataFiles, Kind, Tokenizer};
 use rlhf_model::{Arch, CausalLm, LoraConfig, TransformerConfig};
-use rlhf_train::memory::{lora_knob, resident_rows, update_rows, MemoryPlan, PlannedModel, ShapeOf, Training, LM_LOSS_COPIES};
+use rlhf_train::memory::{compute_knobs, lora_knob, resident_rows, update_rows, MemoryPlan, PlannedModel, ShapeOf, Training, LM_LOSS_COPIES};
 use rlhf_runtime::Precision;
 use rlhf_train::TrainConfig;
 use serde::{Deserialize, Serialize};
@@ -212,12 +212,18 @@ pub fn starting_shape(cfg: &SftConfig, shape_of: ShapeOf) -> anyhow::Result<Tran
 /// activations and logits at `data.max_len`.
 pub fn memory_plan(cfg: &SftConfig, shape_of: ShapeOf) -> anyhow::Result<MemoryPlan> {
     let shape = starting_shape(cfg, shape_of)?;
-    let policy = PlannedModel { name: "policy".into(), training: Training::of(cfg.lora.as_ref(), shape.arch)?, cfg: shape, lm_head: true };
+    let training = Training::of(cfg.lora.as_ref(), shape.arch)?;
+    let (precision, checkpointing) = (cfg.precision, cfg.train.gradient_checkpointing);
+    let policy = PlannedModel { name: "policy".into(), training, cfg: shape, lm_head: true, precision, checkpointing };
     let (micro, len) = (cfg.train.micro_batch_size, cfg.data.max_len);
     Ok(MemoryPlan {
         stage: if cfg.mode == Mode::Sft { "sft" } else { "pretrain" }.into(),
         phases: vec![("training step".into(), update_rows(&policy, micro, len, LM_LOSS_COPIES))],
-        knobs: vec![format!("train.micro_batch_size (now {micro})"), format!("data.max_len (now {len})"), lora_knob(cfg.lora.as_ref(), "lora")],
+        knobs: [format!("train.micro_batch_size (now {micro})"), format!("data.max_len (now {len})")]
+            .into_iter()
+            .chain(compute_knobs(precision, checkpointing, "train"))
+            .chain([lora_knob(cfg.lora.as_ref(), "lora")])
+            .collect(),
         resident: resident_rows(&[(policy, None)]),
     })
 }
