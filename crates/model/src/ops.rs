@@ -2,8 +2,8 @@
 //! next-token loss on target tokens, the policy's entropy, and per-token action log-probs and values
 //! of a response after its prompt.
 
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor};
+use rlhf_runtime::log_probs::target_log_probs;
 use rlhf_runtime::Backend;
 
 use crate::error::Result;
@@ -14,8 +14,8 @@ use crate::heads::{CausalLm, RewardModel};
 /// # Shapes
 /// - `logits`: [batch, seq, vocab]; `targets`: [batch, seq] → [batch, seq]
 pub fn log_probs_from_logits<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> Tensor<B, 2> {
-    let [b, s, _] = logits.dims();
-    log_softmax(logits, 2).gather(2, targets.reshape([b, s, 1])).reshape([b, s])
+    let [b, s, vocab] = logits.dims();
+    target_log_probs(logits.reshape([b * s, vocab]), targets.reshape([b * s])).reshape([b, s])
 }
 
 /// −Σ mask · log π(target) / `normalizer`: SFT's objective, pretraining's, and PPO-ptx's ptx term.
@@ -43,13 +43,13 @@ pub fn lm_loss<B: Backend>(model: &CausalLm<B>, ids: Tensor<B, 2, Int>, attentio
     Ok(next_token_loss(logits, targets, loss_mask.slice([0..b, 1..t]), normalizer))
 }
 
-/// Entropy of the policy at each position, from log-probabilities over the vocabulary.
+/// Entropy of the policy at each position, from the logits.
 ///
 /// # Shapes
-/// - `log_probs`: [rows, len, vocab] → [rows, len]
-pub fn token_entropy<B: Backend>(log_probs: Tensor<B, 3>) -> Tensor<B, 2> {
-    let [rows, len, _] = log_probs.dims();
-    (log_probs.clone().exp() * log_probs).sum_dim(2).neg().reshape([rows, len])
+/// - `logits`: [rows, len, vocab] → [rows, len]
+pub fn token_entropy<B: Backend>(logits: Tensor<B, 3>) -> Tensor<B, 2> {
+    let [rows, len, vocab] = logits.dims();
+    rlhf_runtime::log_probs::token_entropy(logits.reshape([rows * len, vocab])).reshape([rows, len])
 }
 
 /// log π(a_t | s_t) of each response token, and optionally the policy entropy there.
@@ -68,11 +68,9 @@ pub fn action_log_probs<B: Backend>(
     let hidden = model.model.forward(ids.clone(), attention, None)?;
     let d = hidden.dims()[2];
     let logits = model.logits(hidden.slice([0..rows, prompt_len - 1..total - 1, 0..d]));
-    let log_probs = log_softmax(logits, 2);
     let actions = ids.slice([0..rows, prompt_len..total]);
-    let entropy = with_entropy.then(|| token_entropy(log_probs.clone()));
-    let logp = log_probs.gather(2, actions.unsqueeze_dim(2)).squeeze_dim::<2>(2);
-    Ok((logp, entropy))
+    let entropy = with_entropy.then(|| token_entropy(logits.clone()));
+    Ok((log_probs_from_logits(logits, actions), entropy))
 }
 
 /// V(s_t) for each response token: the value head's output at the position before it.

@@ -16,6 +16,7 @@ use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{Int, Tensor, TensorPrimitive};
 
 use crate::checkpoint::Checkpointable;
+use crate::log_probs::flex;
 use crate::quant::{dequantize, QuantFormat};
 
 /// burn's backend plus our own ops (default implementations: the plain composition of burn ops).
@@ -29,6 +30,42 @@ pub trait Backend: burn::tensor::backend::Backend {
         let x = Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(x));
         let w = w.dequantize().cast(x.dtype());
         x.matmul(w).into_primitive().tensor()
+    }
+
+    /// log softmax(logits)[target] of each row ([`crate::log_probs`]); under autodiff one op.
+    ///
+    /// # Shapes
+    /// - `logits`: [rows, vocab]; `targets`: [rows] → [rows]
+    fn target_log_probs(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
+        Self::log_softmax_gather(logits, targets).0
+    }
+
+    /// Entropy of softmax(logits) of each row; under autodiff one op.
+    ///
+    /// # Shapes
+    /// - `logits`: [rows, vocab] → [rows]
+    fn token_entropy(logits: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::softmax_entropy(logits).0
+    }
+
+    /// (log p(target), log Σ exp) of each row: [`Backend::target_log_probs`]'s forward.
+    fn log_softmax_gather(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        crate::log_probs::log_softmax_gather::<Self>(logits, targets)
+    }
+
+    /// dL/dlogits = grad_i · (δ_jt − p_ij), [rows, vocab].
+    fn log_softmax_gather_backward(logits: FloatTensor<Self>, lse: FloatTensor<Self>, targets: IntTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        crate::log_probs::log_softmax_gather_backward::<Self>(logits, lse, targets, grad)
+    }
+
+    /// (H, log Σ exp) of each row: [`Backend::token_entropy`]'s forward.
+    fn softmax_entropy(logits: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        crate::log_probs::softmax_entropy::<Self>(logits)
+    }
+
+    /// dL/dlogits = −grad_i · p_ij (log p_ij + H_i), [rows, vocab].
+    fn softmax_entropy_backward(logits: FloatTensor<Self>, lse: FloatTensor<Self>, entropy: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        crate::log_probs::softmax_entropy_backward::<Self>(logits, lse, entropy, grad)
     }
 
     /// `segment`'s forward; under autodiff, gradient-checkpointed (see [`crate::checkpoint`]):
@@ -46,7 +83,26 @@ pub trait AutodiffBackend: Backend + burn::tensor::backend::AutodiffBackend<Inne
 
 impl<B> AutodiffBackend for B where B: Backend + burn::tensor::backend::AutodiffBackend<InnerBackend: Backend> {}
 
-impl Backend for crate::Cpu {}
+/// burn-flex: the log-prob and entropy rows in plain loops ([`crate::log_probs`]).
+impl Backend for crate::Cpu {
+    fn log_softmax_gather(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        flex::log_softmax_gather(&logits, &targets).unwrap_or_else(|| crate::log_probs::log_softmax_gather::<Self>(logits, targets))
+    }
+
+    fn log_softmax_gather_backward(logits: FloatTensor<Self>, lse: FloatTensor<Self>, targets: IntTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        flex::log_softmax_gather_backward(&logits, &lse, &targets, &grad)
+            .unwrap_or_else(|| crate::log_probs::log_softmax_gather_backward::<Self>(logits, lse, targets, grad))
+    }
+
+    fn softmax_entropy(logits: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        flex::softmax_entropy(&logits).unwrap_or_else(|| crate::log_probs::softmax_entropy::<Self>(logits))
+    }
+
+    fn softmax_entropy_backward(logits: FloatTensor<Self>, lse: FloatTensor<Self>, entropy: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        flex::softmax_entropy_backward(&logits, &lse, &entropy, &grad)
+            .unwrap_or_else(|| crate::log_probs::softmax_entropy_backward::<Self>(logits, lse, entropy, grad))
+    }
+}
 
 #[cfg(feature = "cuda")]
 impl Backend for crate::Gpu {}
@@ -102,5 +158,13 @@ impl<B: Backend, C: CheckpointStrategy> Backend for Autodiff<B, C> {
 
     fn checkpointed<S: Checkpointable>(segment: &S::On<Self>, x: FloatTensor<Self>) -> FloatTensor<Self> {
         crate::checkpoint::checkpointed::<S, B, C>(segment, x)
+    }
+
+    fn target_log_probs(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> FloatTensor<Self> {
+        crate::log_probs::target_log_probs_tracked::<B, C>(logits, targets)
+    }
+
+    fn token_entropy(logits: FloatTensor<Self>) -> FloatTensor<Self> {
+        crate::log_probs::token_entropy_tracked::<B, C>(logits)
     }
 }

@@ -17,6 +17,7 @@ use std::str::FromStr;
 
 pub mod backend;
 pub mod checkpoint;
+pub mod log_probs;
 pub mod quant;
 
 pub use backend::{AutodiffBackend, Backend, QuantizedWeight};
