@@ -94,12 +94,7 @@ impl<B: Backend> Rope<B> {
 /// # Shapes
 /// - `x`: [batch, heads, seq, head_dim]; `cos`, `sin`: [batch, 1, seq, head_dim]
 pub fn apply_rotary<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>) -> Tensor<B, 4> {
-    let [b, h, s, d] = x.dims();
-    let half = d / 2;
-    let x1 = x.clone().slice([0..b, 0..h, 0..s, 0..half]);
-    let x2 = x.clone().slice([0..b, 0..h, 0..s, half..d]);
-    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-    x * cos + rotated * sin
+    rlhf_runtime::rotary::rotary(x, cos, sin)
 }
 
 

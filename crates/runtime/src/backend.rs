@@ -68,6 +68,14 @@ pub trait Backend: burn::tensor::backend::Backend {
         crate::log_probs::softmax_entropy_backward::<Self>(logits, lse, entropy, grad)
     }
 
+    /// Rotary position embedding ([`crate::rotary`]); under autodiff one op.
+    ///
+    /// # Shapes
+    /// - `x`: [batch, heads, seq, head_dim]; `cos`, `sin`: [batch, 1, seq, head_dim] → like `x`
+    fn rotary(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>) -> FloatTensor<Self> {
+        crate::rotary::rotary_composed::<Self>(x, cos, sin)
+    }
+
     /// `segment`'s forward; under autodiff, gradient-checkpointed (see [`crate::checkpoint`]):
     /// only `x` is kept, and backward runs the segment again.
     ///
@@ -83,8 +91,12 @@ pub trait AutodiffBackend: Backend + burn::tensor::backend::AutodiffBackend<Inne
 
 impl<B> AutodiffBackend for B where B: Backend + burn::tensor::backend::AutodiffBackend<InnerBackend: Backend> {}
 
-/// burn-flex: the log-prob and entropy rows in plain loops ([`crate::log_probs`]).
+/// burn-flex: rotary, log-prob and entropy rows in plain loops ([`crate::rotary`], [`crate::log_probs`]).
 impl Backend for crate::Cpu {
+    fn rotary(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>) -> FloatTensor<Self> {
+        crate::rotary::flex::rotary(&x, &cos, &sin).unwrap_or_else(|| crate::rotary::rotary_composed::<Self>(x, cos, sin))
+    }
+
     fn log_softmax_gather(logits: FloatTensor<Self>, targets: IntTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
         flex::log_softmax_gather(&logits, &targets).unwrap_or_else(|| crate::log_probs::log_softmax_gather::<Self>(logits, targets))
     }
@@ -166,5 +178,9 @@ impl<B: Backend, C: CheckpointStrategy> Backend for Autodiff<B, C> {
 
     fn token_entropy(logits: FloatTensor<Self>) -> FloatTensor<Self> {
         crate::log_probs::token_entropy_tracked::<B, C>(logits)
+    }
+
+    fn rotary(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>) -> FloatTensor<Self> {
+        crate::rotary::rotary_tracked::<B, C>(x, cos, sin)
     }
 }

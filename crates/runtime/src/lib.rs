@@ -19,6 +19,7 @@ pub mod backend;
 pub mod checkpoint;
 pub mod log_probs;
 pub mod quant;
+pub mod rotary;
 
 pub use backend::{AutodiffBackend, Backend, QuantizedWeight};
 #[cfg(test)]
