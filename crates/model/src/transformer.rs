@@ -6,9 +6,10 @@
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::silu;
 use burn::module::AutodiffModule;
 use burn::tensor::{Distribution, Int, Tensor, TensorData, TensorPrimitive};
+use rlhf_runtime::attention::attention_probs;
 use rlhf_runtime::checkpoint::{Checkpointable, ParamTensors};
 use rlhf_runtime::{AutodiffBackend, Backend, Precision};
 
@@ -131,10 +132,10 @@ impl<B: Backend> Attention<B> {
         // never copied `rep` times: [batch, kv_heads, rep * seq, head_dim]. Without grouping the
         // strided view goes to the matmul as is (no copy).
         let q = if rep == 1 { q } else { q.reshape([batch, kvh, rep * seq, hd]) };
-        let scores = in_f32(q.matmul(k.swap_dims(2, 3))) * (1.0 / (hd as f64).sqrt());
-        // [batch, kv_heads, rep, seq, keys]
-        let scores = scores.reshape([batch, kvh, rep, seq, keys]) + bias;
-        let probs = in_compute(softmax(scores, 4).reshape([batch, kvh, rep * seq, keys]), precision);
+        // [batch, heads, seq, keys]: softmax(scores / √d + bias), one op.
+        let scores = in_f32(q.matmul(k.swap_dims(2, 3))).reshape([batch, h, seq, keys]);
+        let probs = attention_probs(scores, 1.0 / (hd as f32).sqrt(), bias.reshape([batch, seq, keys]));
+        let probs = in_compute(probs.reshape([batch, kvh, rep * seq, keys]), precision);
         // [batch, heads, seq, head_dim] → [batch, seq, heads * head_dim]
         let out = probs.matmul(v).reshape([batch, h, seq, hd]).swap_dims(1, 2).reshape([batch, seq, h * hd]);
         Ok(project(&self.o_proj, adapter(Slot::O), out, precision))

@@ -76,6 +76,19 @@ pub trait Backend: burn::tensor::backend::Backend {
         crate::rotary::rotary_composed::<Self>(x, cos, sin)
     }
 
+    /// softmax(scale · scores + bias) over the keys ([`crate::attention`]); under autodiff one op.
+    ///
+    /// # Shapes
+    /// - `scores`: [batch, heads, seq, keys]; `bias`: [batch, seq, keys] → like `scores`
+    fn attention_probs(scores: FloatTensor<Self>, scale: f32, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+        crate::attention::attention_probs_composed::<Self>(scores, scale, bias)
+    }
+
+    /// dL/dscores = scale · p ⊙ (g − Σ_k g p).
+    fn attention_probs_backward(probs: FloatTensor<Self>, scale: f32, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        crate::attention::attention_probs_backward_composed::<Self>(probs, scale, grad)
+    }
+
     /// `segment`'s forward; under autodiff, gradient-checkpointed (see [`crate::checkpoint`]):
     /// only `x` is kept, and backward runs the segment again.
     ///
@@ -91,8 +104,18 @@ pub trait AutodiffBackend: Backend + burn::tensor::backend::AutodiffBackend<Inne
 
 impl<B> AutodiffBackend for B where B: Backend + burn::tensor::backend::AutodiffBackend<InnerBackend: Backend> {}
 
-/// burn-flex: rotary, log-prob and entropy rows in plain loops ([`crate::rotary`], [`crate::log_probs`]).
+/// burn-flex: attention softmax, rotary, log-prob and entropy rows in plain loops ([`crate::attention`],
+/// [`crate::rotary`], [`crate::log_probs`]).
 impl Backend for crate::Cpu {
+    fn attention_probs(scores: FloatTensor<Self>, scale: f32, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+        crate::attention::flex::attention_probs(&scores, scale, &bias).unwrap_or_else(|| crate::attention::attention_probs_composed::<Self>(scores, scale, bias))
+    }
+
+    fn attention_probs_backward(probs: FloatTensor<Self>, scale: f32, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        crate::attention::flex::attention_probs_backward(&probs, scale, &grad)
+            .unwrap_or_else(|| crate::attention::attention_probs_backward_composed::<Self>(probs, scale, grad))
+    }
+
     fn rotary(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>) -> FloatTensor<Self> {
         crate::rotary::flex::rotary(&x, &cos, &sin).unwrap_or_else(|| crate::rotary::rotary_composed::<Self>(x, cos, sin))
     }
@@ -182,5 +205,9 @@ impl<B: Backend, C: CheckpointStrategy> Backend for Autodiff<B, C> {
 
     fn rotary(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>) -> FloatTensor<Self> {
         crate::rotary::rotary_tracked::<B, C>(x, cos, sin)
+    }
+
+    fn attention_probs(scores: FloatTensor<Self>, scale: f32, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+        crate::attention::attention_probs_tracked::<B, C>(scores, scale, bias)
     }
 }

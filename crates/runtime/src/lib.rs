@@ -15,6 +15,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+pub mod attention;
 pub mod backend;
 pub mod checkpoint;
 pub mod log_probs;
