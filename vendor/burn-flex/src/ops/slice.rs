@@ -233,7 +233,14 @@ fn slice_write_impl<E: Element + bytemuck::Pod>(
     slices: &[Slice],
     source: WriteSource<'_, E>,
 ) -> FlexTensor {
-    let mut tensor = tensor.to_contiguous();
+    // rlhf-rs: `to_contiguous` of a contiguous tensor is an Arc clone; while the argument is alive
+    // too, `storage_mut` below sees two owners and copies the whole buffer. Dropping the argument
+    // first lets a uniquely owned destination (a KV cache) be written in place.
+    let mut tensor = {
+        let contiguous = tensor.to_contiguous();
+        drop(tensor);
+        contiguous
+    };
     let dst_layout = tensor.layout().clone();
     let ndims = dst_layout.num_dims();
 
