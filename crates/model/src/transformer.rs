@@ -11,6 +11,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::{Distribution, Int, Tensor, TensorData, TensorPrimitive};
 use rlhf_runtime::attention::attention_probs;
 use rlhf_runtime::checkpoint::{Checkpointable, ParamTensors};
+use rlhf_runtime::rms_norm::rms_norm;
 use rlhf_runtime::{AutodiffBackend, Backend, Precision};
 
 use crate::cache::KvCache;
@@ -45,6 +46,11 @@ impl<B: Backend> Norm<B> {
     /// - `x`: [batch, seq, hidden] → same
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let x = in_f32(x);
+        if !self.centered && self.bias.is_none() {
+            // RMSNorm: one op (rlhf_runtime::rms_norm).
+            let [batch, seq, d] = x.dims();
+            return rms_norm(x.reshape([batch * seq, d]), in_f32(self.weight.val()), self.eps as f32).reshape([batch, seq, d]);
+        }
         let x = if self.centered {
             let mean = x.clone().mean_dim(2);
             x - mean

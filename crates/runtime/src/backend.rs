@@ -89,6 +89,24 @@ pub trait Backend: burn::tensor::backend::Backend {
         crate::attention::attention_probs_backward_composed::<Self>(probs, scale, grad)
     }
 
+    /// RMSNorm x · r · w ([`crate::rms_norm`]); under autodiff one op.
+    ///
+    /// # Shapes
+    /// - `x`: [rows, d]; `weight`: [d] → [rows, d]
+    fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
+        Self::rms_norm_forward(x, weight, eps).0
+    }
+
+    /// (y, r = 1/√(mean(x²) + ε) per row): [`Backend::rms_norm`]'s forward.
+    fn rms_norm_forward(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f32) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        crate::rms_norm::rms_norm_composed::<Self>(x, weight, eps)
+    }
+
+    /// (dL/dx, dL/dw).
+    fn rms_norm_backward(x: FloatTensor<Self>, weight: FloatTensor<Self>, r: FloatTensor<Self>, grad: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        crate::rms_norm::rms_norm_backward_composed::<Self>(x, weight, r, grad)
+    }
+
     /// `segment`'s forward; under autodiff, gradient-checkpointed (see [`crate::checkpoint`]):
     /// only `x` is kept, and backward runs the segment again.
     ///
@@ -104,9 +122,18 @@ pub trait AutodiffBackend: Backend + burn::tensor::backend::AutodiffBackend<Inne
 
 impl<B> AutodiffBackend for B where B: Backend + burn::tensor::backend::AutodiffBackend<InnerBackend: Backend> {}
 
-/// burn-flex: attention softmax, rotary, log-prob and entropy rows in plain loops ([`crate::attention`],
-/// [`crate::rotary`], [`crate::log_probs`]).
+/// burn-flex: RMSNorm, attention softmax, rotary, log-prob and entropy rows in plain loops
+/// ([`crate::rms_norm`], [`crate::attention`], [`crate::rotary`], [`crate::log_probs`]).
 impl Backend for crate::Cpu {
+    fn rms_norm_forward(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f32) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        crate::rms_norm::flex::rms_norm(&x, &weight, eps).unwrap_or_else(|| crate::rms_norm::rms_norm_composed::<Self>(x, weight, eps))
+    }
+
+    fn rms_norm_backward(x: FloatTensor<Self>, weight: FloatTensor<Self>, r: FloatTensor<Self>, grad: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        crate::rms_norm::flex::rms_norm_backward(&x, &weight, &r, &grad)
+            .unwrap_or_else(|| crate::rms_norm::rms_norm_backward_composed::<Self>(x, weight, r, grad))
+    }
+
     fn attention_probs(scores: FloatTensor<Self>, scale: f32, bias: FloatTensor<Self>) -> FloatTensor<Self> {
         crate::attention::flex::attention_probs(&scores, scale, &bias).unwrap_or_else(|| crate::attention::attention_probs_composed::<Self>(scores, scale, bias))
     }
@@ -209,5 +236,9 @@ impl<B: Backend, C: CheckpointStrategy> Backend for Autodiff<B, C> {
 
     fn attention_probs(scores: FloatTensor<Self>, scale: f32, bias: FloatTensor<Self>) -> FloatTensor<Self> {
         crate::attention::attention_probs_tracked::<B, C>(scores, scale, bias)
+    }
+
+    fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
+        crate::rms_norm::rms_norm_tracked::<B, C>(x, weight, eps)
     }
 }

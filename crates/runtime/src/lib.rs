@@ -20,6 +20,7 @@ pub mod backend;
 pub mod checkpoint;
 pub mod log_probs;
 pub mod quant;
+pub mod rms_norm;
 pub mod rotary;
 
 pub use backend::{AutodiffBackend, Backend, QuantizedWeight};

@@ -5,7 +5,6 @@ use burn_backend::{Backend, BackendTypes, DType, DTypeUsage, DTypeUsageSet, Devi
 use burn_ir::{BackendIr, HandleKind, TensorHandle};
 use burn_std::device::Device;
 use burn_std::rand::{SeedableRng, StdRng};
-use burn_std::stub::Mutex;
 
 use crate::qtensor::FlexQTensor;
 use crate::tensor::FlexTensor;
@@ -13,9 +12,14 @@ use crate::tensor::FlexTensor;
 /// Type alias for the RNG used by Flex.
 pub type FlexRng = StdRng;
 
-/// Global seed storage for reproducible random number generation.
-/// Uses Mutex for thread-safe RNG state management.
-pub(crate) static SEED: Mutex<Option<FlexRng>> = Mutex::new(None);
+// rlhf-rs: the seeded stream is per thread, not per process. With one process-wide stream, a
+// thread that seeded and then draws (a seeded generation) got other threads' draws interleaved
+// into its own — in a test binary running tests on parallel threads, seeded sampling was not
+// reproducible. Work that seeds and draws on one thread behaves exactly as before.
+std::thread_local! {
+    /// Seed storage for reproducible random number generation, one per thread.
+    pub(crate) static SEED: core::cell::RefCell<Option<FlexRng>> = const { core::cell::RefCell::new(None) };
+}
 
 /// Fallback RNG when `SEED` is empty (consumed or never set).
 ///
@@ -129,8 +133,7 @@ impl Backend for Flex {
 
     fn seed(_device: &Self::Device, seed: u64) {
         let rng = FlexRng::seed_from_u64(seed);
-        let mut seed_lock = SEED.lock().unwrap();
-        *seed_lock = Some(rng);
+        SEED.with(|cell| *cell.borrow_mut() = Some(rng));
     }
 
     fn device_count(_type_id: u16) -> usize {

@@ -31,8 +31,9 @@ impl FloatTensorOps<Flex> for Flex {
         _device: &Device<Flex>,
         dtype: FloatDType,
     ) -> FloatTensor<Flex> {
-        let mut seed = crate::backend::SEED.lock().unwrap();
-        let mut rng = seed.take().unwrap_or_else(crate::backend::get_seeded_rng);
+        let mut rng = crate::backend::SEED
+            .with(|cell| cell.borrow_mut().take())
+            .unwrap_or_else(crate::backend::get_seeded_rng);
         let data = match dtype {
             FloatDType::F64 => TensorData::random::<f64, _, _>(shape, distribution, &mut rng),
             FloatDType::F32 | FloatDType::Flex32 => {
@@ -41,7 +42,7 @@ impl FloatTensorOps<Flex> for Flex {
             FloatDType::F16 => TensorData::random::<f16, _, _>(shape, distribution, &mut rng),
             FloatDType::BF16 => TensorData::random::<bf16, _, _>(shape, distribution, &mut rng),
         };
-        *seed = Some(rng);
+        crate::backend::SEED.with(|cell| *cell.borrow_mut() = Some(rng));
         FlexTensor::from_data(data)
     }
 

@@ -507,8 +507,9 @@ impl IntTensorOps<Flex> for Flex {
         _device: &Device<Flex>,
         dtype: IntDType,
     ) -> IntTensor<Flex> {
-        let mut seed = crate::backend::SEED.lock().unwrap();
-        let mut rng = seed.take().unwrap_or_else(crate::backend::get_seeded_rng);
+        let mut rng = crate::backend::SEED
+            .with(|cell| cell.borrow_mut().take())
+            .unwrap_or_else(crate::backend::get_seeded_rng);
         let data = match dtype {
             IntDType::I64 => TensorData::random::<i64, _, _>(shape, distribution, &mut rng),
             IntDType::I32 => TensorData::random::<i32, _, _>(shape, distribution, &mut rng),
@@ -519,7 +520,7 @@ impl IntTensorOps<Flex> for Flex {
             IntDType::U16 => TensorData::random::<u16, _, _>(shape, distribution, &mut rng),
             IntDType::U8 => TensorData::random::<u8, _, _>(shape, distribution, &mut rng),
         };
-        *seed = Some(rng);
+        crate::backend::SEED.with(|cell| *cell.borrow_mut() = Some(rng));
         FlexTensor::from_data(data)
     }
 
