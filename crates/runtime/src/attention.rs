@@ -11,13 +11,10 @@ use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::tensor::activation::softmax;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Tensor, TensorPrimitive};
+use burn::tensor::Tensor;
 
+use crate::rows::float;
 use crate::Backend;
-
-fn float<B: burn::tensor::backend::Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(t))
-}
 
 /// # Shapes
 /// - `scores`: [batch, heads, seq, keys]; `bias`: [batch, seq, keys] → like `scores`
@@ -68,24 +65,12 @@ pub(crate) fn attention_probs_tracked<B: Backend, C: CheckpointStrategy>(
 
 /// burn-flex: one loop per row (f32; anything else takes the composition).
 pub(crate) mod flex {
-    use burn::tensor::{DType, Shape, TensorData};
     use burn_flex::FlexTensor;
-    use rayon::prelude::*;
+
+    use crate::rows::flex::{f32_contiguous, for_rows, tensor};
 
     /// Below this many scores one core does it all.
     const PARALLEL_ELEMENTS: usize = 1 << 16;
-
-    fn f32_contiguous(t: &FlexTensor) -> Option<FlexTensor> {
-        (t.dtype() == DType::F32).then(|| t.to_contiguous())
-    }
-
-    fn for_rows(out: &mut [f32], keys: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
-        if out.len() >= PARALLEL_ELEMENTS {
-            out.par_chunks_mut(keys).enumerate().for_each(|(r, o)| f(r, o));
-        } else {
-            out.chunks_mut(keys).enumerate().for_each(|(r, o)| f(r, o));
-        }
-    }
 
     pub fn attention_probs(scores: &FlexTensor, scale: f32, bias: &FlexTensor) -> Option<FlexTensor> {
         let dims = scores.layout().shape().to_vec();
@@ -96,7 +81,7 @@ pub(crate) mod flex {
             return None;
         }
         let mut out = vec![0f32; s.len()];
-        for_rows(&mut out, keys, |r, o| {
+        for_rows(&mut out, keys, s.len() >= PARALLEL_ELEMENTS, |r, o| {
             // Row r is (batch, head, query) = (r / (heads·seq), ·, r % seq).
             let bias_row = ((r / (heads * seq)) * seq + r % seq) * keys;
             let (s, b) = (&s[r * keys..(r + 1) * keys], &bias[bias_row..bias_row + keys]);
@@ -113,7 +98,7 @@ pub(crate) mod flex {
             let inv = 1.0 / sum;
             o.iter_mut().for_each(|o| *o *= inv);
         });
-        Some(FlexTensor::from_data(TensorData::new(out, Shape::from(dims))))
+        Some(tensor(out, dims))
     }
 
     pub fn attention_probs_backward(probs: &FlexTensor, scale: f32, grad: &FlexTensor) -> Option<FlexTensor> {
@@ -122,14 +107,14 @@ pub(crate) mod flex {
         let (probs, grad) = (f32_contiguous(probs)?, f32_contiguous(grad)?);
         let (p, g) = (probs.as_slice::<f32>()?, grad.as_slice::<f32>()?);
         let mut out = vec![0f32; p.len()];
-        for_rows(&mut out, keys, |r, o| {
+        for_rows(&mut out, keys, p.len() >= PARALLEL_ELEMENTS, |r, o| {
             let (p, g) = (&p[r * keys..(r + 1) * keys], &g[r * keys..(r + 1) * keys]);
             let dot: f32 = p.iter().zip(g).map(|(p, g)| p * g).sum();
             for ((o, &p), &g) in o.iter_mut().zip(p).zip(g) {
                 *o = scale * p * (g - dot);
             }
         });
-        Some(FlexTensor::from_data(TensorData::new(out, Shape::from(dims))))
+        Some(tensor(out, dims))
     }
 }
 

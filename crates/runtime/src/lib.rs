@@ -22,6 +22,7 @@ pub mod log_probs;
 pub mod quant;
 pub mod rms_norm;
 pub mod rotary;
+mod rows;
 
 pub use backend::{AutodiffBackend, Backend, QuantizedWeight};
 #[cfg(test)]

@@ -18,17 +18,10 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::tensor::ops::{FloatTensor, IntTensor};
-use burn::tensor::{Int, Tensor, TensorPrimitive};
+use burn::tensor::{Int, Tensor};
 
+use crate::rows::{float, prim};
 use crate::Backend;
-
-fn float<B: burn::tensor::backend::Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(t))
-}
-
-fn prim<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
-    t.into_primitive().tensor()
-}
 
 /// log softmax(logits)[target] of each row.
 ///
@@ -152,21 +145,18 @@ pub(crate) fn token_entropy_tracked<B: Backend, C: CheckpointStrategy>(logits: F
 
 /// burn-flex's rows in plain loops (f32 logits; anything else takes the composition).
 pub(crate) mod flex {
-    use burn::tensor::{DType, Shape, TensorData};
+    use burn::tensor::DType;
     use burn_flex::FlexTensor;
-    use rayon::prelude::*;
+
+    use crate::rows::flex::{f32_contiguous, for_rows, tensor};
 
     /// Below this many logits a tensor is done on one core (thread hand-off would cost more).
     const PARALLEL_ELEMENTS: usize = 1 << 18;
 
     /// The f32 rows of a [rows, vocab] tensor (None: not f32).
     fn rows_of(t: &FlexTensor) -> Option<(FlexTensor, usize, usize)> {
-        if t.dtype() != DType::F32 {
-            return None;
-        }
         let dims = t.layout().shape().to_vec();
-        let t = t.to_contiguous();
-        Some((t, dims[0], dims[1]))
+        Some((f32_contiguous(t)?, dims[0], dims[1]))
     }
 
     fn targets_of(t: &FlexTensor) -> Vec<i64> {
@@ -175,23 +165,6 @@ pub(crate) mod flex {
             DType::I32 => t.as_slice::<i32>().expect("contiguous").iter().map(|&v| v as i64).collect(),
             DType::I64 => t.as_slice::<i64>().expect("contiguous").to_vec(),
             other => panic!("token ids must be i32 or i64, got {other:?}"),
-        }
-    }
-
-    fn f32_values(t: &FlexTensor) -> Vec<f32> {
-        t.to_contiguous().as_slice::<f32>().expect("f32 and contiguous").to_vec()
-    }
-
-    fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
-        FlexTensor::from_data(TensorData::new(values, Shape::from(shape)))
-    }
-
-    /// Runs `f(row, out_row)` over the rows, in parallel when there are enough logits.
-    fn for_rows<T: Send>(out: &mut [T], per_row: usize, elements: usize, f: impl Fn(usize, &mut [T]) + Sync) {
-        if elements >= PARALLEL_ELEMENTS {
-            out.par_chunks_mut(per_row).enumerate().for_each(|(i, o)| f(i, o));
-        } else {
-            out.chunks_mut(per_row).enumerate().for_each(|(i, o)| f(i, o));
         }
     }
 
@@ -211,7 +184,7 @@ pub(crate) mod flex {
         let x = x.as_slice::<f32>()?;
         let targets = targets_of(targets);
         let mut out = vec![[0f32; 2]; rows];
-        for_rows(&mut out, 1, rows * vocab, |i, o| {
+        for_rows(&mut out, 1, rows * vocab >= PARALLEL_ELEMENTS, |i, o| {
             let row = &x[i * vocab..(i + 1) * vocab];
             let (max, sum) = shifted_sum(row);
             let lse = max + sum.ln();
@@ -224,9 +197,10 @@ pub(crate) mod flex {
     pub fn log_softmax_gather_backward(logits: &FlexTensor, lse: &FlexTensor, targets: &FlexTensor, grad: &FlexTensor) -> Option<FlexTensor> {
         let (x, rows, vocab) = rows_of(logits)?;
         let x = x.as_slice::<f32>()?;
-        let (lse, grad, targets) = (f32_values(lse), f32_values(grad), targets_of(targets));
+        let (lse, grad, targets) = (f32_contiguous(lse)?, f32_contiguous(grad)?, targets_of(targets));
+        let (lse, grad) = (lse.as_slice::<f32>()?, grad.as_slice::<f32>()?);
         let mut out = vec![0f32; rows * vocab];
-        for_rows(&mut out, vocab, rows * vocab, |i, o| {
+        for_rows(&mut out, vocab, rows * vocab >= PARALLEL_ELEMENTS, |i, o| {
             let row = &x[i * vocab..(i + 1) * vocab];
             let (g, lse) = (grad[i], lse[i]);
             for (o, &x) in o.iter_mut().zip(row) {
@@ -241,7 +215,7 @@ pub(crate) mod flex {
         let (x, rows, vocab) = rows_of(logits)?;
         let x = x.as_slice::<f32>()?;
         let mut out = vec![[0f32; 2]; rows];
-        for_rows(&mut out, 1, rows * vocab, |i, o| {
+        for_rows(&mut out, 1, rows * vocab >= PARALLEL_ELEMENTS, |i, o| {
             let row = &x[i * vocab..(i + 1) * vocab];
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             // Σ e_j and Σ e_j·x_j in one pass: H = lse − Σ p_j x_j.
@@ -259,9 +233,10 @@ pub(crate) mod flex {
     pub fn softmax_entropy_backward(logits: &FlexTensor, lse: &FlexTensor, entropy: &FlexTensor, grad: &FlexTensor) -> Option<FlexTensor> {
         let (x, rows, vocab) = rows_of(logits)?;
         let x = x.as_slice::<f32>()?;
-        let (lse, entropy, grad) = (f32_values(lse), f32_values(entropy), f32_values(grad));
+        let (lse, entropy, grad) = (f32_contiguous(lse)?, f32_contiguous(entropy)?, f32_contiguous(grad)?);
+        let (lse, entropy, grad) = (lse.as_slice::<f32>()?, entropy.as_slice::<f32>()?, grad.as_slice::<f32>()?);
         let mut out = vec![0f32; rows * vocab];
-        for_rows(&mut out, vocab, rows * vocab, |i, o| {
+        for_rows(&mut out, vocab, rows * vocab >= PARALLEL_ELEMENTS, |i, o| {
             let row = &x[i * vocab..(i + 1) * vocab];
             let (g, lse, h) = (grad[i], lse[i], entropy[i]);
             for (o, &x) in o.iter_mut().zip(row) {

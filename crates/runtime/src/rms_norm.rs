@@ -10,17 +10,10 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{binary, Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Tensor, TensorPrimitive};
+use burn::tensor::Tensor;
 
+use crate::rows::{float, prim};
 use crate::Backend;
-
-fn float<B: burn::tensor::backend::Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(t))
-}
-
-fn prim<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
-    t.into_primitive().tensor()
-}
 
 /// # Shapes
 /// - `x`: [rows, d]; `weight`: [d] → [rows, d]
@@ -91,25 +84,18 @@ pub(crate) fn rms_norm_tracked<B: Backend, C: CheckpointStrategy>(
 
 /// burn-flex: one loop per row (f32; anything else takes the composition).
 pub(crate) mod flex {
-    use burn::tensor::{DType, Shape, TensorData};
     use burn_flex::FlexTensor;
     use rayon::prelude::*;
+
+    use crate::rows::flex::{f32_contiguous, for_rows, tensor};
 
     /// Below this many elements one core does it all.
     const PARALLEL_ELEMENTS: usize = 1 << 16;
 
-    fn f32_values(t: &FlexTensor) -> Option<FlexTensor> {
-        (t.dtype() == DType::F32).then(|| t.to_contiguous())
-    }
-
-    fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
-        FlexTensor::from_data(TensorData::new(values, Shape::from(shape)))
-    }
-
     pub fn rms_norm(x: &FlexTensor, weight: &FlexTensor, eps: f32) -> Option<(FlexTensor, FlexTensor)> {
         let dims = x.layout().shape().to_vec();
         let d = dims[1];
-        let (x, w) = (f32_values(x)?, f32_values(weight)?);
+        let (x, w) = (f32_contiguous(x)?, f32_contiguous(weight)?);
         let (x, w) = (x.as_slice::<f32>()?, w.as_slice::<f32>()?);
         let mut y = vec![0f32; x.len()];
         let mut r = vec![0f32; dims[0]];
@@ -131,21 +117,16 @@ pub(crate) mod flex {
     pub fn rms_norm_backward(x: &FlexTensor, weight: &FlexTensor, r: &FlexTensor, grad: &FlexTensor) -> Option<(FlexTensor, FlexTensor)> {
         let dims = x.layout().shape().to_vec();
         let d = dims[1];
-        let (x, w, r, g) = (f32_values(x)?, f32_values(weight)?, f32_values(r)?, f32_values(grad)?);
+        let (x, w, r, g) = (f32_contiguous(x)?, f32_contiguous(weight)?, f32_contiguous(r)?, f32_contiguous(grad)?);
         let (x, w, r, g) = (x.as_slice::<f32>()?, w.as_slice::<f32>()?, r.as_slice::<f32>()?, g.as_slice::<f32>()?);
         let mut dx = vec![0f32; x.len()];
-        let row = |(i, dx): (usize, &mut [f32])| {
+        for_rows(&mut dx, d, x.len() >= PARALLEL_ELEMENTS, |i, dx| {
             let (x, g, r) = (&x[i * d..(i + 1) * d], &g[i * d..(i + 1) * d], r[i]);
             let mean_hn = x.iter().zip(g).zip(w).map(|((x, g), w)| g * w * x * r).sum::<f32>() / d as f32;
             for (((dx, &x), &g), &w) in dx.iter_mut().zip(x).zip(g).zip(w) {
                 *dx = r * (g * w - x * r * mean_hn);
             }
-        };
-        if x.len() >= PARALLEL_ELEMENTS {
-            dx.par_chunks_mut(d).enumerate().for_each(row);
-        } else {
-            dx.chunks_mut(d).enumerate().for_each(row);
-        }
+        });
         // dL/dw summed over rows in order (the same sum on any number of cores).
         let mut dw = vec![0f32; d];
         for i in 0..dims[0] {

@@ -64,9 +64,10 @@ pub(crate) fn rotary_tracked<B: Backend, C: CheckpointStrategy>(
 
 /// burn-flex: one pass over `x` in whatever strides it has (the heads view is a transpose).
 pub(crate) mod flex {
-    use burn::tensor::{DType, Shape, TensorData};
+    use burn::tensor::DType;
     use burn_flex::FlexTensor;
-    use rayon::prelude::*;
+
+    use crate::rows::flex::{for_rows, tensor};
 
     /// Below this many elements one core does it all.
     const PARALLEL_ELEMENTS: usize = 1 << 16;
@@ -103,12 +104,9 @@ pub(crate) mod flex {
                 }
             }
         };
-        if out.len() >= PARALLEL_ELEMENTS {
-            out.par_chunks_mut(s * d).enumerate().for_each(|(p, o)| rotate(p, o));
-        } else {
-            out.chunks_mut(s * d).enumerate().for_each(|(p, o)| rotate(p, o));
-        }
-        Some(FlexTensor::from_data(TensorData::new(out, Shape::from(dims))))
+        let parallel = out.len() >= PARALLEL_ELEMENTS;
+        for_rows(&mut out, s * d, parallel, rotate);
+        Some(tensor(out, dims))
     }
 }
 

@@ -1,0 +1,39 @@
+//! What the fused ops (`log_probs`, `rotary`, `attention`, `rms_norm`) share: moving between tensors
+//! and primitives, and running burn-flex rows in plain loops.
+
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Tensor, TensorPrimitive};
+
+pub(crate) fn float<B: burn::tensor::backend::Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+pub(crate) fn prim<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
+    t.into_primitive().tensor()
+}
+
+pub(crate) mod flex {
+    use burn::tensor::{DType, Shape, TensorData};
+    use burn_flex::FlexTensor;
+    use rayon::prelude::*;
+
+    /// The tensor in row-major order (None: not f32 — the caller takes the composition).
+    pub fn f32_contiguous(t: &FlexTensor) -> Option<FlexTensor> {
+        (t.dtype() == DType::F32).then(|| t.to_contiguous())
+    }
+
+    pub fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
+        FlexTensor::from_data(TensorData::new(values, Shape::from(shape)))
+    }
+
+    /// Runs `f(row, out_row)` over `out`'s rows of `row_len`, split across cores when `parallel` (the
+    /// caller's size threshold: below it, thread hand-off costs more than it saves). Each row is
+    /// computed the same way on any thread, so results do not depend on the split.
+    pub fn for_rows<T: Send>(out: &mut [T], row_len: usize, parallel: bool, f: impl Fn(usize, &mut [T]) + Sync) {
+        if parallel {
+            out.par_chunks_mut(row_len).enumerate().for_each(|(i, o)| f(i, o));
+        } else {
+            out.chunks_mut(row_len).enumerate().for_each(|(i, o)| f(i, o));
+        }
+    }
+}
