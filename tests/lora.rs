@@ -9,7 +9,7 @@ use burn::module::AutodiffModule;
 use rlhf_model::lora::{Adapted, LoraConfig};
 use rlhf_model::proj::Proj;
 use rlhf_runtime::quant::BaseQuant;
-use rlhf_model::{CausalLm, RewardModel, ScalarHead, Transformer};
+use rlhf_model::{CausalLm, RewardModel, ScalarHead, Transformer, WeightDtype};
 use rlhf_runtime::{Cpu, CpuTrain};
 use rlhf_train::optim::OptimConfig;
 use rlhf_train::Trainable;
@@ -127,14 +127,14 @@ fn exported_adapter_and_merged_folder_give_the_adapter_models_logits() {
         let want = logits(&model);
         assert!(max_diff(&want, &logits(&model.without_lora())) > 0.05, "{base}: the adapter changes nothing");
         let adapter_dir = tmp.path().join(format!("{base}-adapter"));
-        model.model.save_lora_dir(&adapter_dir, &spec, "base", Some("CAUSAL_LM"), &[]).unwrap();
+        model.model.save_lora_dir(&adapter_dir, &spec, "base", Some("CAUSAL_LM"), &[], WeightDtype::F32).unwrap();
         let reloaded = CausalLm::<Cpu>::from_hf_dir(&fixture(base), &d).unwrap();
         let (reloaded, spec2) = reloaded.attach_lora(&LoraConfig { from: Some(adapter_dir.clone()), ..LoraConfig::default() }, 0, &d).unwrap();
         assert_eq!(spec2.slots, spec.slots);
         assert_eq!(logits(&reloaded), want, "{base}: adapter folder round trip");
 
         let merged_dir = tmp.path().join(format!("{base}-merged"));
-        model.merge_lora().save_hf_dir(&merged_dir, Some(&fixture(base))).unwrap();
+        model.merge_lora().save_hf_dir(&merged_dir, Some(&fixture(base)), WeightDtype::F32).unwrap();
         let merged = CausalLm::<Cpu>::from_hf_dir(&merged_dir, &d).unwrap();
         let diff = max_diff(&logits(&merged), &want);
         assert!(diff <= 1e-5, "{base}: merged vs adapter model {diff}");
@@ -208,12 +208,12 @@ fn a_quantized_base_trains_its_adapters_and_merges_into_a_dense_export() {
     let model = t.module.valid();
     let want = logits(&model);
     let tmp = tempfile::tempdir().unwrap();
-    model.clone().merge_lora().save_hf_dir(&tmp.path().join("merged"), Some(&fixture("hf-tiny-llama"))).unwrap();
+    model.clone().merge_lora().save_hf_dir(&tmp.path().join("merged"), Some(&fixture("hf-tiny-llama")), WeightDtype::F32).unwrap();
     let merged = CausalLm::<Cpu>::from_hf_dir(&tmp.path().join("merged"), &d).unwrap();
     let diff = max_diff(&logits(&merged), &want);
     assert!(diff <= 1e-5, "merged vs quantized adapter model: {diff}");
     // The adapter folder alone reloads onto a freshly quantized base with the same logits.
-    model.model.save_lora_dir(&tmp.path().join("adapter"), &spec, "base", Some("CAUSAL_LM"), &[]).unwrap();
+    model.model.save_lora_dir(&tmp.path().join("adapter"), &spec, "base", Some("CAUSAL_LM"), &[], WeightDtype::F32).unwrap();
     let cfg = LoraConfig { from: Some(tmp.path().join("adapter")), base_quant: Some(BaseQuant::Q4), ..LoraConfig::default() };
     let (reloaded, _) = CausalLm::<Cpu>::from_hf_dir(&fixture("hf-tiny-llama"), &d).unwrap().attach_lora(&cfg, 0, &d).unwrap();
     assert_eq!(logits(&reloaded), want);

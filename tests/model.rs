@@ -10,7 +10,7 @@ use rlhf_runtime::Backend;
 use rlhf_runtime::{Cpu, Precision};
 use rlhf_model::generate::left_pad;
 use rlhf_data::Tokenizer;
-use rlhf_model::{generate, CausalLm, GenerateConfig, Sampler, TransformerConfig};
+use rlhf_model::{generate, CausalLm, GenerateConfig, Sampler, TransformerConfig, WeightDtype};
 use safetensors::SafeTensors;
 
 use crate::common::fixture;
@@ -249,7 +249,7 @@ fn export_then_load_gives_identical_logits() {
         let model = CausalLm::<Cpu>::from_hf_dir(&src, &device()).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("final");
-        model.save_hf_dir(&out, Some(&src)).unwrap();
+        model.save_hf_dir(&out, Some(&src), WeightDtype::F32).unwrap();
         // Tokenizer and template files are copied as they came (the template stays in its own file).
         for file in rlhf_model::hf::TOKENIZER_FILES {
             let (from, to) = (src.join(file), out.join(file));
@@ -268,6 +268,72 @@ fn export_then_load_gives_identical_logits() {
         let b = to_vec(again.forward(ids, mask, None).unwrap());
         assert_eq!(a, b, "{name}");
     }
+}
+
+/// Exports in bf16 and f16 store every tensor in that dtype, rounded to nearest (what torch's
+/// `.to(dtype)` does), and config.json's `torch_dtype` says which.
+#[test]
+fn export_dtype_rounds_every_weight_and_config_says_it() {
+    let src = fixture("hf-tiny-llama");
+    let model = CausalLm::<Cpu>::from_hf_dir(&src, &device()).unwrap();
+    let original: std::collections::BTreeMap<String, Vec<f32>> = model.hf_tensors().into_iter().map(|(n, t)| (n, t.data)).collect();
+    let cases: [(WeightDtype, &str, &str, fn(f32) -> f32); 2] = [
+        (WeightDtype::Bf16, "bfloat16", "BF16", |x| half::bf16::from_f32(x).to_f32()),
+        (WeightDtype::F16, "float16", "F16", |x| half::f16::from_f32(x).to_f32()),
+    ];
+    for (dtype, hf_name, stored, round) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("final");
+        model.save_hf_dir(&out, Some(&src), dtype).unwrap();
+        let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+        assert_eq!(config["torch_dtype"], hf_name);
+        assert_eq!(WeightDtype::of_folder(&out).unwrap(), dtype);
+        let files = rlhf_model::hf::SafetensorsFiles::open_dir(&out).unwrap();
+        assert_eq!(files.dtypes().keys().collect::<Vec<_>>(), vec![stored], "{hf_name}");
+        let again = CausalLm::<Cpu>::from_hf_dir(&out, &device()).unwrap();
+        let mut changed = 0;
+        for (name, t) in again.hf_tensors() {
+            let want: Vec<f32> = original[&name].iter().map(|&x| round(x)).collect();
+            assert_eq!(t.data, want, "{hf_name}: {name}");
+            changed += original[&name].iter().zip(&t.data).filter(|(a, b)| a != b).count();
+        }
+        assert!(changed > 0, "{hf_name}: rounding changed nothing, so the test shows nothing");
+    }
+}
+
+/// The default export dtype is the input folder's: what config.json declares, else what its
+/// tensors are stored in.
+#[test]
+fn export_dtype_defaults_to_the_input_models() {
+    assert_eq!(WeightDtype::of_folder(&fixture("hf-tiny-llama")).unwrap(), WeightDtype::F32);
+    assert_eq!(WeightDtype::of_folder(&fixture("hf-tiny-qwen2")).unwrap(), WeightDtype::Bf16);
+    assert_eq!(WeightDtype::of_folder(&fixture("hf-tiny-llama3")).unwrap(), WeightDtype::F16);
+    assert_eq!(WeightDtype::for_export(Some(WeightDtype::F32), Some(&fixture("hf-tiny-qwen2"))).unwrap(), WeightDtype::F32);
+    assert_eq!(WeightDtype::for_export(None, None).unwrap(), WeightDtype::F32);
+    // A config.json without a dtype: the tensors decide.
+    let tmp = tempfile::tempdir().unwrap();
+    let model = CausalLm::<Cpu>::from_hf_dir(&fixture("hf-tiny-llama"), &device()).unwrap();
+    model.save_hf_dir(&tmp.path().join("m"), None, WeightDtype::Bf16).unwrap();
+    let path = tmp.path().join("m").join("config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config.as_object_mut().unwrap().remove("torch_dtype");
+    std::fs::write(&path, config.to_string()).unwrap();
+    assert_eq!(WeightDtype::of_folder(&tmp.path().join("m")).unwrap(), WeightDtype::Bf16);
+}
+
+/// A weight float16 cannot hold is an error naming the tensor, and nothing is left half-written.
+#[test]
+fn float16_export_refuses_weights_out_of_its_range() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("final");
+    let config = serde_json::json!({"model_type": "llama"});
+    let big = rlhf_model::hf::HostTensor { shape: vec![2], data: vec![1.0, 1e6] };
+    let err = rlhf_model::hf::write_hf_dir(&out, &config, &[("lm_head.weight".into(), big.clone())], None, WeightDtype::F16).unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("lm_head.weight") && message.contains("float16"), "{message}");
+    assert!(std::fs::read_dir(tmp.path()).unwrap().next().is_none(), "left behind: {:?}", std::fs::read_dir(tmp.path()).unwrap().collect::<Vec<_>>());
+    // bf16 holds it (rounded).
+    rlhf_model::hf::write_hf_dir(&out, &config, &[("lm_head.weight".into(), big)], None, WeightDtype::Bf16).unwrap();
 }
 
 /// Copies a fixture folder so a test can damage it.
@@ -323,13 +389,13 @@ fn missing_or_misshapen_tensors_are_named() {
     let tmp = tempfile::tempdir().unwrap();
     let config = model.config().to_hf_json();
     let dropped: Vec<_> = tensors.iter().filter(|(n, _)| n != "model.layers.1.mlp.up_proj.weight").cloned().collect();
-    rlhf_model::hf::write_hf_dir(&tmp.path().join("a"), &config, &dropped, None).unwrap();
+    rlhf_model::hf::write_hf_dir(&tmp.path().join("a"), &config, &dropped, None, WeightDtype::F32).unwrap();
     let e = load_err(&tmp.path().join("a"));
     assert!(e.contains("missing tensor \"model.layers.1.mlp.up_proj.weight\"") && e.contains("[176, 64]"), "{e}");
 
     let k = tensors.iter().position(|(n, _)| n == "model.layers.0.self_attn.k_proj.weight").unwrap();
     tensors[k].1.shape = vec![64, 32];
-    rlhf_model::hf::write_hf_dir(&tmp.path().join("b"), &config, &tensors, None).unwrap();
+    rlhf_model::hf::write_hf_dir(&tmp.path().join("b"), &config, &tensors, None, WeightDtype::F32).unwrap();
     let e = load_err(&tmp.path().join("b"));
     assert!(e.contains("model.layers.0.self_attn.k_proj.weight") && e.contains("[32, 64]") && e.contains("[64, 32]"), "{e}");
 
@@ -347,8 +413,8 @@ fn sharded_checkpoints_load() {
     let tensors = model.hf_tensors();
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = tensors.split_at(tensors.len() / 2);
-    rlhf_model::hf::write_safetensors(&tmp.path().join("model-00001-of-00002.safetensors"), a).unwrap();
-    rlhf_model::hf::write_safetensors(&tmp.path().join("model-00002-of-00002.safetensors"), b).unwrap();
+    rlhf_model::hf::write_safetensors(&tmp.path().join("model-00001-of-00002.safetensors"), a, WeightDtype::F32).unwrap();
+    rlhf_model::hf::write_safetensors(&tmp.path().join("model-00002-of-00002.safetensors"), b, WeightDtype::F32).unwrap();
     let mut map = serde_json::Map::new();
     for (name, _) in a {
         map.insert(name.clone(), "model-00001-of-00002.safetensors".into());

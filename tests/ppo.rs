@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use burn::tensor::{Int, Tensor, TensorData};
 use rlhf_runtime::{Cpu, CpuTrain};
 use rlhf_model::reward_info::{Normalization, REWARD_INFO_FILE};
-use rlhf_model::{generate, CausalLm, GenerateConfig, GenerationBatch, RewardInfo, RewardModel, Sampler, ScalarHead, Transformer};
+use rlhf_model::{generate, CausalLm, GenerateConfig, GenerationBatch, RewardInfo, RewardModel, Sampler, ScalarHead, Transformer, WeightDtype};
 use rlhf_ppo::PpoConfig;
 
 use crate::common::fixture;
@@ -28,7 +28,7 @@ pub fn setup(dir: &Path) -> (PathBuf, PathBuf) {
         template_end_of_turn: "<|im_end|>".into(),
         normalization: Normalization { reference: "test".into(), count: 1, mean_before: 0.0, std: 0.5, bias_added: 0.0 },
     };
-    rm.save_dir(&rm_dir, Some(&fixture("hf-tiny-llama")), &[(REWARD_INFO_FILE, info.to_json())]).unwrap();
+    rm.save_dir(&rm_dir, Some(&fixture("hf-tiny-llama")), &[(REWARD_INFO_FILE, info.to_json())], WeightDtype::F32).unwrap();
     (data, rm_dir)
 }
 

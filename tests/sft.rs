@@ -69,6 +69,25 @@ fn sft_loss_falls_and_final_reloads_with_identical_logits() {
     assert_eq!(a, b);
 }
 
+/// `export_dtype` reaches `final/`: bf16 weights (the trained ones, rounded) and a config.json that
+/// says so.
+#[test]
+fn sft_exports_in_the_dtype_asked_for() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = demo(&tmp.path().join("demo"));
+    let out = tmp.path().join("run");
+    let cfg = config(&data, 2, &["export_dtype=\"bfloat16\"".into(), "train.save_every=0".into()]);
+    let model = rlhf_sft::run::<CpuTrain>(&cfg, &out, false, &Default::default()).unwrap();
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("final/config.json")).unwrap()).unwrap();
+    assert_eq!(config["torch_dtype"], "bfloat16");
+    let again = CausalLm::<Cpu>::from_hf_dir(&out.join("final"), &Default::default()).unwrap();
+    let trained: std::collections::BTreeMap<_, _> = model.hf_tensors().into_iter().collect();
+    for (name, t) in again.hf_tensors() {
+        let want: Vec<f32> = trained[&name].data.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect();
+        assert_eq!(t.data, want, "{name}");
+    }
+}
+
 /// Changing the targets where the loss mask is 0 (prompt tokens, padding) leaves the loss unchanged.
 #[test]
 fn prompt_tokens_contribute_nothing() {

@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use burn::tensor::{Int, Tensor, TensorData};
 use rlhf_runtime::Backend;
 use rlhf_runtime::{dispatch, DeviceSpec, Inference, InferenceTask};
-use rlhf_model::hf::{write_safetensors, HostTensor, SafetensorsFiles};
+use rlhf_model::hf::{write_safetensors, HostTensor, SafetensorsFiles, WeightDtype};
 use rlhf_model::{CausalLm, HfConfig, TransformerConfig};
 use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
@@ -96,6 +96,6 @@ impl InferenceTask for LogitsTask<'_> {
 pub fn logits(dir: &Path, input: &Path, output: &Path, device: DeviceSpec) -> anyhow::Result<()> {
     let (ids, mask, shape) = read_batch(input)?;
     let logits = dispatch(device, Inference(LogitsTask { dir, ids, mask, shape }))??;
-    write_safetensors(output, &[("logits".to_string(), logits)])?;
+    write_safetensors(output, &[("logits".to_string(), logits)], WeightDtype::F32)?;
     Ok(())
 }

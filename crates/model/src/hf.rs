@@ -455,24 +455,119 @@ impl<B: Backend> CausalLm<B> {
         out
     }
 
-    /// Writes a Hugging Face folder (config.json, model.safetensors in f32, and the tokenizer files
-    /// found in `tokenizer_from`) that transformers loads as-is. The folder is written under a
+    /// Writes a Hugging Face folder (config.json, model.safetensors in `dtype`, and the tokenizer
+    /// files found in `tokenizer_from`) that transformers loads as-is. The folder is written under a
     /// temporary name and renamed into place, so a crash never leaves a half-written model.
-    pub fn save_hf_dir(&self, out: &Path, tokenizer_from: Option<&Path>) -> Result<()> {
-        write_hf_dir(out, &self.config().to_hf_json(), &self.hf_tensors(), tokenizer_from)
+    pub fn save_hf_dir(&self, out: &Path, tokenizer_from: Option<&Path>, dtype: WeightDtype) -> Result<()> {
+        write_hf_dir(out, &self.config().to_hf_json(), &self.hf_tensors(), tokenizer_from, dtype)
     }
 }
 
-/// Writes `tensors` as an f32 safetensors file (to a temporary name, then renamed into place).
-pub fn write_safetensors(path: &Path, tensors: &[(String, HostTensor)]) -> Result<()> {
-    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+/// The dtype weights are written in when a model is exported (`export_dtype` in stage configs; by
+/// default the input model's). config.json's `torch_dtype` says it. Training checkpoints stay f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum WeightDtype {
+    #[serde(rename = "float32", alias = "f32", alias = "fp32")]
+    F32,
+    #[serde(rename = "bfloat16", alias = "bf16")]
+    Bf16,
+    #[serde(rename = "float16", alias = "f16", alias = "fp16")]
+    F16,
+}
+
+impl WeightDtype {
+    /// The name transformers uses (`torch_dtype` in config.json).
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            WeightDtype::F32 => "float32",
+            WeightDtype::Bf16 => "bfloat16",
+            WeightDtype::F16 => "float16",
+        }
+    }
+
+    fn safetensors(self) -> Dtype {
+        match self {
+            WeightDtype::F32 => Dtype::F32,
+            WeightDtype::Bf16 => Dtype::BF16,
+            WeightDtype::F16 => Dtype::F16,
+        }
+    }
+
+    /// The dtype of a Hugging Face folder's weights: what config.json declares, else the dtype most
+    /// of its tensors are stored in; f32 for anything else ("auto", float64, …).
+    pub fn of_folder(dir: &Path) -> Result<Self> {
+        let declared = crate::HfConfig::load(&dir.join("config.json"))?.declared_dtype().map(str::to_string);
+        let name = match declared {
+            Some(name) => name,
+            None => {
+                let counts = SafetensorsFiles::open_dir(dir)?.dtypes();
+                let most = counts.into_iter().max_by_key(|(_, n)| *n).map(|(d, _)| d).unwrap_or_default();
+                match most.as_str() {
+                    "BF16" => "bfloat16".into(),
+                    "F16" => "float16".into(),
+                    _ => "float32".into(),
+                }
+            }
+        };
+        Ok(match name.as_str() {
+            "bfloat16" => WeightDtype::Bf16,
+            "float16" => WeightDtype::F16,
+            _ => WeightDtype::F32,
+        })
+    }
+
+    /// `export_dtype` as configured, else the dtype of the folder the model came from, else f32 (a
+    /// model trained from scratch).
+    pub fn for_export(configured: Option<Self>, from: Option<&Path>) -> Result<Self> {
+        match (configured, from) {
+            (Some(dtype), _) => Ok(dtype),
+            (None, Some(dir)) => Self::of_folder(dir),
+            (None, None) => Ok(WeightDtype::F32),
+        }
+    }
+
+    /// Little-endian bytes of `data` in this dtype (round to nearest even). A value that float16
+    /// cannot hold is an error naming the tensor, not a silent infinity.
+    fn encode(self, name: &str, data: &[f32]) -> std::result::Result<Vec<u8>, String> {
+        match self {
+            WeightDtype::F32 => Ok(data.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            WeightDtype::Bf16 => Ok(data.iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect()),
+            WeightDtype::F16 => {
+                let mut out = Vec::with_capacity(2 * data.len());
+                for &x in data {
+                    let h = half::f16::from_f32(x);
+                    if h.is_infinite() && x.is_finite() {
+                        return Err(format!(
+                            "tensor {name:?} holds {x}, beyond float16's range (±65504); export as bfloat16 or float32"
+                        ));
+                    }
+                    out.extend_from_slice(&h.to_le_bytes());
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for WeightDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.hf_name())
+    }
+}
+
+/// Writes `tensors` as a safetensors file in `dtype` (to a temporary name, then renamed into place).
+pub fn write_safetensors(path: &Path, tensors: &[(String, HostTensor)], dtype: WeightDtype) -> Result<()> {
+    let bytes = tensors
         .iter()
-        .map(|(name, t)| (name.clone(), t.data.iter().flat_map(|x| x.to_le_bytes()).collect(), t.shape.clone()))
-        .collect();
+        .map(|(name, t)| {
+            let data = dtype.encode(name, &t.data).map_err(|message| ModelError::Safetensors { path: path.to_path_buf(), message })?;
+            Ok((name.clone(), data, t.shape.clone()))
+        })
+        .collect::<Result<Vec<(String, Vec<u8>, Vec<usize>)>>>()?;
     let views = bytes
         .iter()
         .map(|(name, data, shape)| {
-            TensorView::new(Dtype::F32, shape.clone(), data).map(|v| (name.clone(), v)).map_err(|e| {
+            TensorView::new(dtype.safetensors(), shape.clone(), data).map(|v| (name.clone(), v)).map_err(|e| {
                 ModelError::Safetensors { path: path.to_path_buf(), message: e.to_string() }
             })
         })
@@ -485,29 +580,41 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, HostTensor)]) -> Resul
     std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
 }
 
-/// Writes a model folder atomically: everything goes to `OUT.tmp`, which then replaces `OUT`.
+/// Writes a model folder atomically: everything goes to `OUT.tmp`, which then replaces `OUT`. The
+/// weights are stored in `dtype`, and config.json's `torch_dtype` says so.
 pub fn write_hf_dir(
     out: &Path,
     config: &serde_json::Value,
     tensors: &[(String, HostTensor)],
     tokenizer_from: Option<&Path>,
+    dtype: WeightDtype,
 ) -> Result<()> {
     let tmp = sibling(out, "tmp");
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
     }
-    std::fs::create_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
-    let config_path = tmp.join("config.json");
-    let text = serde_json::to_string_pretty(config).expect("JSON value serialises");
-    std::fs::write(&config_path, text).map_err(|e| ModelError::io(&config_path, e))?;
-    write_safetensors(&tmp.join("model.safetensors"), tensors)?;
-    if let Some(src) = tokenizer_from {
-        for name in TOKENIZER_FILES {
-            let from = src.join(name);
-            if from.exists() {
-                std::fs::copy(&from, tmp.join(name)).map_err(|e| ModelError::io(&from, e))?;
+    let write = || -> Result<()> {
+        std::fs::create_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
+        let config_path = tmp.join("config.json");
+        let mut config = config.clone();
+        config["torch_dtype"] = serde_json::json!(dtype.hf_name());
+        let text = serde_json::to_string_pretty(&config).expect("JSON value serialises");
+        std::fs::write(&config_path, text).map_err(|e| ModelError::io(&config_path, e))?;
+        write_safetensors(&tmp.join("model.safetensors"), tensors, dtype)?;
+        if let Some(src) = tokenizer_from {
+            for name in TOKENIZER_FILES {
+                let from = src.join(name);
+                if from.exists() {
+                    std::fs::copy(&from, tmp.join(name)).map_err(|e| ModelError::io(&from, e))?;
+                }
             }
         }
+        Ok(())
+    };
+    if let Err(e) = write() {
+        // Nothing half-written stays behind (e.g. a weight float16 cannot hold).
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
     }
     replace_dir(&tmp, out)
 }
@@ -566,16 +673,18 @@ impl<B: Backend> RewardModel<B> {
         Ok(RewardModel { model, head })
     }
 
-    /// Writes the body as a Hugging Face folder (no LM head), the head as `reward_head.safetensors`,
-    /// and `extra` files (e.g. `reward.json`), atomically.
-    pub fn save_dir(&self, out: &Path, tokenizer_from: Option<&Path>, extra: &[(&str, String)]) -> Result<()> {
+    /// Writes the body as a Hugging Face folder (no LM head) in `dtype`, the head as
+    /// `reward_head.safetensors` (f32), and `extra` files (e.g. `reward.json`), atomically.
+    pub fn save_dir(&self, out: &Path, tokenizer_from: Option<&Path>, extra: &[(&str, String)], dtype: WeightDtype) -> Result<()> {
         let tmp = sibling(out, "rm-tmp");
-        write_hf_dir(&tmp, &self.model.config.to_hf_json(), &self.model.hf_tensors(), tokenizer_from)?;
+        write_hf_dir(&tmp, &self.model.config.to_hf_json(), &self.model.hf_tensors(), tokenizer_from, dtype)?;
         let head = vec![
             ("weight".to_string(), HostTensor::from_tensor(self.head.weight.val())),
             ("bias".to_string(), HostTensor::from_tensor(self.head.bias.val())),
         ];
-        write_safetensors(&tmp.join(REWARD_HEAD_FILE), &head)?;
+        // The head stays f32 in every export: d + 1 numbers, and the score's shift to a zero mean
+        // lives in its bias, which bf16 would round by up to 2⁻⁸ of its size.
+        write_safetensors(&tmp.join(REWARD_HEAD_FILE), &head, WeightDtype::F32)?;
         for (name, text) in extra {
             let path = tmp.join(name);
             std::fs::write(&path, text).map_err(|e| ModelError::io(&path, e))?;

@@ -24,6 +24,7 @@ pub use config::{Arch, HfConfig, TransformerConfig};
 pub use error::{ModelError, Result};
 pub use generate::{generate, generate_rows, GenerateConfig, Generation, GenerationBatch, Progress, RowSampling, RowsConfig};
 pub use heads::{at_last_token, CausalLm, RewardModel, ScalarHead};
+pub use hf::WeightDtype;
 pub use lora::{Adapted, LoraConfig, LoraSpec};
 pub use reward_info::RewardInfo;
 pub use sampling::Sampler;

@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use crate::config::{Arch, TransformerConfig};
 use crate::error::{ModelError, Result};
 use crate::heads::{CausalLm, RewardModel, ScalarHead};
-use crate::hf::{replace_dir, sibling, write_safetensors, HostTensor, KeyScheme, SafetensorsFiles};
+use crate::hf::{replace_dir, sibling, write_safetensors, HostTensor, KeyScheme, SafetensorsFiles, WeightDtype};
 use crate::precision::in_compute;
 use crate::proj::Proj;
 use rlhf_runtime::quant::BaseQuant;
@@ -605,8 +605,17 @@ impl<B: Backend> Transformer<B> {
     }
 
     /// Writes the adapters as a PEFT adapter folder (`adapter_config.json`, `adapter_model.safetensors`
-    /// and `extra` files), through a temporary folder renamed into place.
-    pub fn save_lora_dir(&self, out: &Path, spec: &LoraSpec, base_model: &str, task_type: Option<&str>, extra: &[(&str, Vec<(String, HostTensor)>)]) -> Result<()> {
+    /// in `dtype`, and `extra` files in f32, e.g. a reward head), through a temporary folder renamed
+    /// into place.
+    pub fn save_lora_dir(
+        &self,
+        out: &Path,
+        spec: &LoraSpec,
+        base_model: &str,
+        task_type: Option<&str>,
+        extra: &[(&str, Vec<(String, HostTensor)>)],
+        dtype: WeightDtype,
+    ) -> Result<()> {
         let tmp = sibling(out, "tmp");
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
@@ -615,9 +624,9 @@ impl<B: Backend> Transformer<B> {
         let config = serde_json::to_string_pretty(&spec.to_peft_json(self.config.arch, base_model, task_type)).expect("JSON value serialises");
         let config_path = tmp.join(ADAPTER_CONFIG_FILE);
         std::fs::write(&config_path, config).map_err(|e| ModelError::io(&config_path, e))?;
-        write_safetensors(&tmp.join(ADAPTER_WEIGHTS_FILE), &self.lora_tensors())?;
+        write_safetensors(&tmp.join(ADAPTER_WEIGHTS_FILE), &self.lora_tensors(), dtype)?;
         for (name, tensors) in extra {
-            write_safetensors(&tmp.join(name), tensors)?;
+            write_safetensors(&tmp.join(name), tensors, WeightDtype::F32)?;
         }
         replace_dir(&tmp, out)
     }

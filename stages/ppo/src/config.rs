@@ -20,6 +20,10 @@ pub struct PpoConfig {
     /// frozen reference and reward model, and generation, fully in bf16.
     #[serde(default)]
     pub precision: rlhf_runtime::Precision,
+    /// Dtype of the exported actor in `final/`: "float32", "bfloat16" or "float16". By default the
+    /// dtype of the model it starts from (the actor's folder). Checkpoints stay f32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export_dtype: Option<rlhf_model::WeightDtype>,
     pub model: PpoModels,
     pub data: PromptData,
     /// The pretraining mix (PPO-ptx); without it, plain PPO.

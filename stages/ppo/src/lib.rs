@@ -608,20 +608,21 @@ pub fn run<B: AutodiffBackend>(cfg: &PpoConfig, out: &Path, resume: bool, device
         }
     }
     let actor = t.actor.module.valid();
+    let dtype = rlhf_model::WeightDtype::for_export(cfg.export_dtype, Some(&m.actor))?;
     let actor = match (&actor_lora, &cfg.ppo.lora) {
         (Some(spec), Some(l)) => {
             let merged = actor.clone().merge_lora();
-            merged.save_hf_dir(&out.join("final"), Some(&m.actor))?;
+            merged.save_hf_dir(&out.join("final"), Some(&m.actor), dtype)?;
             if l.export_adapter {
-                actor.model.save_lora_dir(&out.join("final").join("adapter"), spec, &m.actor.display().to_string(), Some("CAUSAL_LM"), &[])?;
+                actor.model.save_lora_dir(&out.join("final").join("adapter"), spec, &m.actor.display().to_string(), Some("CAUSAL_LM"), &[], dtype)?;
             }
             merged
         }
         _ => {
-            actor.save_hf_dir(&out.join("final"), Some(&m.actor))?;
+            actor.save_hf_dir(&out.join("final"), Some(&m.actor), dtype)?;
             actor
         }
     };
-    eprintln!("ppo: final actor in {}", out.join("final").display());
+    eprintln!("ppo: final actor ({dtype}) in {}", out.join("final").display());
     Ok(actor)
 }

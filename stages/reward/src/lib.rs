@@ -31,6 +31,10 @@ pub struct RewardConfig {
     /// "f32", or "bf16": mixed precision (f32 master weights, bf16 matmuls).
     #[serde(default)]
     pub precision: rlhf_runtime::Precision,
+    /// Dtype of the exported body in `final/`: "float32", "bfloat16" or "float16". By default the
+    /// dtype of the model it starts from (the SFT folder's); the scalar head is always f32. Checkpoints stay f32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export_dtype: Option<rlhf_model::WeightDtype>,
     pub model: ModelConfig,
     /// Rankings: ColossalChat / TRL preference pairs or K-way rankings (K ≤ 9).
     pub data: DataFiles,
@@ -279,7 +283,8 @@ pub fn run<B: AutodiffBackend>(cfg: &RewardConfig, out: &Path, resume: bool, dev
     };
     let trained = model;
     let model = if lora.is_some() { trained.clone().merge_lora() } else { trained.clone() };
-    model.save_dir(&out.join("final"), Some(&cfg.model.from), &[(REWARD_INFO_FILE, info.to_json())])?;
+    let dtype = rlhf_model::WeightDtype::for_export(cfg.export_dtype, Some(&cfg.model.from))?;
+    model.save_dir(&out.join("final"), Some(&cfg.model.from), &[(REWARD_INFO_FILE, info.to_json())], dtype)?;
     if let (Some(spec), Some(l)) = (&lora, &cfg.lora) {
         if l.export_adapter {
             // The adapter folder carries the (trained, normalised) head next to the body's adapters.
@@ -288,10 +293,10 @@ pub fn run<B: AutodiffBackend>(cfg: &RewardConfig, out: &Path, resume: bool, dev
                 ("bias".to_string(), rlhf_model::hf::HostTensor::from_tensor(trained.head.bias.val())),
             ];
             let dir = out.join("final").join("adapter");
-            trained.model.save_lora_dir(&dir, spec, &cfg.model.from.display().to_string(), None, &[(rlhf_model::hf::REWARD_HEAD_FILE, head)])?;
+            trained.model.save_lora_dir(&dir, spec, &cfg.model.from.display().to_string(), None, &[(rlhf_model::hf::REWARD_HEAD_FILE, head)], dtype)?;
         }
     }
-    eprintln!("reward: reference mean {mean:.4} (std {std:.4}) shifted to 0; final model in {}", out.join("final").display());
+    eprintln!("reward: reference mean {mean:.4} (std {std:.4}) shifted to 0; final model ({dtype}) in {}", out.join("final").display());
     Ok(model)
 }
 

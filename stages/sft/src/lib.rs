@@ -52,6 +52,10 @@ pub struct SftConfig {
     /// "f32", or "bf16": mixed precision (f32 master weights, bf16 matmuls).
     #[serde(default)]
     pub precision: Precision,
+    /// Dtype of the exported model in `final/`: "float32", "bfloat16" or "float16". By default the
+    /// dtype of the model it starts from (float32 for one trained from scratch). Checkpoints stay f32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export_dtype: Option<rlhf_model::WeightDtype>,
     pub model: ModelConfig,
     pub data: DataFiles,
     pub train: TrainConfig,
@@ -274,21 +278,22 @@ pub fn run<B: AutodiffBackend>(cfg: &SftConfig, out: &Path, resume: bool, device
     if cfg.train.halt_after.is_some_and(|h| h < cfg.train.steps) {
         return Ok(model);
     }
+    let dtype = rlhf_model::WeightDtype::for_export(cfg.export_dtype, cfg.model.from.as_deref())?;
     let model = match (&lora, &cfg.lora) {
         (Some(spec), Some(l)) => {
             let merged = model.clone().merge_lora();
-            merged.save_hf_dir(&out.join("final"), Some(&tok_dir))?;
+            merged.save_hf_dir(&out.join("final"), Some(&tok_dir), dtype)?;
             if l.export_adapter {
-                model.model.save_lora_dir(&out.join("final").join("adapter"), spec, &tok_dir.display().to_string(), Some("CAUSAL_LM"), &[])?;
+                model.model.save_lora_dir(&out.join("final").join("adapter"), spec, &tok_dir.display().to_string(), Some("CAUSAL_LM"), &[], dtype)?;
             }
             merged
         }
         _ => {
-            model.save_hf_dir(&out.join("final"), Some(&tok_dir))?;
+            model.save_hf_dir(&out.join("final"), Some(&tok_dir), dtype)?;
             model
         }
     };
-    eprintln!("{}: final model in {}", if cfg.mode == Mode::Sft { "sft" } else { "pretrain" }, out.join("final").display());
+    eprintln!("{}: final model ({dtype}) in {}", if cfg.mode == Mode::Sft { "sft" } else { "pretrain" }, out.join("final").display());
     Ok(model)
 }
 
