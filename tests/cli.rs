@@ -4,30 +4,59 @@ use safetensors::SafeTensors;
 
 use crate::common::{fixture, rlhf};
 
+/// `rlhf model logits` reproduces transformers' logits in f32 (1e-4), and with `--precision bf16`
+/// within 5e-2 of them but not equal (so bf16 really ran).
 #[test]
 fn model_logits_writes_transformers_logits() {
     let dir = fixture("hf-tiny-llama");
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("out.safetensors");
     let input = dir.join("expected.safetensors");
-    let o = rlhf(&["model", "logits", "--model", dir.to_str().unwrap(), "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let got_bytes = std::fs::read(&out).unwrap();
     let want_bytes = std::fs::read(&input).unwrap();
-    let (got, want) = (SafeTensors::deserialize(&got_bytes).unwrap(), SafeTensors::deserialize(&want_bytes).unwrap());
-    let (g, w) = (got.tensor("logits").unwrap(), want.tensor("logits").unwrap());
-    assert_eq!(g.shape(), w.shape());
+    let want = SafeTensors::deserialize(&want_bytes).unwrap();
     let f = |b: &[u8]| b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect::<Vec<_>>();
     let mask: Vec<i64> = want.tensor("attention_mask").unwrap().data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
-    let (g, w) = (f(g.data()), f(w.data()));
-    let v = g.len() / mask.len();
-    for (pos, &m) in mask.iter().enumerate() {
-        if m == 1 {
-            for i in pos * v..(pos + 1) * v {
-                assert!((g[i] - w[i]).abs() < 1e-4, "position {pos}");
+    let w = f(want.tensor("logits").unwrap().data());
+    for (precision, limit) in [("f32", 1e-4f32), ("bf16", 5e-2)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out.safetensors");
+        let args = ["model", "logits", "--model", dir.to_str().unwrap(), "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(), "--precision", precision];
+        let o = rlhf(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let got_bytes = std::fs::read(&out).unwrap();
+        let got = SafeTensors::deserialize(&got_bytes).unwrap();
+        assert_eq!(got.tensor("logits").unwrap().shape(), want.tensor("logits").unwrap().shape());
+        let g = f(got.tensor("logits").unwrap().data());
+        let v = g.len() / mask.len();
+        let mut largest = 0f32;
+        for (pos, &m) in mask.iter().enumerate() {
+            if m == 1 {
+                for i in pos * v..(pos + 1) * v {
+                    largest = largest.max((g[i] - w[i]).abs());
+                }
             }
         }
+        assert!(largest < limit, "{precision}: {largest}");
+        if precision == "bf16" {
+            assert!(largest > 1e-4, "bf16 logits equal f32's to {largest}: was bf16 used?");
+        }
     }
+}
+
+/// `--precision` on the inference commands: bf16 greedy generation gives transformers' ids on a
+/// fixture without near ties (Qwen2), and an unknown precision is a clear error.
+#[test]
+fn generate_in_bf16_gives_transformers_greedy_ids() {
+    let dir = fixture("hf-tiny-qwen2");
+    let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let prompt: Vec<String> = expected["greedy_prompt_ids"].as_array().unwrap().iter().map(|v| v.to_string()).collect();
+    let n = expected["greedy_new_ids"].as_array().unwrap().len().to_string();
+    let args = ["generate", "--model", dir.to_str().unwrap(), "--prompt-ids", &prompt.join(","), "--max-new-tokens", &n, "--greedy", "--json", "--precision", "bf16"];
+    let o = rlhf(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(line["new_ids"], expected["greedy_new_ids"]);
+    let o = rlhf(&["generate", "--model", dir.to_str().unwrap(), "--prompt-ids", "1,2", "--precision", "fp8"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown precision \"fp8\""), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 #[test]

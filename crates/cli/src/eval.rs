@@ -42,6 +42,9 @@ pub struct EvalArgs {
     pub sets: Vec<String>,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
+    /// f32, or bf16: the policies and the reward model stored and run in bf16 (sets `[eval] precision`).
+    #[arg(long)]
+    pub precision: Option<rlhf_runtime::Precision>,
 }
 
 /// The `[eval]` settings of a run: RUN/pipeline.toml's section, then `prompts`, then `sets`.
@@ -72,9 +75,9 @@ pub fn evaluate_run<B: Backend>(run: &Path, cfg: &EvalConfig, device: &B::Device
     let (sft_dir, ppo_dir, rm_dir) = (run.join("sft/final"), run.join("ppo/final"), run.join("reward/final"));
     let tok = Tokenizer::from_dir(&ppo_dir)?;
     let fmt = ChatFormat::resolve(&tok, cfg.template)?;
-    let sft = CausalLm::<B>::from_hf_dir(&sft_dir, device)?;
-    let ppo = CausalLm::<B>::from_hf_dir(&ppo_dir, device)?;
-    let rm = RewardModel::<B>::from_dir(&rm_dir, device)?;
+    let sft = CausalLm::<B>::from_hf_dir(&sft_dir, device)?.for_inference(cfg.precision);
+    let ppo = CausalLm::<B>::from_hf_dir(&ppo_dir, device)?.for_inference(cfg.precision);
+    let rm = RewardModel::<B>::from_dir(&rm_dir, device)?.for_inference(cfg.precision);
     let score_std = RewardInfo::load(&rm_dir)?.map(|i| i.normalization.std);
     let prompts = read_eval_prompts(cfg, &tok, &fmt)?;
     if prompts.is_empty() {
@@ -140,8 +143,11 @@ pub fn run(cli: &EvalCli) -> anyhow::Result<()> {
     }
     let args = &cli.run;
     let run = args.run.as_deref().context("--run DIR is required")?;
-    let cfg = eval_config(run, args.prompts.as_deref(), &args.sets)?;
-    let v = dispatch(args.device, Inference(Task(run, &cfg)))??;
+    let mut cfg = eval_config(run, args.prompts.as_deref(), &args.sets)?;
+    if let Some(p) = args.precision {
+        cfg.precision = p;
+    }
+    let v = dispatch(rlhf_runtime::Runtime { device: args.device, precision: cfg.precision }, Inference(Task(run, &cfg)))??;
     println!("{}", summary_line(&v));
     println!("eval: {}", run.join("eval.json").display());
     Ok(())

@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use rlhf_runtime::Backend;
 use clap::Args;
 use rlhf_data::{Message, Tokenizer};
-use rlhf_runtime::{dispatch, DeviceSpec, Inference, InferenceTask};
+use rlhf_runtime::{dispatch, DeviceSpec, Inference, InferenceTask, Precision, Runtime};
 use rlhf_model::{generate, CausalLm, GenerateConfig, Generation, Sampler};
 
 #[derive(Debug, Args)]
@@ -45,6 +45,10 @@ pub struct GenerateArgs {
     json: bool,
     #[arg(long, default_value = "cpu")]
     device: DeviceSpec,
+    /// f32, or bf16: every weight matrix and the KV cache stored in bf16, matmuls in bf16 (norms,
+    /// softmax and sampling in f32).
+    #[arg(long, default_value_t = Precision::F32)]
+    precision: Precision,
 }
 
 impl GenerateArgs {
@@ -75,7 +79,7 @@ impl InferenceTask for GenerateTask<'_> {
     type Output = anyhow::Result<Vec<Generation>>;
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
-        let model = CausalLm::<B>::from_hf_dir(&self.args.model, &device)?;
+        let model = CausalLm::<B>::from_hf_dir(&self.args.model, &device)?.for_inference(self.args.precision);
         Ok(generate(&model, &self.prompts, &self.cfg, &device)?.to_host())
     }
 }
@@ -113,7 +117,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         pad_id,
         seed: Some(args.seed),
     };
-    let outputs = dispatch(args.device, Inference(GenerateTask { args: &args, prompts: prompts.clone(), cfg }))??;
+    let outputs = dispatch(Runtime { device: args.device, precision: args.precision }, Inference(GenerateTask { args: &args, prompts: prompts.clone(), cfg }))??;
     for (prompt, out) in prompts.iter().zip(outputs) {
         let text = match &tokenizer {
             Some(tok) => tok.decode(&out.new_ids, true)?,

@@ -95,6 +95,9 @@ enum ModelCommand {
         output: PathBuf,
         #[arg(long, default_value = "cpu")]
         device: DeviceSpec,
+        /// f32, or bf16: weights stored and multiplied in bf16 (norms and softmax in f32).
+        #[arg(long, default_value_t = rlhf_runtime::Precision::F32)]
+        precision: rlhf_runtime::Precision,
     },
 }
 
@@ -129,8 +132,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Data { command } => data::run(command),
         Command::Reward { command: RewardCommand::Score(args) } => done(reward::score(&args)),
         Command::Model { command: ModelCommand::Info { model, json } } => done(model::info(&model, json)),
-        Command::Model { command: ModelCommand::Logits { model, input, output, device } } => {
-            done(model::logits(&model, &input, &output, device))
+        Command::Model { command: ModelCommand::Logits { model, input, output, device, precision } } => {
+            done(model::logits(&model, &input, &output, rlhf_runtime::Runtime { device, precision }))
         }
         Command::Generate(args) => done(generate::run(args)),
         Command::Bench { command: BenchCommand::Generate(args) } => done(bench::run_generate(args)),

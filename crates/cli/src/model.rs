@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use burn::tensor::{Int, Tensor, TensorData};
 use rlhf_runtime::Backend;
-use rlhf_runtime::{dispatch, DeviceSpec, Inference, InferenceTask};
+use rlhf_runtime::{dispatch, Inference, InferenceTask, Precision, Runtime};
 use rlhf_model::hf::{write_safetensors, HostTensor, SafetensorsFiles, WeightDtype};
 use rlhf_model::{CausalLm, HfConfig, TransformerConfig};
 use safetensors::tensor::Dtype;
@@ -73,6 +73,7 @@ fn read_batch(path: &Path) -> anyhow::Result<(Vec<i64>, Vec<i64>, [usize; 2])> {
 
 struct LogitsTask<'a> {
     dir: &'a Path,
+    precision: Precision,
     ids: Vec<i64>,
     mask: Vec<i64>,
     shape: [usize; 2],
@@ -82,7 +83,7 @@ impl InferenceTask for LogitsTask<'_> {
     type Output = anyhow::Result<HostTensor>;
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
-        let model = CausalLm::<B>::from_hf_dir(self.dir, &device)?;
+        let model = CausalLm::<B>::from_hf_dir(self.dir, &device)?.for_inference(self.precision);
         let vocab = model.config().vocab_size as i64;
         if let Some(t) = self.ids.iter().find(|&&t| t < 0 || t >= vocab) {
             bail!("input_ids holds {t}, outside the vocabulary of {vocab}");
@@ -93,9 +94,10 @@ impl InferenceTask for LogitsTask<'_> {
     }
 }
 
-pub fn logits(dir: &Path, input: &Path, output: &Path, device: DeviceSpec) -> anyhow::Result<()> {
+/// The logits (f32, whatever `precision` computed them in) of the batch in `input`, to `output`.
+pub fn logits(dir: &Path, input: &Path, output: &Path, runtime: Runtime) -> anyhow::Result<()> {
     let (ids, mask, shape) = read_batch(input)?;
-    let logits = dispatch(device, Inference(LogitsTask { dir, ids, mask, shape }))??;
+    let logits = dispatch(runtime, Inference(LogitsTask { dir, precision: runtime.precision, ids, mask, shape }))??;
     write_safetensors(output, &[("logits".to_string(), logits)], WeightDtype::F32)?;
     Ok(())
 }

@@ -439,7 +439,8 @@ pub fn run(args: PipelineArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     rlhf_train::checkpoint::write_atomic(&args.out.join("pipeline.toml"), toml::to_string_pretty(&resolved)?.as_bytes())?;
     let precisions = [cfg.pretrain.as_ref().map(|c| c.precision), cfg.sft.as_ref().map(|c| c.precision), cfg.reward.as_ref().map(|c| c.precision), cfg.ppo.as_ref().map(|c| c.precision)];
-    let precision = if precisions.contains(&Some(Precision::Bf16)) { Precision::Bf16 } else { Precision::F32 };
+    let eval_precision = cfg.eval.as_ref().map(|e| e.precision);
+    let precision = if precisions.contains(&Some(Precision::Bf16)) || eval_precision == Some(Precision::Bf16) { Precision::Bf16 } else { Precision::F32 };
     dispatch(Runtime { device: args.device, precision }, Pipeline { cfg, args, fingerprints })?
 }
 

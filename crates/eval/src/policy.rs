@@ -43,6 +43,9 @@ pub struct EvalConfig {
     /// A judge model comparing the PPO policy's answers with the SFT model's (`[eval.judge]`).
     #[serde(default)]
     pub judge: Option<JudgeConfig>,
+    /// "f32", or "bf16": both policies and the reward model stored and run in bf16.
+    #[serde(default)]
+    pub precision: rlhf_runtime::Precision,
 }
 
 /// `[eval.judge]`: pairwise judging of PPO against SFT by a judge model, both orders per question.

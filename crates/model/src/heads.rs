@@ -149,6 +149,11 @@ impl<B: Backend> RewardModel<B> {
         let model = Self { model: self.model.with_precision(precision), ..self };
         store_frozen_weights(model, precision)
     }
+
+    /// A scoring copy computing in `precision` with every weight matrix stored in it.
+    pub fn for_inference(self, precision: Precision) -> Self {
+        store_weights(Self { model: self.model.with_precision(precision), ..self }, precision)
+    }
 }
 
 /// The value at the last real token (the last position whose mask is 1) of each row, for left or

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use rlhf_data::Tokenizer;
 use rlhf_model::{generate_rows, CausalLm, Progress, RowSampling, RowsConfig};
-use rlhf_runtime::{Backend, InferenceTask};
+use rlhf_runtime::{Backend, InferenceTask, Precision};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::api::{Answer, FinishReason};
@@ -65,6 +65,8 @@ pub struct Stats {
 /// is dropped.
 pub struct Engine {
     pub model_dir: PathBuf,
+    /// Weights and KV cache in f32 or bf16.
+    pub precision: Precision,
     pub tokenizer: Tokenizer,
     pub rows: RowsConfig,
     pub policy: BatchPolicy,
@@ -78,7 +80,7 @@ impl InferenceTask for Engine {
 
     fn run<B: Backend>(self, device: B::Device) {
         let model = match CausalLm::<B>::from_hf_dir(&self.model_dir, &device) {
-            Ok(m) => m,
+            Ok(m) => m.for_inference(self.precision),
             Err(e) => {
                 let _ = self.ready.send(Err(e.into()));
                 return;

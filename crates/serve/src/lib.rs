@@ -15,7 +15,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, Context};
 use rlhf_data::{BuiltinTemplate, ChatFormat, Tokenizer};
 use rlhf_model::RowsConfig;
-use rlhf_runtime::{dispatch, DeviceSpec, Inference};
+use rlhf_runtime::{dispatch, DeviceSpec, Inference, Precision, Runtime};
 
 pub use engine::BatchPolicy;
 
@@ -27,6 +27,8 @@ pub struct ServeOptions {
     pub model_name: Option<String>,
     pub address: SocketAddr,
     pub device: DeviceSpec,
+    /// f32, or bf16 (weights and KV cache stored in bf16).
+    pub precision: Precision,
     pub api_key: Option<String>,
     pub template: Option<BuiltinTemplate>,
     pub policy: BatchPolicy,
@@ -60,6 +62,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let stats = Arc::new(engine::Stats::default());
     let engine = engine::Engine {
         model_dir: opts.model_dir.clone(),
+        precision: opts.precision,
         tokenizer: tokenizer.clone(),
         rows: RowsConfig { stop_ids, pad_id, check_every: opts.check_every },
         policy: opts.policy.clone(),
@@ -67,16 +70,22 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         ready,
         stats: stats.clone(),
     };
-    let device = opts.device;
-    let engine_thread = std::thread::Builder::new().name("rlhf-engine".into()).spawn(move || dispatch(device, Inference(engine)))?;
-    loaded.recv().map_err(|_| anyhow!("the engine thread ended while loading {}", opts.model_dir.display()))??;
+    let engine_runtime = Runtime { device: opts.device, precision: opts.precision };
+    let engine_thread = std::thread::Builder::new().name("rlhf-engine".into()).spawn(move || dispatch(engine_runtime, Inference(engine)))?;
+    if let Ok(loading) = loaded.recv() {
+        loading?;
+    } else {
+        // The engine ended before loading: the device was refused (no CUDA build, no GPU, no bf16).
+        engine_thread.join().map_err(|_| anyhow!("the engine thread panicked"))??;
+        return Err(anyhow!("the engine thread ended while loading {}", opts.model_dir.display()));
+    }
 
     let server = Arc::new(http::Server::new(limits, tokenizer, format, opts.api_key.clone(), jobs, stats));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(opts.address).await.with_context(|| format!("listening on {}", opts.address))?;
         let address = listener.local_addr()?;
-        println!("rlhf serve: listening on http://{address}/v1 (model \"{model}\", {} positions, device {device:?})", config.max_position_embeddings);
+        println!("rlhf serve: listening on http://{address}/v1 (model \"{model}\", {} positions, device {:?}, {})", config.max_position_embeddings, opts.device, opts.precision);
         use std::io::Write;
         std::io::stdout().flush().ok();
         axum::serve(listener, http::router(server, opts.max_body_bytes)).with_graceful_shutdown(shutdown_signal()).await?;
