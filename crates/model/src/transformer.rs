@@ -9,7 +9,7 @@ use burn::nn::Linear;
 use burn::tensor::activation::silu;
 use burn::module::AutodiffModule;
 use burn::tensor::{Distribution, Int, Tensor, TensorData, TensorPrimitive};
-use rlhf_runtime::attention::attention_probs;
+use rlhf_runtime::attention::attention_output;
 use rlhf_runtime::checkpoint::{Checkpointable, ParamTensors};
 use rlhf_runtime::rms_norm::rms_norm;
 use rlhf_runtime::{AutodiffBackend, Backend, Precision};
@@ -107,7 +107,6 @@ impl<B: Backend> Attention<B> {
     ) -> Result<Tensor<B, 3>> {
         let [batch, seq, _] = x.dims();
         let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let rep = h / kvh;
         let adapter = |s: Slot| lora.and_then(|l| l.slot(s));
         let mut q = project(&self.q_proj, adapter(Slot::Q), x.clone(), precision);
         let mut k = project(&self.k_proj, adapter(Slot::K), x.clone(), precision);
@@ -134,16 +133,10 @@ impl<B: Backend> Attention<B> {
             None => (k, v),
         };
         let keys = k.dims()[2];
-        // Query heads sharing a kv head are stacked along the sequence axis, so K and V are
-        // never copied `rep` times: [batch, kv_heads, rep * seq, head_dim]. Without grouping the
-        // strided view goes to the matmul as is (no copy).
-        let q = if rep == 1 { q } else { q.reshape([batch, kvh, rep * seq, hd]) };
-        // [batch, heads, seq, keys]: softmax(scores / √d + bias), one op.
-        let scores = in_f32(q.matmul(k.swap_dims(2, 3))).reshape([batch, h, seq, keys]);
-        let probs = attention_probs(scores, 1.0 / (hd as f32).sqrt(), bias.reshape([batch, seq, keys]));
-        let probs = in_compute(probs.reshape([batch, kvh, rep * seq, keys]), precision);
-        // [batch, heads, seq, head_dim] → [batch, seq, heads * head_dim]
-        let out = probs.matmul(v).reshape([batch, h, seq, hd]).swap_dims(1, 2).reshape([batch, seq, h * hd]);
+        // softmax(q kᵀ / √d + bias) v with scores and softmax in f32, the products in `precision`
+        // (v's dtype): [batch, heads, seq, head_dim] → [batch, seq, heads * head_dim].
+        let out = attention_output(q, k, v, 1.0 / (hd as f32).sqrt(), bias.reshape([batch, seq, keys]));
+        let out = out.swap_dims(1, 2).reshape([batch, seq, h * hd]);
         Ok(project(&self.o_proj, adapter(Slot::O), out, precision))
     }
 }

@@ -11,7 +11,8 @@ use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::tensor::activation::softmax;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::Tensor;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{FloatDType, Tensor};
 
 use crate::rows::float;
 use crate::Backend;
@@ -62,6 +63,60 @@ pub(crate) fn attention_probs_tracked<B: Backend, C: CheckpointStrategy>(
         OpsKind::UnTracked(prep) => prep.finish(probs),
     }
 }
+
+/// One layer's attention output softmax(scale · q kᵀ + bias) · v ([`Backend::attention_output`]).
+///
+/// # Shapes
+/// - `q`: [batch, heads, seq, head_dim]; `k`, `v`: [batch, kv_heads, keys, head_dim];
+///   `bias`: [batch, seq, keys] → [batch, heads, seq, head_dim] in v's dtype
+pub fn attention_output<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, scale: f32, bias: Tensor<B, 3>) -> Tensor<B, 4> {
+    let prim = |t: Tensor<B, 4>| t.into_primitive().tensor();
+    float(B::attention_output(prim(q), prim(k), prim(v), scale, bias.into_primitive().tensor()))
+}
+
+/// Scores in f32, [`attention_probs`], then the probabilities in v's dtype times v. Query heads that
+/// share a kv head are stacked along the sequence axis ([batch, kv_heads, rep · seq, head_dim]), so
+/// K and V are never copied `rep` times.
+pub(crate) fn attention_output_composed<B: Backend>(q: FloatTensor<B>, k: FloatTensor<B>, v: FloatTensor<B>, scale: f32, bias: FloatTensor<B>) -> FloatTensor<B> {
+    let (q, k, v, bias) = (float::<B, 4>(q), float::<B, 4>(k), float::<B, 4>(v), float::<B, 3>(bias));
+    let ([batch, heads, seq, head_dim], [_, kv_heads, keys, _]) = (q.dims(), k.dims());
+    let rep = heads / kv_heads;
+    let q = if rep == 1 { q } else { q.reshape([batch, kv_heads, rep * seq, head_dim]) };
+    let scores = q.matmul(k.swap_dims(2, 3)).cast(FloatDType::F32).reshape([batch, heads, seq, keys]);
+    let probs = attention_probs(scores, scale, bias).reshape([batch, kv_heads, rep * seq, keys]).cast(v.dtype());
+    probs.matmul(v).reshape([batch, heads, seq, head_dim]).into_primitive().tensor()
+}
+
+/// burn's own attention op (`module::attention`), for backends with a fused kernel: burn-cuda's
+/// autotuner picks a flash-attention kernel when the op has no additive bias and the default
+/// scale, so the bias becomes a boolean mask here. A query that sees no key at all (a left-padding
+/// position) attends to every key instead of none: a fully masked row is 0/0 in a flash kernel,
+/// and a NaN there would reach real tokens through the next layer's values; its own output is
+/// never read, and real queries never see padding keys. K and V are repeated to the query heads
+/// (the kernel takes one kv head per query head).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) fn attention_output_fused<B: burn::tensor::backend::Backend>(q: FloatTensor<B>, k: FloatTensor<B>, v: FloatTensor<B>, scale: f32, bias: FloatTensor<B>) -> FloatTensor<B> {
+    let (q, k, v, bias) = (float::<B, 4>(q), float::<B, 4>(k), float::<B, 4>(v), float::<B, 3>(bias));
+    let ([batch, heads, _, head_dim], [_, kv_heads, keys, _]) = (q.dims(), k.dims());
+    let rep = heads / kv_heads;
+    let per_query_head = |t: Tensor<B, 4>| if rep == 1 { t } else { t.unsqueeze_dim::<5>(2).repeat_dim(2, rep).reshape([batch, heads, keys, head_dim]) };
+    let (k, v) = (per_query_head(k), per_query_head(v));
+    let bias = bias.cast(FloatDType::F32);
+    let sees_nothing = bias.clone().max_dim(2).lower_elem(MASKED_BELOW).repeat_dim(2, keys);
+    let mask = bias.mask_fill(sees_nothing, 0.0).lower_elem(MASKED_BELOW).unsqueeze_dim::<4>(1).repeat_dim(1, heads);
+    let default_scale = 1.0 / (head_dim as f64).sqrt();
+    let options = AttentionModuleOptions {
+        scale: ((scale as f64 - default_scale).abs() > 1e-7 * default_scale).then_some(scale as f64),
+        softcap: None,
+        is_causal: false,
+    };
+    let dtype = v.dtype();
+    burn::tensor::module::attention(q, k, v, Some(mask), None, options).cast(dtype).into_primitive().tensor()
+}
+
+/// A bias below this marks a masked key (the model's masked bias is −1e9; visible keys have 0).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+const MASKED_BELOW: f32 = -1.0e4;
 
 /// burn-flex: one loop per row (f32; anything else takes the composition).
 pub(crate) mod flex {
@@ -145,6 +200,46 @@ mod tests {
     }
 
     const SHAPES: [(usize, usize, usize); 2] = [(2, 3, 7), (4, 8, 48)];
+
+    fn normal<B: burn::tensor::backend::Backend>(shape: [usize; 4], seed: u64) -> Tensor<B, 4> {
+        let device = Default::default();
+        B::seed(&device, seed);
+        Tensor::random(shape, Distribution::Normal(0.0, 1.0), &device)
+    }
+
+    /// burn's attention op with the bias turned into a mask (CUDA's fused path, run here on
+    /// burn-flex's kernels) equals the composition on every query that sees a key — grouped
+    /// heads, a KV cache (one query, many keys), left padding, and a shape large enough for
+    /// burn-flex's tiled flash kernel — and stays finite on queries that see none.
+    #[test]
+    fn fused_attention_output_matches_the_composition() {
+        // (batch, heads, kv_heads, queries, past keys, head_dim); row 1 of a batch has two padding keys.
+        for (batch, heads, kv_heads, seq, past, hd) in [(2, 4, 2, 7, 0, 8), (2, 4, 4, 1, 9, 8), (2, 2, 1, 64, 4100, 16)] {
+            let keys = past + seq;
+            let sees = |b: usize, i: usize, j: usize| j <= past + i && !(b == 1 && j < 2);
+            let bias: Vec<f32> = (0..batch).flat_map(|b| (0..seq).flat_map(move |i| (0..keys).map(move |j| if sees(b, i, j) { 0.0 } else { -1e9 }))).collect();
+            let bias = Tensor::<Cpu, 3>::from_data(TensorData::new(bias, [batch, seq, keys]), &Default::default());
+            let (q, k, v) = (normal::<Cpu>([batch, heads, seq, hd], 1), normal::<Cpu>([batch, kv_heads, keys, hd], 2), normal::<Cpu>([batch, kv_heads, keys, hd], 3));
+            let scale = 1.0 / (hd as f32).sqrt();
+            let run = |fused: bool| {
+                let (q, k, v, b) = (q.clone().into_primitive().tensor(), k.clone().into_primitive().tensor(), v.clone().into_primitive().tensor(), bias.clone().into_primitive().tensor());
+                let out = if fused { attention_output_fused::<Cpu>(q, k, v, scale, b) } else { attention_output_composed::<Cpu>(q, k, v, scale, b) };
+                float::<Cpu, 4>(out).into_data().to_vec::<f32>().unwrap()
+            };
+            let (fused, composed) = (run(true), run(false));
+            assert!(fused.iter().all(|x| x.is_finite()), "{seq} queries, {keys} keys");
+            let mut compared = 0;
+            for (row, (f, c)) in fused.chunks(hd).zip(composed.chunks(hd)).enumerate() {
+                let (b, i) = (row / (heads * seq), row % seq);
+                if (0..keys).any(|j| sees(b, i, j)) {
+                    let diff = f.iter().zip(c).map(|(f, c)| (f - c).abs()).fold(0f32, f32::max);
+                    assert!(diff < 1e-5, "{seq} queries, {keys} keys, row {row}: {diff}");
+                    compared += 1;
+                }
+            }
+            assert!(compared > 0);
+        }
+    }
 
     #[test]
     fn forward_matches_the_composition() {
