@@ -277,7 +277,8 @@ fn export_dtype_rounds_every_weight_and_config_says_it() {
     let src = fixture("hf-tiny-llama");
     let model = CausalLm::<Cpu>::from_hf_dir(&src, &device()).unwrap();
     let original: std::collections::BTreeMap<String, Vec<f32>> = model.hf_tensors().into_iter().map(|(n, t)| (n, t.data)).collect();
-    let cases: [(WeightDtype, &str, &str, fn(f32) -> f32); 2] = [
+    type Case = (WeightDtype, &'static str, &'static str, fn(f32) -> f32);
+    let cases: [Case; 2] = [
         (WeightDtype::Bf16, "bfloat16", "BF16", |x| half::bf16::from_f32(x).to_f32()),
         (WeightDtype::F16, "float16", "F16", |x| half::f16::from_f32(x).to_f32()),
     ];

@@ -76,7 +76,7 @@ fn sft_exports_in_the_dtype_asked_for() {
     let tmp = tempfile::tempdir().unwrap();
     let data = demo(&tmp.path().join("demo"));
     let out = tmp.path().join("run");
-    let cfg = config(&data, 2, &["export_dtype=\"bfloat16\"".into(), "train.save_every=0".into()]);
+    let cfg = config(&data, 2, &["export_dtype=\"bfloat16\"", "train.save_every=0"]);
     let model = rlhf_sft::run::<CpuTrain>(&cfg, &out, false, &Default::default()).unwrap();
     let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("final/config.json")).unwrap()).unwrap();
     assert_eq!(config["torch_dtype"], "bfloat16");

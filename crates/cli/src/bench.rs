@@ -289,6 +289,7 @@ impl rlhf_runtime::Task for SftBench {
         let plan_cfg = rlhf_sft::SftConfig { lora: self.lora.map(|r| bench_lora(r, self.base_quant)), ..plan_cfg };
         let plan = rlhf_sft::memory_plan(&plan_cfg, &|_| Ok(cfg.clone()))?;
         let measured = rlhf_train::memory::peak_resident_bytes().filter(|_| self.device == DeviceSpec::Cpu).map_or("not measured".into(), rlhf_train::memory::gib);
+        print!("{}", plan.table());
         println!("memory: predicted peak {} (plan), measured {measured} ({})", rlhf_train::memory::gib(plan.peak_bytes()), self.device);
         Ok(())
     }

@@ -3,14 +3,17 @@
 //!
 //! Every term is one small function of the shapes. The activation model counts the tensors our
 //! transformer keeps for backward under burn's autodiff, per token and block (f32):
-//! the input and output of both norms (4·h), the rotated q and k the score matmul keeps (q + kv), v
-//! (kv), the attention output the o-projection keeps (q), the softmax's exponentials and its output
-//! (2·heads·seq), and in the MLP five tensors of width ffn (gate, its sigmoid, SiLU, up, their
+//! the input of both norms (the RMSNorm op keeps x and one number per row) and their outputs, which
+//! the projections keep (4·h), the rotated q and k the score matmul keeps (q + kv; the rotary op
+//! keeps only its tables), v (kv), the attention output the o-projection keeps (q), the attention
+//! probabilities (heads·seq: the softmax op keeps only its output, and the product with v reads the
+//! same tensor), and in the MLP five tensors of width ffn (gate, its sigmoid, SiLU, up, their
 //! product; GELU's tanh chain is as wide). The loss adds a few [tokens, vocab] tensors on top.
 //!
-//! Under bf16 mixed precision the norms' tensors and the softmax stay f32, every other kept tensor is
-//! bf16 (plus the bf16 copies of the norms' outputs and of the probabilities the products read), and
-//! each trained weight matrix has a bf16 copy kept for backward; frozen weight matrices are stored in
+//! Under bf16 mixed precision the residual stream the norms read and the probabilities stay f32;
+//! every other kept tensor is bf16 (the norms' outputs are kept only as the bf16 copies the
+//! projections read; the probabilities also as the bf16 copy the product with v reads), and each
+//! trained weight matrix has a bf16 copy kept for backward; frozen weight matrices are stored in
 //! bf16. With gradient checkpointing a block keeps only its input, and one block's activations exist
 //! at a time (while it is recomputed in backward).
 
@@ -315,19 +318,19 @@ pub fn projection_bytes(cfg: &TransformerConfig, quant: BaseQuant) -> (u64, u64)
 pub fn activations_per_token_block(cfg: &TransformerConfig, seq: usize) -> u64 {
     let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
     let (q, kv) = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim);
-    (4 * h + 2 * q + 2 * kv + 5 * f + 2 * cfg.num_heads * seq) as u64
+    (4 * h + 2 * q + 2 * kv + 5 * f + cfg.num_heads * seq) as u64
 }
 
-/// Bytes one token keeps per decoder block for backward: all f32, or under bf16 the norms'
-/// tensors (4·h) and the softmax's (2·heads·seq) f32 and the rest bf16, with bf16 copies of the
-/// norms' outputs (2·h) and of the probabilities (heads·seq).
+/// Bytes one token keeps per decoder block for backward: all f32, or under bf16 the norms' inputs
+/// (2·h) and the probabilities (heads·seq) in f32 and the rest in bf16, the norms' outputs (2·h)
+/// and the probabilities' copy (heads·seq) included.
 pub fn activation_bytes_per_token_block(cfg: &TransformerConfig, seq: usize, precision: Precision) -> u64 {
     match precision {
         Precision::F32 => activations_per_token_block(cfg, seq) * F32,
         Precision::Bf16 => {
             let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
             let (q, kv) = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim);
-            let kept_f32 = 4 * h + 2 * cfg.num_heads * seq;
+            let kept_f32 = 2 * h + cfg.num_heads * seq;
             let kept_bf16 = 2 * h + 2 * q + 2 * kv + 5 * f + cfg.num_heads * seq;
             kept_f32 as u64 * F32 + kept_bf16 as u64 * BF16
         }
@@ -364,8 +367,10 @@ pub fn inference_bytes(cfg: &TransformerConfig, sequences: usize, seq: usize, lm
     block + if lm_head { logits_bytes(cfg, sequences, seq, 2) } else { 0 }
 }
 
-/// The LM loss's [tokens, vocab] tensors at their peak (logits, log-softmax, exp, gradient).
-pub const LM_LOSS_COPIES: u64 = 4;
+/// The LM loss's [tokens, vocab] tensors at their peak: the logits (the log-prob op keeps them, with
+/// one log-Σ-exp per row), their gradient, and one temporary where the op runs as a composition of
+/// burn ops (CUDA); burn-flex's row loop needs only the first two.
+pub const LM_LOSS_COPIES: u64 = 3;
 
 /// Resident rows for a set of models: weights of each (a model sharing another's base adds only
 /// what it does not share), and AdamW's two moments for what trains.
@@ -446,18 +451,18 @@ mod tests {
     }
 
     /// Activations by hand: h = 8, q = 8, kv = 4, ffn 16, 2 heads, seq 5:
-    /// 4·8 + 2·8 + 2·4 + 5·16 + 2·2·5 = 156 per token and block; 3 sequences × 5 tokens ×
-    /// (2 × 156 + 2·8) × 4 bytes.
+    /// 4·8 + 2·8 + 2·4 + 5·16 + 2·5 = 146 per token and block; 3 sequences × 5 tokens ×
+    /// (2 × 146 + 2·8) × 4 bytes.
     #[test]
     fn activations_kv_cache_and_logits_by_hand() {
         let cfg = llama(2, 8, 16, 2, 1, 10);
-        assert_eq!(activations_per_token_block(&cfg, 5), 156);
-        assert_eq!(activation_bytes(&cfg, 3, 5, Precision::F32, false), 15 * (312 + 16) * 4);
-        // bf16: f32 4·8 + 2·2·5 = 52, bf16 2·8 + 2·8 + 2·4 + 5·16 + 2·5 = 130: 52·4 + 130·2 = 468 bytes.
-        assert_eq!(activation_bytes_per_token_block(&cfg, 5, Precision::Bf16), 468);
-        assert_eq!(activation_bytes(&cfg, 3, 5, Precision::Bf16, false), 15 * (2 * 468 + 16 * 4));
+        assert_eq!(activations_per_token_block(&cfg, 5), 146);
+        assert_eq!(activation_bytes(&cfg, 3, 5, Precision::F32, false), 15 * (292 + 16) * 4);
+        // bf16: f32 2·8 + 2·5 = 26, bf16 2·8 + 2·8 + 2·4 + 5·16 + 2·5 = 130: 26·4 + 130·2 = 364 bytes.
+        assert_eq!(activation_bytes_per_token_block(&cfg, 5, Precision::Bf16), 364);
+        assert_eq!(activation_bytes(&cfg, 3, 5, Precision::Bf16, false), 15 * (2 * 364 + 16 * 4));
         // Checkpointing: each block's f32 input (8 · 4 bytes) + one block's activations.
-        assert_eq!(activation_bytes(&cfg, 3, 5, Precision::F32, true), 15 * (2 * 32 + 156 * 4 + 16 * 4));
+        assert_eq!(activation_bytes(&cfg, 3, 5, Precision::F32, true), 15 * (2 * 32 + 146 * 4 + 16 * 4));
         // k and v: 2 × 2 blocks × 1 kv head × 4 wide × batch 3 × 7 positions × 4 bytes (2 in bf16).
         assert_eq!(kv_cache_bytes(&cfg, 3, 7, Precision::F32), 2 * 2 * 4 * 3 * 7 * 4);
         assert_eq!(kv_cache_bytes(&cfg, 3, 7, Precision::Bf16), 2 * 2 * 4 * 3 * 7 * 2);

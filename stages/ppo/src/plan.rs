@@ -9,9 +9,10 @@ use rlhf_train::memory::{
 
 use crate::PpoConfig;
 
-/// The actor's [tokens, vocab] tensors at their peak: the LM loss's four plus the entropy bonus's
-/// probabilities and their product with the log-probabilities.
-const ACTOR_LOGIT_COPIES: u64 = LM_LOSS_COPIES + 2;
+/// The actor's [tokens, vocab] tensors at their peak: the LM loss's, plus the entropy bonus's
+/// gradient before autodiff sums it into the log-probabilities' (the entropy op keeps the same
+/// logits).
+const ACTOR_LOGIT_COPIES: u64 = LM_LOSS_COPIES + 1;
 
 pub fn memory_plan(cfg: &PpoConfig, shape_of: ShapeOf) -> anyhow::Result<MemoryPlan> {
     let m = &cfg.model;
