@@ -60,3 +60,5 @@ for rep in range(4):
         best = min(best, s)
     print(f"run {rep}: {s:.3f}s")
 print(f"transformers generate tokens/s (best of 3): {a.batch * a.new_tokens / best:.0f}")
+if a.device != "cpu":
+    print(f"peak memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB allocated, {torch.cuda.max_memory_reserved() / 2**30:.2f} GiB reserved")

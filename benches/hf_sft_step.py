@@ -21,6 +21,7 @@ p.add_argument("--lora", type=int, default=None, help="LoRA rank (alpha = 2 rank
 p.add_argument("--preset", choices=["0.5b", "1.5b", "7b"], default=None,
                help="a real model's shape (Qwen2.5, random weights), as `rlhf bench --preset`")
 p.add_argument("--precision", choices=["f32", "bf16"], default="f32", help="bf16: torch autocast")
+p.add_argument("--gradient-checkpointing", action="store_true", help="model.gradient_checkpointing_enable()")
 a = p.parse_args()
 torch.set_num_threads(a.threads)
 torch.manual_seed(0)
@@ -38,6 +39,9 @@ else:
         num_key_value_heads=4, max_position_embeddings=512, tie_word_embeddings=False,
     )
     model = transformers.LlamaForCausalLM(cfg).to(a.device).train()
+if a.gradient_checkpointing:
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
 if a.lora:
     import peft
 
@@ -59,3 +63,5 @@ for step in range(7):
         best = min(best, s)
         print(f"step {step - 1}: {s:.3f}s")
 print(f"pytorch sft train tokens/s (best of 5): {a.batch * a.seq / best:.0f}")
+if a.device != "cpu":
+    print(f"peak memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB allocated, {torch.cuda.max_memory_reserved() / 2**30:.2f} GiB reserved")

@@ -370,13 +370,16 @@ actor = "-"
 reward_model = "-"
 [data]
 prompts = "-"
+max_prompt_len = {prompt_len}
 [ptx]
 data = "-"
 coef = 0.1
 batch_size = {ptx}
+max_len = {max_pos}
 [generate]
 max_new_tokens = {new}
 [ppo]
+gradient_checkpointing = {ckpt}
 iterations = {its}
 rollout_batch_size = {batch}
 minibatch_size = {mini}
@@ -386,13 +389,20 @@ critic_lr = 1e-5
 kl_coef = 0.1
 "#,
             p = self.size.precision,
+            prompt_len = self.prompt_len,
             ptx = self.micro_batch,
+            ckpt = self.size.gradient_checkpointing,
             new = self.new_tokens,
             its = self.iterations + 1,
             batch = self.batch,
             mini = self.batch.div_ceil(2),
             micro = self.micro_batch
         ))?;
+        // The memory plan of the same iteration (LoRA as attached above), printed after the runs.
+        let mut plan_cfg = ppo_cfg.clone();
+        plan_cfg.ppo.lora = self.lora.map(|r| bench_lora(r, self.base_quant));
+        plan_cfg.ppo.critic_lora = plan_cfg.ppo.lora.clone();
+        let plan = rlhf_ppo::memory_plan(&plan_cfg, &|_| Ok(cfg.clone()))?;
         let mut trainer = rlhf_ppo::Trainer::<B>::new(ppo_cfg, actor, critic, reference, reward_model, prompts, ptx, vec![], 0, None, device.clone());
         println!(
             "ppo iteration: 4 × {}, {} prompts × ({} prompt + {} new tokens), micro-batch {}, {}, {}{}",
@@ -423,6 +433,9 @@ kl_coef = 0.1
                 get("train_tokens_per_s")
             );
         }
+        let measured = rlhf_train::memory::peak_resident_bytes().filter(|_| self.device == DeviceSpec::Cpu).map_or("not measured".into(), rlhf_train::memory::gib);
+        print!("{}", plan.table());
+        println!("memory: predicted peak {} (plan), measured {measured} ({})", rlhf_train::memory::gib(plan.peak_bytes()), self.device);
         Ok(())
     }
 }
