@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Issue 13's GPU checks in one run, ours beside PyTorch's on the same GPU in the same sitting:
 #   benches/gpu.sh BIN [OUT]
-# BIN: an `rlhf` built with `--features cuda` (on a CUDA 13.0 driver with CUDARC_CUDA_VERSION=13000;
-# `strip` it to carry it). Needs python3 with torch and transformers for the twins and the parity
+# BIN: an `rlhf` built with `--features cuda` (on a CUDA 13.0 driver with CUDARC_CUDA_VERSION=13000),
+# or that file xz-compressed (BIN.xz; unpacked here with python's lzma): the stripped binary is ~88 MB,
+# over the 64 MiB a device run carries, and `strip -o gpu/rlhf target/release/rlhf && xz gpu/rlhf`
+# makes it ~13 MB. Needs python3 with torch and transformers for the twins and the parity
 # comparisons. Every result line goes to stdout and OUT/gpu.log (default: gpu-results/).
 #
 #   1. parity: `model logits` on CUDA (f32 within 5e-3 of transformers, bf16 within 5e-2) and bf16
@@ -16,6 +18,11 @@
 # PARTS=1 benches/gpu.sh target/release/rlhf.
 set -u
 BIN=${1:?usage: benches/gpu.sh BIN [OUT]}
+if [[ $BIN == *.xz ]]; then
+    python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" "$BIN" "${BIN%.xz}"
+    BIN=${BIN%.xz}
+    chmod +x "$BIN"
+fi
 DEVICE=${DEVICE:-cuda}
 PARTS=${PARTS:-1234}
 part() { [[ $PARTS == *$1* ]]; }
