@@ -7,7 +7,7 @@ use rlhf_data::encode::encode_prompt;
 use rlhf_data::{load, ChatFormat, Encoded, Format, Kind, LoadOptions, Message, Record, Tokenizer};
 use rlhf_eval::{sample_answers, AnswerSampling};
 use rlhf_model::{CausalLm, TransformerConfig};
-use rlhf_runtime::{dispatch, Backend, DeviceSpec, Inference, InferenceTask, Precision, Runtime};
+use rlhf_runtime::{dispatch, Backend, Inference, InferenceTask};
 
 /// A prompt file, as the data jobs take it.
 #[derive(Debug, Clone, Args)]
@@ -70,12 +70,8 @@ pub struct AnswerArgs {
     /// A built-in chat format, for tokenizers without a chat template.
     #[arg(long, value_enum)]
     pub template: Option<rlhf_data::BuiltinTemplate>,
-    #[arg(long, default_value = "cpu")]
-    pub device: DeviceSpec,
-    /// f32, or bf16: every weight matrix and the KV cache stored in bf16, matmuls in bf16 (norms,
-    /// softmax and sampling in f32).
-    #[arg(long, default_value_t = Precision::F32)]
-    pub precision: Precision,
+    #[command(flatten)]
+    pub runtime: crate::InferenceRuntime,
 }
 
 /// The one answer per prompt of [`write_answers`] with `samples` = 1.
@@ -87,7 +83,7 @@ pub fn single(answers: Vec<Option<Vec<String>>>) -> Vec<Option<String>> {
 /// than the limit.
 pub fn write_answers(dir: &Path, prompts: &[Vec<Message>], samples: usize, temperature: f64, top_p: Option<f64>, args: &AnswerArgs) -> anyhow::Result<Vec<Option<Vec<String>>>> {
     let task = Answering { dir, prompts, samples, temperature, top_p, args };
-    dispatch(Runtime { device: args.device, precision: args.precision }, Inference(task))?
+    dispatch(args.runtime, Inference(task))?
 }
 
 /// [`write_answers`] on a device the caller already has (the pipeline's).
@@ -129,7 +125,7 @@ pub fn write_answers_on<B: Backend>(
     let ids = if kept.is_empty() {
         vec![]
     } else {
-        let model = CausalLm::<B>::from_hf_dir(dir, device)?.for_inference(args.precision);
+        let model = CausalLm::<B>::from_hf_dir(dir, device)?.for_inference(args.runtime.precision);
         sample_answers(&model, &kept, &sampling, device)?
     };
     let mut ids = ids.into_iter();

@@ -7,7 +7,6 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use clap::Args;
-use rlhf_runtime::DeviceSpec;
 use rlhf_serve::ServeProcess;
 use rlhf_teacher::{ChatMessage, ChatRequest, Client, ClientConfig};
 
@@ -16,11 +15,9 @@ pub struct ServeBench {
     /// A model folder with a tokenizer (e.g. a pipeline's `ppo/final`).
     #[arg(long)]
     model: PathBuf,
-    #[arg(long, default_value = "cpu")]
-    device: DeviceSpec,
-    /// The server's `--precision` (f32 or bf16).
-    #[arg(long, default_value_t = rlhf_runtime::Precision::F32)]
-    precision: rlhf_runtime::Precision,
+    /// The server's `--device` and `--precision`.
+    #[command(flatten)]
+    runtime: crate::InferenceRuntime,
     /// Concurrent clients, one measurement each.
     #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
     clients: Vec<usize>,
@@ -47,14 +44,14 @@ fn request(i: usize, max_tokens: u32) -> ChatRequest {
 }
 
 pub fn run(args: ServeBench) -> anyhow::Result<()> {
-    let (model, device, max_batch, precision) = (args.model.display().to_string(), args.device.to_string(), args.max_batch.to_string(), args.precision.to_string());
+    let (model, device, max_batch, precision) = (args.model.display().to_string(), args.runtime.device.to_string(), args.max_batch.to_string(), args.runtime.precision.to_string());
     let server = ServeProcess::start(
         &std::env::current_exe()?,
         &["--model", &model, "--served-model-name", "bench", "--device", &device, "--precision", &precision, "--max-batch", &max_batch],
     )?;
     let client = Client::new(&ClientConfig { base_url: Some(server.url.clone()), max_retries: 0, ..ClientConfig::for_model("bench") })?;
     client.chat(&request(0, args.max_tokens))?; // warm-up
-    println!("serve: {}, {} requests of ≤{} tokens per row, server batch ≤{}, {} {}", args.model.display(), args.requests, args.max_tokens, args.max_batch, args.device, args.precision);
+    println!("serve: {}, {} requests of ≤{} tokens per row, server batch ≤{}, {} {}", args.model.display(), args.requests, args.max_tokens, args.max_batch, args.runtime.device, args.runtime.precision);
     println!("{:>8} {:>10} {:>10} {:>12} {:>12} {:>12}", "clients", "wall s", "req/s", "tokens/s", "latency p50", "latency p95");
     let mut sequential = None;
     for &clients in &args.clients {

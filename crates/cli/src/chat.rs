@@ -9,7 +9,7 @@ use rlhf_runtime::Backend;
 use clap::Args;
 use rlhf_data::encode::encode_prompt;
 use rlhf_data::{ChatFormat, Encoded, Message, Tokenizer};
-use rlhf_runtime::{dispatch, DeviceSpec, Inference, InferenceTask, Precision, Runtime};
+use rlhf_runtime::{dispatch, Inference, InferenceTask};
 use rlhf_model::{generate, CausalLm, GenerateConfig, Sampler};
 
 #[derive(Debug, Clone, Args)]
@@ -32,19 +32,15 @@ pub struct ChatArgs {
     /// A built-in chat format, for tokenizers without a chat template.
     #[arg(long, value_enum)]
     pub template: Option<rlhf_data::BuiltinTemplate>,
-    #[arg(long, default_value = "cpu")]
-    pub device: DeviceSpec,
-    /// f32, or bf16: every weight matrix and the KV cache stored in bf16, matmuls in bf16 (norms,
-    /// softmax and sampling in f32).
-    #[arg(long, default_value_t = Precision::F32)]
-    pub precision: Precision,
+    #[command(flatten)]
+    pub runtime: crate::InferenceRuntime,
 }
 
 impl InferenceTask for &ChatArgs {
     type Output = anyhow::Result<()>;
 
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
-        let model = CausalLm::<B>::from_hf_dir(&self.model, &device)?.for_inference(self.precision);
+        let model = CausalLm::<B>::from_hf_dir(&self.model, &device)?.for_inference(self.runtime.precision);
         let tok = Tokenizer::from_dir(&self.model)?;
         let fmt = ChatFormat::resolve(&tok, self.template)?;
         let positions = model.config().max_position_embeddings;
@@ -112,5 +108,5 @@ impl InferenceTask for &ChatArgs {
 }
 
 pub fn run(args: &ChatArgs) -> anyhow::Result<()> {
-    dispatch(Runtime { device: args.device, precision: args.precision }, Inference(args))?
+    dispatch(args.runtime, Inference(args))?
 }

@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use rlhf_runtime::Backend;
 use clap::Args;
 use rlhf_data::{Message, Tokenizer};
-use rlhf_runtime::{dispatch, DeviceSpec, Inference, InferenceTask, Precision, Runtime};
+use rlhf_runtime::{dispatch, Inference, InferenceTask};
 use rlhf_model::{generate, CausalLm, GenerateConfig, Generation, Sampler};
 
 #[derive(Debug, Args)]
@@ -43,12 +43,8 @@ pub struct GenerateArgs {
     /// One JSON line per prompt: {"prompt_ids", "new_ids", "text"}.
     #[arg(long)]
     json: bool,
-    #[arg(long, default_value = "cpu")]
-    device: DeviceSpec,
-    /// f32, or bf16: every weight matrix and the KV cache stored in bf16, matmuls in bf16 (norms,
-    /// softmax and sampling in f32).
-    #[arg(long, default_value_t = Precision::F32)]
-    precision: Precision,
+    #[command(flatten)]
+    runtime: crate::InferenceRuntime,
 }
 
 impl GenerateArgs {
@@ -79,7 +75,7 @@ impl InferenceTask for GenerateTask<'_> {
     type Output = anyhow::Result<Vec<Generation>>;
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
-        let model = CausalLm::<B>::from_hf_dir(&self.args.model, &device)?.for_inference(self.args.precision);
+        let model = CausalLm::<B>::from_hf_dir(&self.args.model, &device)?.for_inference(self.args.runtime.precision);
         Ok(generate(&model, &self.prompts, &self.cfg, &device)?.to_host())
     }
 }
@@ -117,7 +113,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         pad_id,
         seed: Some(args.seed),
     };
-    let outputs = dispatch(Runtime { device: args.device, precision: args.precision }, Inference(GenerateTask { args: &args, prompts: prompts.clone(), cfg }))??;
+    let outputs = dispatch(args.runtime, Inference(GenerateTask { args: &args, prompts: prompts.clone(), cfg }))??;
     for (prompt, out) in prompts.iter().zip(outputs) {
         let text = match &tokenizer {
             Some(tok) => tok.decode(&out.new_ids, true)?,

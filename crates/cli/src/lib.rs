@@ -18,8 +18,26 @@ mod serve;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use rlhf_runtime::DeviceSpec;
+use clap::{Args, Parser, Subcommand};
+use rlhf_runtime::{DeviceSpec, Precision, Runtime};
+
+/// `--device` and `--precision` of the commands that only run models (generation, chat, serving,
+/// scoring, logits).
+#[derive(Debug, Clone, Copy, Args)]
+pub struct InferenceRuntime {
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// f32, or bf16: every weight matrix and the KV cache stored in bf16, matmuls in bf16 (norms,
+    /// softmax and sampling in f32).
+    #[arg(long, default_value_t = Precision::F32)]
+    pub precision: Precision,
+}
+
+impl From<InferenceRuntime> for Runtime {
+    fn from(r: InferenceRuntime) -> Self {
+        Runtime { device: r.device, precision: r.precision }
+    }
+}
 
 #[derive(Debug, Parser)]
 #[command(name = "rlhf", version, about = "Three-stage RLHF (SFT → reward model → PPO-ptx) on burn")]
@@ -93,11 +111,8 @@ enum ModelCommand {
         input: PathBuf,
         #[arg(long)]
         output: PathBuf,
-        #[arg(long, default_value = "cpu")]
-        device: DeviceSpec,
-        /// f32, or bf16: weights stored and multiplied in bf16 (norms and softmax in f32).
-        #[arg(long, default_value_t = rlhf_runtime::Precision::F32)]
-        precision: rlhf_runtime::Precision,
+        #[command(flatten)]
+        runtime: InferenceRuntime,
     },
 }
 
@@ -132,8 +147,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Data { command } => data::run(command),
         Command::Reward { command: RewardCommand::Score(args) } => done(reward::score(&args)),
         Command::Model { command: ModelCommand::Info { model, json } } => done(model::info(&model, json)),
-        Command::Model { command: ModelCommand::Logits { model, input, output, device, precision } } => {
-            done(model::logits(&model, &input, &output, rlhf_runtime::Runtime { device, precision }))
+        Command::Model { command: ModelCommand::Logits { model, input, output, runtime } } => {
+            done(model::logits(&model, &input, &output, runtime.into()))
         }
         Command::Generate(args) => done(generate::run(args)),
         Command::Bench { command: BenchCommand::Generate(args) } => done(bench::run_generate(args)),

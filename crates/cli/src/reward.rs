@@ -8,7 +8,7 @@ use burn::tensor::ElementConversion;
 use clap::{Args, ValueEnum};
 use rlhf_data::encode::{encode_ranking, encode_sft};
 use rlhf_data::{load, ChatFormat, Encoded, Format, Kind, LoadOptions, Record, Tokenizer};
-use rlhf_runtime::{dispatch, DeviceSpec, Inference, InferenceTask, Precision, Runtime};
+use rlhf_runtime::{dispatch, Inference, InferenceTask};
 use rlhf_model::RewardModel;
 use rlhf_eval::{ranking_stats, RankingStats};
 use rlhf_train::batch::score_sequences;
@@ -32,19 +32,15 @@ pub struct ScoreArgs {
     format: Format,
     #[arg(long, default_value_t = 512)]
     max_len: usize,
-    #[arg(long, default_value = "cpu")]
-    device: DeviceSpec,
-    /// f32, or bf16: the reward model's weight matrices stored and multiplied in bf16 (norms and
-    /// softmax in f32).
-    #[arg(long, default_value_t = Precision::F32)]
-    precision: Precision,
+    #[command(flatten)]
+    runtime: crate::InferenceRuntime,
 }
 
 impl InferenceTask for &ScoreArgs {
     type Output = anyhow::Result<()>;
 
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
-        let model = RewardModel::<B>::from_dir(&self.model, &device)?.for_inference(self.precision);
+        let model = RewardModel::<B>::from_dir(&self.model, &device)?.for_inference(self.runtime.precision);
         let tok = Tokenizer::from_dir(&self.model)?;
         let fmt = ChatFormat::from_tokenizer(&tok)?;
         let max_len = self.max_len.min(model.model.config.max_position_embeddings);
@@ -87,5 +83,5 @@ impl InferenceTask for &ScoreArgs {
 }
 
 pub fn score(args: &ScoreArgs) -> anyhow::Result<()> {
-    dispatch(Runtime { device: args.device, precision: args.precision }, Inference(args))?
+    dispatch(args.runtime, Inference(args))?
 }

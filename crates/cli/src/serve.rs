@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use rlhf_runtime::{DeviceSpec, Precision};
 use rlhf_serve::{BatchPolicy, ServeOptions};
 
 #[derive(Debug, Clone, Args)]
@@ -21,12 +20,8 @@ pub struct ServeArgs {
     /// 0 picks a free port (printed at start-up).
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
-    #[arg(long, default_value = "cpu")]
-    pub device: DeviceSpec,
-    /// f32, or bf16: every weight matrix and the KV cache stored in bf16, matmuls in bf16 (norms,
-    /// softmax and sampling in f32).
-    #[arg(long, default_value_t = Precision::F32)]
-    pub precision: Precision,
+    #[command(flatten)]
+    pub runtime: crate::InferenceRuntime,
     /// Require `Authorization: Bearer KEY` on /v1 routes.
     #[arg(long, env = "RLHF_SERVE_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -56,8 +51,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         model_dir: args.model.clone(),
         model_name: args.served_model_name.clone(),
         address: SocketAddr::new(args.host, args.port),
-        device: args.device,
-        precision: args.precision,
+        runtime: args.runtime.into(),
         api_key: args.api_key.clone(),
         template: args.template,
         policy: BatchPolicy { max_batch: args.max_batch, max_wait: Duration::from_millis(args.max_wait_ms) },

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, Context};
 use rlhf_data::{BuiltinTemplate, ChatFormat, Tokenizer};
 use rlhf_model::RowsConfig;
-use rlhf_runtime::{dispatch, DeviceSpec, Inference, Precision, Runtime};
+use rlhf_runtime::{dispatch, Inference, Runtime};
 
 pub use engine::BatchPolicy;
 
@@ -26,9 +26,8 @@ pub struct ServeOptions {
     /// The name clients send as `model` (default: the folder's name).
     pub model_name: Option<String>,
     pub address: SocketAddr,
-    pub device: DeviceSpec,
-    /// f32, or bf16 (weights and KV cache stored in bf16).
-    pub precision: Precision,
+    /// Device, and f32 or bf16 (weights and KV cache stored in bf16).
+    pub runtime: Runtime,
     pub api_key: Option<String>,
     pub template: Option<BuiltinTemplate>,
     pub policy: BatchPolicy,
@@ -62,7 +61,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let stats = Arc::new(engine::Stats::default());
     let engine = engine::Engine {
         model_dir: opts.model_dir.clone(),
-        precision: opts.precision,
+        precision: opts.runtime.precision,
         tokenizer: tokenizer.clone(),
         rows: RowsConfig { stop_ids, pad_id, check_every: opts.check_every },
         policy: opts.policy.clone(),
@@ -70,7 +69,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         ready,
         stats: stats.clone(),
     };
-    let engine_runtime = Runtime { device: opts.device, precision: opts.precision };
+    let engine_runtime = opts.runtime;
     let engine_thread = std::thread::Builder::new().name("rlhf-engine".into()).spawn(move || dispatch(engine_runtime, Inference(engine)))?;
     if let Ok(loading) = loaded.recv() {
         loading?;
@@ -85,7 +84,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(opts.address).await.with_context(|| format!("listening on {}", opts.address))?;
         let address = listener.local_addr()?;
-        println!("rlhf serve: listening on http://{address}/v1 (model \"{model}\", {} positions, device {:?}, {})", config.max_position_embeddings, opts.device, opts.precision);
+        println!("rlhf serve: listening on http://{address}/v1 (model \"{model}\", {} positions, device {:?}, {})", config.max_position_embeddings, opts.runtime.device, opts.runtime.precision);
         use std::io::Write;
         std::io::stdout().flush().ok();
         axum::serve(listener, http::router(server, opts.max_body_bytes)).with_graceful_shutdown(shutdown_signal()).await?;
