@@ -1,9 +1,10 @@
 //! Batched generation with a KV cache: left-padded prompts, one prefill, then one token per step
 //! for the whole batch on the device.
 
-use burn::tensor::activation::{log_softmax, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::ops::PadMode;
 use burn::tensor::{Element, ElementConversion, Int, Numeric, Tensor, TensorData};
+use rlhf_runtime::log_probs::target_log_probs;
 use rlhf_runtime::Backend;
 
 use crate::cache::KvCache;
@@ -306,7 +307,8 @@ impl<'m, B: Backend> Decoding<'m, B> {
         let last = hidden.slice([0..batch, seq - 1..seq, 0..d]);
         let logits = self.model.logits(last).reshape([batch, vocab]); // [batch, vocab]
         let next = select(logits.clone()).reshape([batch, 1]);
-        self.logprobs.push(log_softmax(logits, 1).gather(1, next.clone())); // [batch, 1]
+        // One fused pass per row (log Σ exp, then the chosen logit), not a [batch, vocab] log-softmax.
+        self.logprobs.push(target_log_probs(logits, next.clone().reshape([batch])).reshape([batch, 1]));
         // Rows that already stopped emit padding.
         let running = self.running.clone();
         let next = next * running.clone() + (running.clone().neg() + 1) * self.pad_id as i64;

@@ -123,6 +123,7 @@ pub(crate) mod flex {
     use burn_flex::FlexTensor;
 
     use crate::rows::flex::{f32_contiguous, for_rows, tensor};
+    use crate::vector_exp::exp_shifted_in_place;
 
     /// Below this many scores one core does it all.
     const PARALLEL_ELEMENTS: usize = 1 << 16;
@@ -145,11 +146,7 @@ pub(crate) mod flex {
                 *o = s * scale + b;
                 max = max.max(*o);
             }
-            let mut sum = 0f32;
-            for o in o.iter_mut() {
-                *o = (*o - max).exp();
-                sum += *o;
-            }
+            let sum = exp_shifted_in_place(o, max);
             let inv = 1.0 / sum;
             o.iter_mut().for_each(|o| *o *= inv);
         });

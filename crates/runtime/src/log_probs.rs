@@ -149,6 +149,7 @@ pub(crate) mod flex {
     use burn_flex::FlexTensor;
 
     use crate::rows::flex::{f32_contiguous, for_rows, tensor};
+    use crate::vector_exp::{exp_shifted, sum_exp_shifted, sums_exp_shifted_weighted};
 
     /// Below this many logits a tensor is done on one core (thread hand-off would cost more).
     const PARALLEL_ELEMENTS: usize = 1 << 18;
@@ -170,8 +171,12 @@ pub(crate) mod flex {
 
     /// (max, Σ exp(x − max)) of a row.
     fn shifted_sum(row: &[f32]) -> (f32, f32) {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        (max, row.iter().map(|&x| (x - max).exp()).sum())
+        let max = row_max(row);
+        (max, sum_exp_shifted(row, max))
+    }
+
+    fn row_max(row: &[f32]) -> f32 {
+        row.iter().copied().fold(f32::NEG_INFINITY, f32::max)
     }
 
     fn target_index(target: i64, vocab: usize) -> usize {
@@ -203,9 +208,8 @@ pub(crate) mod flex {
         for_rows(&mut out, vocab, rows * vocab >= PARALLEL_ELEMENTS, |i, o| {
             let row = &x[i * vocab..(i + 1) * vocab];
             let (g, lse) = (grad[i], lse[i]);
-            for (o, &x) in o.iter_mut().zip(row) {
-                *o = -g * (x - lse).exp();
-            }
+            exp_shifted(o, row, lse);
+            o.iter_mut().for_each(|o| *o *= -g);
             o[target_index(targets[i], vocab)] += g;
         });
         Some(tensor(out, vec![rows, vocab]))
@@ -217,12 +221,9 @@ pub(crate) mod flex {
         let mut out = vec![[0f32; 2]; rows];
         for_rows(&mut out, 1, rows * vocab >= PARALLEL_ELEMENTS, |i, o| {
             let row = &x[i * vocab..(i + 1) * vocab];
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let max = row_max(row);
             // Σ e_j and Σ e_j·x_j in one pass: H = lse − Σ p_j x_j.
-            let (sum, weighted) = row.iter().fold((0f32, 0f32), |(s, w), &x| {
-                let e = (x - max).exp();
-                (s + e, w + e * x)
-            });
+            let (sum, weighted) = sums_exp_shifted_weighted(row, max);
             let lse = max + sum.ln();
             o[0] = [lse - weighted / sum, lse];
         });
@@ -239,9 +240,9 @@ pub(crate) mod flex {
         for_rows(&mut out, vocab, rows * vocab >= PARALLEL_ELEMENTS, |i, o| {
             let row = &x[i * vocab..(i + 1) * vocab];
             let (g, lse, h) = (grad[i], lse[i], entropy[i]);
+            exp_shifted(o, row, lse); // p_j
             for (o, &x) in o.iter_mut().zip(row) {
-                let log_p = x - lse;
-                *o = -g * log_p.exp() * (log_p + h);
+                *o = -g * *o * ((x - lse) + h);
             }
         });
         Some(tensor(out, vec![rows, vocab]))
