@@ -6,12 +6,12 @@
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::tensor::activation::silu;
 use burn::module::AutodiffModule;
 use burn::tensor::{Distribution, Int, Tensor, TensorData, TensorPrimitive};
 use rlhf_runtime::attention::attention_output;
 use rlhf_runtime::checkpoint::{Checkpointable, ParamTensors};
 use rlhf_runtime::rms_norm::rms_norm;
+use rlhf_runtime::swiglu::swiglu;
 use rlhf_runtime::{AutodiffBackend, Backend, Precision};
 
 use crate::cache::KvCache;
@@ -154,7 +154,7 @@ impl<B: Backend> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>, lora: Option<&BlockLora<B>>, precision: Precision) -> Tensor<B, 3> {
         let adapter = |s: Slot| lora.and_then(|l| l.slot(s));
         let inner = match &self.gate_proj {
-            Some(gate) => silu(project(gate, adapter(Slot::Gate), x.clone(), precision)) * project(&self.up_proj, adapter(Slot::Up), x, precision),
+            Some(gate) => swiglu(project(gate, adapter(Slot::Gate), x.clone(), precision), project(&self.up_proj, adapter(Slot::Up), x, precision)),
             None => gelu_tanh(project(&self.up_proj, adapter(Slot::Up), x, precision)),
         };
         project(&self.down_proj, adapter(Slot::Down), inner, precision)

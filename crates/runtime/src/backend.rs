@@ -118,6 +118,19 @@ pub trait Backend: burn::tensor::backend::Backend {
         crate::rms_norm::rms_norm_backward_composed::<Self>(x, weight, r, grad)
     }
 
+    /// SwiGLU's gating silu(g)·u ([`crate::swiglu`]); under autodiff one op.
+    ///
+    /// # Shapes
+    /// - `gate`, `up`: [batch, seq, ffn] → same
+    fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        crate::swiglu::swiglu_composed::<Self>(gate, up)
+    }
+
+    /// (dL/dg, dL/du).
+    fn swiglu_backward(gate: FloatTensor<Self>, up: FloatTensor<Self>, grad: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        crate::swiglu::swiglu_backward_composed::<Self>(gate, up, grad)
+    }
+
     /// `segment`'s forward; under autodiff, gradient-checkpointed (see [`crate::checkpoint`]):
     /// only `x` is kept, and backward runs the segment again.
     ///
@@ -133,8 +146,8 @@ pub trait AutodiffBackend: Backend + burn::tensor::backend::AutodiffBackend<Inne
 
 impl<B> AutodiffBackend for B where B: Backend + burn::tensor::backend::AutodiffBackend<InnerBackend: Backend> {}
 
-/// burn-flex: RMSNorm, attention softmax, rotary, log-prob and entropy rows in plain loops
-/// ([`crate::rms_norm`], [`crate::attention`], [`crate::rotary`], [`crate::log_probs`]).
+/// burn-flex: RMSNorm, attention softmax, rotary, SwiGLU, log-prob and entropy rows in plain loops
+/// ([`crate::rms_norm`], [`crate::attention`], [`crate::rotary`], [`crate::swiglu`], [`crate::log_probs`]).
 impl Backend for crate::Cpu {
     fn rms_norm_forward(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f32) -> (FloatTensor<Self>, FloatTensor<Self>) {
         crate::rms_norm::flex::rms_norm(&x, &weight, eps).unwrap_or_else(|| crate::rms_norm::rms_norm_composed::<Self>(x, weight, eps))
@@ -152,6 +165,14 @@ impl Backend for crate::Cpu {
     fn attention_probs_backward(probs: FloatTensor<Self>, scale: f32, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         crate::attention::flex::attention_probs_backward(&probs, scale, &grad)
             .unwrap_or_else(|| crate::attention::attention_probs_backward_composed::<Self>(probs, scale, grad))
+    }
+
+    fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        crate::swiglu::flex::swiglu(&gate, &up).unwrap_or_else(|| crate::swiglu::swiglu_composed::<Self>(gate, up))
+    }
+
+    fn swiglu_backward(gate: FloatTensor<Self>, up: FloatTensor<Self>, grad: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        crate::swiglu::flex::swiglu_backward(&gate, &up, &grad).unwrap_or_else(|| crate::swiglu::swiglu_backward_composed::<Self>(gate, up, grad))
     }
 
     fn rotary(x: FloatTensor<Self>, cos: FloatTensor<Self>, sin: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -259,5 +280,9 @@ impl<B: Backend, C: CheckpointStrategy> Backend for Autodiff<B, C> {
 
     fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
         crate::rms_norm::rms_norm_tracked::<B, C>(x, weight, eps)
+    }
+
+    fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        crate::swiglu::swiglu_tracked::<B, C>(gate, up)
     }
 }

@@ -23,6 +23,7 @@ pub mod quant;
 pub mod rms_norm;
 pub mod rotary;
 mod rows;
+pub mod swiglu;
 mod vector_exp;
 
 pub use backend::{AutodiffBackend, Backend, QuantizedWeight};

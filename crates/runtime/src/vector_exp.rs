@@ -1,5 +1,5 @@
 //! exp over rows of f32 in SIMD registers, for the CPU kernels of softmax-shaped ops (attention
-//! probabilities, log-probabilities of targets, entropy).
+//! probabilities, log-probabilities of targets, entropy) and SwiGLU's sigmoid.
 //!
 //! `f32::exp` is a call into libm per element: it was 8% of an SFT step's CPU samples on the
 //! vocabulary-wide softmax alone. Here exp is Cody–Waite range reduction plus a degree-6 polynomial
@@ -106,6 +106,34 @@ mod body {
     }
 }
 
+/// SwiGLU's element-wise part, with s = σ(g) = 1 / (1 + exp(−g)).
+mod swiglu_body {
+    use super::exp_lane;
+
+    #[inline(always)]
+    fn sigmoid(g: f32) -> f32 {
+        1.0 / (1.0 + exp_lane(-g))
+    }
+
+    /// y = g·σ(g)·u.
+    #[inline(always)]
+    pub fn silu_mul(out: &mut [f32], gate: &[f32], up: &[f32]) {
+        for ((y, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+            *y = g * sigmoid(g) * u;
+        }
+    }
+
+    /// dL/dg = d·u·s·(1 + g·(1 − s)), dL/du = d·g·s.
+    #[inline(always)]
+    pub fn silu_mul_backward(d_gate: &mut [f32], d_up: &mut [f32], gate: &[f32], up: &[f32], grad: &[f32]) {
+        for ((((dg, du), &g), &u), &d) in d_gate.iter_mut().zip(d_up.iter_mut()).zip(gate).zip(up).zip(grad) {
+            let s = sigmoid(g);
+            *dg = d * u * s * (1.0 + g * (1.0 - s));
+            *du = d * g * s;
+        }
+    }
+}
+
 /// One module per instruction set, the same kernels compiled with its features enabled.
 macro_rules! compiled_for {
     ($name:ident, $features:literal) => {
@@ -126,6 +154,14 @@ macro_rules! compiled_for {
             #[target_feature(enable = $features)]
             pub unsafe fn exp_shifted_in_place(row: &mut [f32], shift: f32) -> f32 {
                 super::body::exp_shifted_in_place(row, shift)
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn silu_mul(out: &mut [f32], gate: &[f32], up: &[f32]) {
+                super::swiglu_body::silu_mul(out, gate, up)
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn silu_mul_backward(d_gate: &mut [f32], d_up: &mut [f32], gate: &[f32], up: &[f32], grad: &[f32]) {
+                super::swiglu_body::silu_mul_backward(d_gate, d_up, gate, up, grad)
             }
         }
     };
@@ -168,6 +204,16 @@ macro_rules! dispatch {
             _ => body::$kernel($($arg),*),
         }
     };
+    (swiglu $kernel:ident($($arg:expr),*)) => {
+        match isa() {
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { avx512::$kernel($($arg),*) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { avx2::$kernel($($arg),*) },
+            _ => swiglu_body::$kernel($($arg),*),
+        }
+    };
 }
 
 /// Σ_i exp(row_i − shift).
@@ -189,6 +235,19 @@ pub fn exp_shifted(out: &mut [f32], row: &[f32], shift: f32) {
 /// row_i ← exp(row_i − shift); returns Σ_i of the new row.
 pub fn exp_shifted_in_place(row: &mut [f32], shift: f32) -> f32 {
     dispatch!(exp_shifted_in_place(row, shift))
+}
+
+/// out_i = g_i·σ(g_i)·u_i (SwiGLU's silu(gate)·up).
+pub fn silu_mul(out: &mut [f32], gate: &[f32], up: &[f32]) {
+    assert!(out.len() == gate.len() && gate.len() == up.len(), "silu_mul: lengths differ");
+    dispatch!(swiglu silu_mul(out, gate, up))
+}
+
+/// SwiGLU's gradients: dL/dg_i = d_i·u_i·s_i·(1 + g_i(1 − s_i)), dL/du_i = d_i·g_i·s_i.
+pub fn silu_mul_backward(d_gate: &mut [f32], d_up: &mut [f32], gate: &[f32], up: &[f32], grad: &[f32]) {
+    let n = gate.len();
+    assert!(d_gate.len() == n && d_up.len() == n && up.len() == n && grad.len() == n, "silu_mul_backward: lengths differ");
+    dispatch!(swiglu silu_mul_backward(d_gate, d_up, gate, up, grad))
 }
 
 #[cfg(test)]

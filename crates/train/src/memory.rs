@@ -7,8 +7,9 @@
 //! the projections keep (4·h), the rotated q and k the score matmul keeps (q + kv; the rotary op
 //! keeps only its tables), v (kv), the attention output the o-projection keeps (q), the attention
 //! probabilities (heads·seq: the softmax op keeps only its output, and the product with v reads the
-//! same tensor), and in the MLP five tensors of width ffn (gate, its sigmoid, SiLU, up, their
-//! product; GELU's tanh chain is as wide). The loss adds a few [tokens, vocab] tensors on top.
+//! same tensor), and in the MLP tensors of width ffn: three for SwiGLU (gate and up, which the SwiGLU
+//! op keeps, and their product, which the down projection keeps), five for GPT-2's GELU (its tanh
+//! chain). The loss adds a few [tokens, vocab] tensors on top.
 //!
 //! Under bf16 mixed precision the residual stream the norms read and the probabilities stay f32;
 //! every other kept tensor is bf16 (the norms' outputs are kept only as the bf16 copies the
@@ -318,7 +319,16 @@ pub fn projection_bytes(cfg: &TransformerConfig, quant: BaseQuant) -> (u64, u64)
 pub fn activations_per_token_block(cfg: &TransformerConfig, seq: usize) -> u64 {
     let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
     let (q, kv) = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim);
-    (4 * h + 2 * q + 2 * kv + 5 * f + cfg.num_heads * seq) as u64
+    (4 * h + 2 * q + 2 * kv + mlp_tensors(cfg) * f + cfg.num_heads * seq) as u64
+}
+
+/// [tokens, ffn] tensors the MLP keeps for backward: SwiGLU's gate, up and product, or GELU's chain.
+fn mlp_tensors(cfg: &TransformerConfig) -> usize {
+    if cfg.arch == Arch::Gpt2 {
+        5
+    } else {
+        3
+    }
 }
 
 /// Bytes one token keeps per decoder block for backward: all f32, or under bf16 the norms' inputs
@@ -331,7 +341,7 @@ pub fn activation_bytes_per_token_block(cfg: &TransformerConfig, seq: usize, pre
             let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
             let (q, kv) = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim);
             let kept_f32 = 2 * h + cfg.num_heads * seq;
-            let kept_bf16 = 2 * h + 2 * q + 2 * kv + 5 * f + cfg.num_heads * seq;
+            let kept_bf16 = 2 * h + 2 * q + 2 * kv + mlp_tensors(cfg) * f + cfg.num_heads * seq;
             kept_f32 as u64 * F32 + kept_bf16 as u64 * BF16
         }
     }
@@ -451,18 +461,21 @@ mod tests {
     }
 
     /// Activations by hand: h = 8, q = 8, kv = 4, ffn 16, 2 heads, seq 5:
-    /// 4·8 + 2·8 + 2·4 + 5·16 + 2·5 = 146 per token and block; 3 sequences × 5 tokens ×
-    /// (2 × 146 + 2·8) × 4 bytes.
+    /// 4·8 + 2·8 + 2·4 + 3·16 + 2·5 = 114 per token and block; 3 sequences × 5 tokens ×
+    /// (2 × 114 + 2·8) × 4 bytes.
     #[test]
     fn activations_kv_cache_and_logits_by_hand() {
         let cfg = llama(2, 8, 16, 2, 1, 10);
-        assert_eq!(activations_per_token_block(&cfg, 5), 146);
-        assert_eq!(activation_bytes(&cfg, 3, 5, Precision::F32, false), 15 * (292 + 16) * 4);
-        // bf16: f32 2·8 + 2·5 = 26, bf16 2·8 + 2·8 + 2·4 + 5·16 + 2·5 = 130: 26·4 + 130·2 = 364 bytes.
-        assert_eq!(activation_bytes_per_token_block(&cfg, 5, Precision::Bf16), 364);
-        assert_eq!(activation_bytes(&cfg, 3, 5, Precision::Bf16, false), 15 * (2 * 364 + 16 * 4));
+        assert_eq!(activations_per_token_block(&cfg, 5), 114);
+        assert_eq!(activation_bytes(&cfg, 3, 5, Precision::F32, false), 15 * (228 + 16) * 4);
+        // GPT-2's GELU keeps five ffn-wide tensors: 2·16 more.
+        let gpt2 = TransformerConfig { arch: Arch::Gpt2, ..cfg.clone() };
+        assert_eq!(activations_per_token_block(&gpt2, 5), 146);
+        // bf16: f32 2·8 + 2·5 = 26, bf16 2·8 + 2·8 + 2·4 + 3·16 + 2·5 = 98: 26·4 + 98·2 = 300 bytes.
+        assert_eq!(activation_bytes_per_token_block(&cfg, 5, Precision::Bf16), 300);
+        assert_eq!(activation_bytes(&cfg, 3, 5, Precision::Bf16, false), 15 * (2 * 300 + 16 * 4));
         // Checkpointing: each block's f32 input (8 · 4 bytes) + one block's activations.
-        assert_eq!(activation_bytes(&cfg, 3, 5, Precision::F32, true), 15 * (2 * 32 + 146 * 4 + 16 * 4));
+        assert_eq!(activation_bytes(&cfg, 3, 5, Precision::F32, true), 15 * (2 * 32 + 114 * 4 + 16 * 4));
         // k and v: 2 × 2 blocks × 1 kv head × 4 wide × batch 3 × 7 positions × 4 bytes (2 in bf16).
         assert_eq!(kv_cache_bytes(&cfg, 3, 7, Precision::F32), 2 * 2 * 4 * 3 * 7 * 4);
         assert_eq!(kv_cache_bytes(&cfg, 3, 7, Precision::Bf16), 2 * 2 * 4 * 3 * 7 * 2);
