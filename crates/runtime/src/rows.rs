@@ -1,6 +1,8 @@
 //! What the fused ops (`log_probs`, `rotary`, `attention`, `rms_norm`) share: moving between tensors
 //! and primitives, and running burn-flex rows in plain loops.
 
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{binary, Ops};
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorPrimitive};
 
@@ -10,6 +12,24 @@ pub(crate) fn float<B: burn::tensor::backend::Backend, const D: usize>(t: FloatT
 
 pub(crate) fn prim<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
     t.into_primitive().tensor()
+}
+
+/// The backward of a two-parent op whose two gradients come from one pass (`compute`, given the
+/// op's saved state and the output's gradient): it runs once, and each parent takes its half.
+pub(crate) fn both_gradients_in_one_pass<B: burn::tensor::backend::Backend, S>(
+    ops: Ops<S, 2>,
+    grads: &mut Gradients,
+    compute: impl Fn(&S, FloatTensor<B>) -> (FloatTensor<B>, FloatTensor<B>),
+) {
+    let Ops { parents, node, state } = ops;
+    let both = std::cell::OnceCell::new();
+    binary::<B, _, _>(
+        parents,
+        node,
+        grads,
+        |grad| both.get_or_init(|| compute(&state, grad)).0.clone(),
+        |grad| both.get_or_init(|| compute(&state, grad)).1.clone(),
+    );
 }
 
 pub(crate) mod flex {

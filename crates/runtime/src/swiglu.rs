@@ -8,13 +8,13 @@
 
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{binary, Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::tensor::activation::{sigmoid, silu};
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::Tensor;
 
-use crate::rows::{float, prim};
+use crate::rows::{both_gradients_in_one_pass, float, prim};
 use crate::Backend;
 
 /// # Shapes
@@ -51,17 +51,7 @@ pub(crate) fn swiglu_tracked<B: Backend, C: CheckpointStrategy>(gate: FloatTenso
         type State = (FloatTensor<B>, FloatTensor<B>);
 
         fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-            let (g, u) = ops.state;
-            // Both gradients come from one pass; each side takes its half.
-            let both = std::cell::OnceCell::new();
-            let compute = |grad: FloatTensor<B>| B::swiglu_backward(g.clone(), u.clone(), grad);
-            binary::<B, _, _>(
-                ops.parents,
-                ops.node,
-                grads,
-                |grad| both.get_or_init(|| compute(grad)).0.clone(),
-                |grad| both.get_or_init(|| compute(grad)).1.clone(),
-            );
+            both_gradients_in_one_pass::<B, _>(ops, grads, |(g, u), grad| B::swiglu_backward(g.clone(), u.clone(), grad));
         }
     }
 

@@ -104,12 +104,8 @@ mod body {
         }
         acc.iter().sum()
     }
-}
 
-/// SwiGLU's element-wise part, with s = σ(g) = 1 / (1 + exp(−g)).
-mod swiglu_body {
-    use super::exp_lane;
-
+    /// SwiGLU's sigmoid, s = σ(g) = 1 / (1 + exp(−g)).
     #[inline(always)]
     fn sigmoid(g: f32) -> f32 {
         1.0 / (1.0 + exp_lane(-g))
@@ -157,11 +153,11 @@ macro_rules! compiled_for {
             }
             #[target_feature(enable = $features)]
             pub unsafe fn silu_mul(out: &mut [f32], gate: &[f32], up: &[f32]) {
-                super::swiglu_body::silu_mul(out, gate, up)
+                super::body::silu_mul(out, gate, up)
             }
             #[target_feature(enable = $features)]
             pub unsafe fn silu_mul_backward(d_gate: &mut [f32], d_up: &mut [f32], gate: &[f32], up: &[f32], grad: &[f32]) {
-                super::swiglu_body::silu_mul_backward(d_gate, d_up, gate, up, grad)
+                super::body::silu_mul_backward(d_gate, d_up, gate, up, grad)
             }
         }
     };
@@ -204,16 +200,6 @@ macro_rules! dispatch {
             _ => body::$kernel($($arg),*),
         }
     };
-    (swiglu $kernel:ident($($arg:expr),*)) => {
-        match isa() {
-            // SAFETY: as above.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { avx512::$kernel($($arg),*) },
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { avx2::$kernel($($arg),*) },
-            _ => swiglu_body::$kernel($($arg),*),
-        }
-    };
 }
 
 /// Σ_i exp(row_i − shift).
@@ -240,14 +226,14 @@ pub fn exp_shifted_in_place(row: &mut [f32], shift: f32) -> f32 {
 /// out_i = g_i·σ(g_i)·u_i (SwiGLU's silu(gate)·up).
 pub fn silu_mul(out: &mut [f32], gate: &[f32], up: &[f32]) {
     assert!(out.len() == gate.len() && gate.len() == up.len(), "silu_mul: lengths differ");
-    dispatch!(swiglu silu_mul(out, gate, up))
+    dispatch!(silu_mul(out, gate, up))
 }
 
 /// SwiGLU's gradients: dL/dg_i = d_i·u_i·s_i·(1 + g_i(1 − s_i)), dL/du_i = d_i·g_i·s_i.
 pub fn silu_mul_backward(d_gate: &mut [f32], d_up: &mut [f32], gate: &[f32], up: &[f32], grad: &[f32]) {
     let n = gate.len();
     assert!(d_gate.len() == n && d_up.len() == n && up.len() == n && grad.len() == n, "silu_mul_backward: lengths differ");
-    dispatch!(swiglu silu_mul_backward(d_gate, d_up, gate, up, grad))
+    dispatch!(silu_mul_backward(d_gate, d_up, gate, up, grad))
 }
 
 #[cfg(test)]
