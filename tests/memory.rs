@@ -24,8 +24,8 @@ fn row(plan: &MemoryPlan, item: &str) -> u64 {
 /// The tiny LLaMA (vocab 1024, h 64, ffn 176, 2 blocks, 4 heads × 16, 2 kv heads, untied head):
 /// embeddings 65,536 + head 65,536 + final norm 64 + 2 × (q 4,096 + k 2,048 + v 2,048 + o 4,096 +
 /// MLP 3·64·176 = 33,792 + norms 128 = 46,208) = 223,552 parameters. Activations per token and
-/// block: 4·64 + 2·64 + 2·32 + 5·176 + 4 heads·16 tokens = 1,392; a micro-batch of 2 × 16 tokens
-/// keeps 32 × (2 × 1,392 + 2·64) f32; the loss 3 × 32 × 1,024 f32.
+/// block: 4·64 + 2·64 + 2·32 + 3·176 (SwiGLU's gate, up, product) + 4 heads·16 tokens = 1,040; a
+/// micro-batch of 2 × 16 tokens keeps 32 × (2 × 1,040 + 2·64) f32; the loss 3 × 32 × 1,024 f32.
 #[test]
 fn sft_plan_of_the_tiny_llama_matches_a_count_by_hand() {
     let plan = rlhf_sft::memory_plan(&sft_config(&fixture("hf-tiny-llama"), ""), &shape_from_dir).unwrap();
@@ -33,9 +33,9 @@ fn sft_plan_of_the_tiny_llama_matches_a_count_by_hand() {
     assert_eq!(row(&plan, "policy weights"), weights);
     assert_eq!(row(&plan, "policy AdamW moments"), 2 * weights);
     assert_eq!(row(&plan, "policy gradients"), weights);
-    assert_eq!(row(&plan, "activations"), 32 * (2 * 1_392 + 128) * 4);
+    assert_eq!(row(&plan, "activations"), 32 * (2 * 1_040 + 128) * 4);
     assert_eq!(row(&plan, "logits + loss"), 3 * 32 * 1_024 * 4);
-    assert_eq!(plan.peak_bytes(), 4 * weights + 32 * 2_912 * 4 + 393_216 + RUNTIME_RESERVE);
+    assert_eq!(plan.peak_bytes(), 4 * weights + 32 * 2_208 * 4 + 393_216 + RUNTIME_RESERVE);
 
     // LoRA r = 8 on q and v: 8·(64 + 64) + 8·(64 + 32) = 1,792 per block; only they have
     // gradients and moments, the base is still held in full.
@@ -48,9 +48,9 @@ fn sft_plan_of_the_tiny_llama_matches_a_count_by_hand() {
 
 /// The same model under bf16 mixed precision and gradient checkpointing. Vectors (2 norms × 64 per
 /// block + the final norm: 320) stay f32; the 223,232 matrix parameters get a bf16 copy for the
-/// products. Per token and block: f32 2·64 + 4 heads·16 = 192, bf16 2·64 + 2·64 + 2·32 + 5·176 +
-/// 4·16 = 1,264 → 192·4 + 1,264·2 = 3,296 bytes. Checkpointed: each of the 2 blocks keeps its
-/// 64-wide f32 input, one block's 4,064 exist at a time, + the final norm's 2·64 f32.
+/// products. Per token and block: f32 2·64 + 4 heads·16 = 192, bf16 2·64 + 2·64 + 2·32 + 3·176 +
+/// 4·16 = 912 → 192·4 + 912·2 = 2,592 bytes. Checkpointed: each of the 2 blocks keeps its
+/// 64-wide f32 input, one block's 2,592 bytes exist at a time, + the final norm's 2·64 f32.
 #[test]
 fn bf16_and_checkpointing_plans_match_a_count_by_hand() {
     let dir = fixture("hf-tiny-llama");
@@ -58,10 +58,10 @@ fn bf16_and_checkpointing_plans_match_a_count_by_hand() {
     let plan = rlhf_sft::memory_plan(&bf16(""), &shape_from_dir).unwrap();
     assert_eq!(row(&plan, "policy weights"), 223_552 * 4, "trained weights stay f32 masters");
     assert_eq!(row(&plan, "bf16 weight copies"), 223_232 * 2);
-    assert_eq!(row(&plan, "activations"), 32 * (2 * 3_296 + 2 * 64 * 4));
+    assert_eq!(row(&plan, "activations"), 32 * (2 * 2_592 + 2 * 64 * 4));
     assert_eq!(row(&plan, "logits + loss"), 3 * 32 * 1_024 * 4 + 32 * 1_024 * 2);
     let plan = rlhf_sft::memory_plan(&bf16("gradient_checkpointing = true\n"), &shape_from_dir).unwrap();
-    assert_eq!(row(&plan, "activations"), 32 * (2 * 64 * 4 + 3_296 + 2 * 64 * 4));
+    assert_eq!(row(&plan, "activations"), 32 * (2 * 64 * 4 + 2_592 + 2 * 64 * 4));
     assert!(!plan.knobs.iter().any(|k| k.contains("gradient_checkpointing") || k.contains("precision")), "{:?}", plan.knobs);
     // With LoRA the frozen base's matrices are stored in bf16.
     let plan = rlhf_sft::memory_plan(&bf16("[lora]\nr = 8\ntarget_modules = [\"q_proj\", \"v_proj\"]\n"), &shape_from_dir).unwrap();

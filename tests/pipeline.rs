@@ -136,7 +136,11 @@ fn ci_pipeline_with_lora_on_every_stage() {
     };
     let sets: Vec<String> = [
         lora("sft.lora", ("sft.train.lr", "5e-3")),
-        lora("reward.lora", ("reward.train.lr", "5e-3")),
+        // 2e-3 as for full fine-tuning: at 5e-3 the LoRA reward model came out differently exploitable
+        // from build to build (float rounding alone): with one build PPO found a shorter-answer
+        // exploit (oracle 0.74 → 0.44, KL 5.9) where the build before improved (0.74 → 0.94, KL 1.3).
+        // At 2e-3 three builds improved (0.74 → 0.92–0.94, KL 0.7–2.5).
+        lora("reward.lora", ("reward.train.lr", "2e-3")),
         lora("ppo.ppo.lora", ("ppo.ppo.actor_lr", "1e-3")),
         lora("ppo.ppo.critic_lora", ("ppo.ppo.critic_lr", "5e-3")),
     ]
