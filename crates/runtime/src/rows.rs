@@ -1,5 +1,5 @@
-//! What the fused ops (`log_probs`, `rotary`, `attention`, `rms_norm`) share: moving between tensors
-//! and primitives, and running burn-flex rows in plain loops.
+//! What the fused ops (`log_probs`, `rotary`, `attention`, `rms_norm`, `swiglu`) share: moving
+//! between tensors and primitives, a two-gradient backward, and running burn-flex rows in plain loops.
 
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{binary, Ops};
