@@ -15,6 +15,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+mod allocator;
 pub mod attention;
 pub mod backend;
 pub mod checkpoint;
@@ -174,7 +175,10 @@ impl<T: InferenceTask> Task for Inference<T> {
 pub fn dispatch<T: Task>(runtime: impl Into<Runtime>, task: T) -> Result<T::Output, RuntimeError> {
     let Runtime { device, precision } = runtime.into();
     match device {
-        DeviceSpec::Cpu => Ok(task.run::<CpuTrain>(Default::default())),
+        DeviceSpec::Cpu => {
+            allocator::keep_freed_memory();
+            Ok(task.run::<CpuTrain>(Default::default()))
+        }
         DeviceSpec::Cuda(index) => {
             #[cfg(feature = "cuda")]
             {

@@ -385,6 +385,13 @@ impl FlexTensor {
             copy_2d_tiled(
                 &mut dst, src, offset, shape[0], shape[1], strides[0], strides[1],
             );
+        } else if all_positive && strides[shape.len() - 1] == 1 && shape[shape.len() - 1] >= 8 {
+            // rlhf-rs: ND with a contiguous innermost dim (attention's [batch, heads, seq, head_dim]
+            // viewed as [batch, seq, heads, head_dim]): copy whole runs, on every core when large.
+            // The element-by-element fallback below was 5% of an SFT step.
+            copy_inner_runs(dst.spare_capacity_mut(), src, offset, shape, strides);
+            // SAFETY: `copy_inner_runs` wrote each of the n slots (one run per outer index).
+            unsafe { dst.set_len(n) };
         } else {
             // General fallback: covers negative strides (flipped
             // tensors) and ND layouts that can't collapse to ≤2D.
@@ -552,6 +559,34 @@ fn collapse_for_copy(shape: &[usize], strides: &[isize]) -> CollapsedLayout {
     }
 
     out
+}
+
+/// rlhf-rs: copies a positive-strided layout whose innermost dim has stride 1 into `dst` (row-major
+/// order), one run of `shape[last]` elements per outer index; pieces of whole runs go to every core
+/// when the tensor is large. Writes every slot of `dst[..numel]`.
+fn copy_inner_runs<E: Copy + Send + Sync>(
+    dst: &mut [core::mem::MaybeUninit<E>],
+    src: &[E],
+    offset: isize,
+    shape: &[usize],
+    strides: &[isize],
+) {
+    let (outer_shape, run) = (&shape[..shape.len() - 1], shape[shape.len() - 1]);
+    let numel = outer_shape.iter().product::<usize>() * run;
+    crate::par::for_pieces(&mut dst[..numel], run, |piece, start| {
+        for (r, out) in piece.chunks_exact_mut(run).enumerate() {
+            // Source offset of outer index `start / run + r`, digit by digit (last dim fastest).
+            let (mut index, mut at) = (start / run + r, offset);
+            for (&size, &stride) in outer_shape.iter().zip(strides).rev() {
+                at += (index % size) as isize * stride;
+                index /= size;
+            }
+            let at = at as usize;
+            for (slot, &x) in out.iter_mut().zip(&src[at..at + run]) {
+                slot.write(x);
+            }
+        }
+    });
 }
 
 /// Tiled 2D copy from a strided source into a contiguous destination.

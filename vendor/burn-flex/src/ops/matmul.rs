@@ -261,8 +261,7 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
     let rhs_ptr = unsafe { rhs_data.as_ptr().add(rhs.layout().start_offset()) };
 
     let out_shape = Shape::from(vec![m, n]);
-    let mut output = FlexTensor::empty(out_shape, T::dtype());
-    let out_data: &mut [T] = output.storage_mut();
+    let mut out_data: Vec<T> = Vec::with_capacity(checked_size(m, n));
 
     let parallelism = get_parallelism(m, n, k);
 
@@ -271,7 +270,7 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
             m,
             n,
             k,
-            out_data.as_mut_ptr(),
+            out_data.spare_capacity_mut().as_mut_ptr().cast(),
             1,
             n as isize,
             lhs_ptr,
@@ -282,9 +281,18 @@ fn matmul_2d_strided<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexTen
             rhs_row_stride,
             parallelism,
         );
+        // SAFETY: gemm wrote all m·n elements (`read_dst` is false; with k = 0 it writes zeros).
+        out_data.set_len(m * n);
     }
 
-    output
+    output_tensor(out_data, out_shape)
+}
+
+/// rlhf-rs: the matmul output, written by gemm into uninitialised capacity. `FlexTensor::empty`
+/// zeroed every output first: a serial memset over the largest buffers of a training step (5% of
+/// an SFT step's samples).
+fn output_tensor<T: GemmScalar>(data: Vec<T>, shape: Shape) -> FlexTensor {
+    FlexTensor::new(Bytes::from_elems(data), Layout::contiguous(shape), T::dtype())
 }
 
 /// Strided gemm call for one matrix. Wraps `gemm::gemm` with GemmScalar zero/one.
@@ -364,18 +372,21 @@ fn matmul_batched_gemm<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexT
     out_dims.push(n);
     let out_shape = Shape::from(out_dims);
 
-    let mut output = FlexTensor::empty(out_shape, T::dtype());
+    let out_len = checked_size(batch_size, out_matrix_size);
+    let mut output: Vec<T> = Vec::with_capacity(out_len);
 
     let lhs_data: &[T] = lhs.storage();
     let rhs_data: &[T] = rhs.storage();
     let lhs_start = lhs.layout().start_offset() as isize;
     let rhs_start = rhs.layout().start_offset() as isize;
-    let out_data: &mut [T] = output.storage_mut();
+    // Every batch's matrix is written by gemm below (`read_dst` is false).
+    let out_data: &mut [core::mem::MaybeUninit<T>] = &mut output.spare_capacity_mut()[..out_len];
 
     let per_matrix_ops = m.saturating_mul(n).saturating_mul(k);
 
     // Closure: run gemm for one batch slice at the given pointers
-    let run_one = |out_ptr: *mut T, b: usize, parallelism: gemm::Parallelism| {
+    let run_one = |out_ptr: *mut core::mem::MaybeUninit<T>, b: usize, parallelism: gemm::Parallelism| {
+        let out_ptr: *mut T = out_ptr.cast();
         let lhs_off = lhs_start + batch_elem_offset(b, &broadcast_shape, &lhs_batch_strides);
         let rhs_off = rhs_start + batch_elem_offset(b, &broadcast_shape, &rhs_batch_strides);
         unsafe {
@@ -443,7 +454,9 @@ fn matmul_batched_gemm<T: GemmScalar>(lhs: FlexTensor, rhs: FlexTensor) -> FlexT
         }
     }
 
-    output
+    // SAFETY: each of the batch_size matrices (m·n elements each) was written above.
+    unsafe { output.set_len(out_len) };
+    output_tensor(output, out_shape)
 }
 
 // ============================================================================
