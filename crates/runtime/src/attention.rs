@@ -122,7 +122,7 @@ const MASKED_BELOW: f32 = -1.0e4;
 pub(crate) mod flex {
     use burn_flex::FlexTensor;
 
-    use crate::rows::flex::{f32_contiguous, for_rows, tensor};
+    use crate::rows::flex::{f32_contiguous, new_rows, tensor};
     use crate::vector_exp::exp_shifted_in_place;
 
     /// Below this many scores one core does it all.
@@ -136,8 +136,7 @@ pub(crate) mod flex {
         if bias.len() != dims[0] * seq * keys {
             return None;
         }
-        let mut out = vec![0f32; s.len()];
-        for_rows(&mut out, keys, s.len() >= PARALLEL_ELEMENTS, |r, o| {
+        let out = new_rows(s.len(), keys, s.len() >= PARALLEL_ELEMENTS, |r, o| {
             // Row r is (batch, head, query) = (r / (heads·seq), ·, r % seq).
             let bias_row = ((r / (heads * seq)) * seq + r % seq) * keys;
             let (s, b) = (&s[r * keys..(r + 1) * keys], &bias[bias_row..bias_row + keys]);
@@ -158,8 +157,7 @@ pub(crate) mod flex {
         let keys = dims[3];
         let (probs, grad) = (f32_contiguous(probs)?, f32_contiguous(grad)?);
         let (p, g) = (probs.as_slice::<f32>()?, grad.as_slice::<f32>()?);
-        let mut out = vec![0f32; p.len()];
-        for_rows(&mut out, keys, p.len() >= PARALLEL_ELEMENTS, |r, o| {
+        let out = new_rows(p.len(), keys, p.len() >= PARALLEL_ELEMENTS, |r, o| {
             let (p, g) = (&p[r * keys..(r + 1) * keys], &g[r * keys..(r + 1) * keys]);
             let dot: f32 = p.iter().zip(g).map(|(p, g)| p * g).sum();
             for ((o, &p), &g) in o.iter_mut().zip(p).zip(g) {

@@ -15,6 +15,7 @@ use burn::backend::Autodiff;
 use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{Int, Tensor, TensorPrimitive};
 
+use crate::adamw::{AdamWOutput, AdamWStep};
 use crate::checkpoint::Checkpointable;
 use crate::log_probs::flex;
 use crate::quant::{dequantize, QuantFormat};
@@ -131,6 +132,12 @@ pub trait Backend: burn::tensor::backend::Backend {
         crate::swiglu::swiglu_backward_composed::<Self>(gate, up, grad)
     }
 
+    /// One AdamW step of one parameter ([`crate::adamw`]): (p, m, v) after the step; `moments` is
+    /// None on the parameter's first step. The optimizer runs it on the inference backend.
+    fn adamw_step<const D: usize>(param: Tensor<Self, D>, grad: Tensor<Self, D>, moments: Option<(Tensor<Self, D>, Tensor<Self, D>)>, step: &AdamWStep) -> AdamWOutput<Self, D> {
+        crate::adamw::adamw_composed(param, grad, moments, step)
+    }
+
     /// `segment`'s forward; under autodiff, gradient-checkpointed (see [`crate::checkpoint`]):
     /// only `x` is kept, and backward runs the segment again.
     ///
@@ -147,7 +154,8 @@ pub trait AutodiffBackend: Backend + burn::tensor::backend::AutodiffBackend<Inne
 impl<B> AutodiffBackend for B where B: Backend + burn::tensor::backend::AutodiffBackend<InnerBackend: Backend> {}
 
 /// burn-flex: RMSNorm, attention softmax, rotary, SwiGLU, log-prob and entropy rows in plain loops
-/// ([`crate::rms_norm`], [`crate::attention`], [`crate::rotary`], [`crate::swiglu`], [`crate::log_probs`]).
+/// ([`crate::rms_norm`], [`crate::attention`], [`crate::rotary`], [`crate::swiglu`], [`crate::log_probs`]),
+/// and AdamW's update in one pass ([`crate::adamw`]).
 impl Backend for crate::Cpu {
     fn rms_norm_forward(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f32) -> (FloatTensor<Self>, FloatTensor<Self>) {
         crate::rms_norm::flex::rms_norm(&x, &weight, eps).unwrap_or_else(|| crate::rms_norm::rms_norm_composed::<Self>(x, weight, eps))
@@ -195,6 +203,20 @@ impl Backend for crate::Cpu {
     fn softmax_entropy_backward(logits: FloatTensor<Self>, lse: FloatTensor<Self>, entropy: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         flex::softmax_entropy_backward(&logits, &lse, &entropy, &grad)
             .unwrap_or_else(|| crate::log_probs::softmax_entropy_backward::<Self>(logits, lse, entropy, grad))
+    }
+
+    fn adamw_step<const D: usize>(param: Tensor<Self, D>, grad: Tensor<Self, D>, moments: Option<(Tensor<Self, D>, Tensor<Self, D>)>, step: &AdamWStep) -> AdamWOutput<Self, D> {
+        let all_f32 = [Some(&param), Some(&grad), moments.as_ref().map(|m| &m.0), moments.as_ref().map(|m| &m.1)]
+            .into_iter()
+            .flatten()
+            .all(|t| t.dtype() == burn::tensor::DType::F32 && t.dims() == param.dims());
+        if !all_f32 {
+            return crate::adamw::adamw_composed(param, grad, moments, step);
+        }
+        let moments = moments.map(|(m, v)| (m.into_primitive().tensor(), v.into_primitive().tensor()));
+        let (p, m, v) = crate::adamw::flex::adamw_step(&param.into_primitive().tensor(), grad.into_primitive().tensor(), moments, step);
+        let wrap = |t| Tensor::from_primitive(TensorPrimitive::Float(t));
+        (wrap(p), wrap(m), wrap(v))
     }
 }
 

@@ -16,6 +16,7 @@ use std::fmt;
 use std::str::FromStr;
 
 mod allocator;
+pub mod adamw;
 pub mod attention;
 pub mod backend;
 pub mod checkpoint;

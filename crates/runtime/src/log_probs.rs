@@ -148,7 +148,7 @@ pub(crate) mod flex {
     use burn::tensor::DType;
     use burn_flex::FlexTensor;
 
-    use crate::rows::flex::{f32_contiguous, for_rows, tensor};
+    use crate::rows::flex::{f32_contiguous, for_rows, new_rows, tensor};
     use crate::vector_exp::{exp_shifted, sum_exp_shifted, sums_exp_shifted_weighted};
 
     /// Below this many logits a tensor is done on one core (thread hand-off would cost more).
@@ -204,8 +204,7 @@ pub(crate) mod flex {
         let x = x.as_slice::<f32>()?;
         let (lse, grad, targets) = (f32_contiguous(lse)?, f32_contiguous(grad)?, targets_of(targets));
         let (lse, grad) = (lse.as_slice::<f32>()?, grad.as_slice::<f32>()?);
-        let mut out = vec![0f32; rows * vocab];
-        for_rows(&mut out, vocab, rows * vocab >= PARALLEL_ELEMENTS, |i, o| {
+        let out = new_rows(rows * vocab, vocab, rows * vocab >= PARALLEL_ELEMENTS, |i, o| {
             let row = &x[i * vocab..(i + 1) * vocab];
             let (g, lse) = (grad[i], lse[i]);
             exp_shifted(o, row, lse);
@@ -236,8 +235,7 @@ pub(crate) mod flex {
         let x = x.as_slice::<f32>()?;
         let (lse, entropy, grad) = (f32_contiguous(lse)?, f32_contiguous(entropy)?, f32_contiguous(grad)?);
         let (lse, entropy, grad) = (lse.as_slice::<f32>()?, entropy.as_slice::<f32>()?, grad.as_slice::<f32>()?);
-        let mut out = vec![0f32; rows * vocab];
-        for_rows(&mut out, vocab, rows * vocab >= PARALLEL_ELEMENTS, |i, o| {
+        let out = new_rows(rows * vocab, vocab, rows * vocab >= PARALLEL_ELEMENTS, |i, o| {
             let row = &x[i * vocab..(i + 1) * vocab];
             let (g, lse, h) = (grad[i], lse[i], entropy[i]);
             exp_shifted(o, row, lse); // p_j

@@ -77,7 +77,7 @@ pub(crate) mod flex {
     use burn_flex::FlexTensor;
     use rayon::prelude::*;
 
-    use crate::rows::flex::{f32_contiguous, for_rows, tensor};
+    use crate::rows::flex::{f32_contiguous, new_rows, tensor};
 
     /// Below this many elements one core does it all.
     const PARALLEL_ELEMENTS: usize = 1 << 16;
@@ -109,8 +109,7 @@ pub(crate) mod flex {
         let d = dims[1];
         let (x, w, r, g) = (f32_contiguous(x)?, f32_contiguous(weight)?, f32_contiguous(r)?, f32_contiguous(grad)?);
         let (x, w, r, g) = (x.as_slice::<f32>()?, w.as_slice::<f32>()?, r.as_slice::<f32>()?, g.as_slice::<f32>()?);
-        let mut dx = vec![0f32; x.len()];
-        for_rows(&mut dx, d, x.len() >= PARALLEL_ELEMENTS, |i, dx| {
+        let dx = new_rows(x.len(), d, x.len() >= PARALLEL_ELEMENTS, |i, dx| {
             let (x, g, r) = (&x[i * d..(i + 1) * d], &g[i * d..(i + 1) * d], r[i]);
             let mean_hn = x.iter().zip(g).zip(w).map(|((x, g), w)| g * w * x * r).sum::<f32>() / d as f32;
             for (((dx, &x), &g), &w) in dx.iter_mut().zip(x).zip(g).zip(w) {

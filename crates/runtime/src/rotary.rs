@@ -67,7 +67,7 @@ pub(crate) mod flex {
     use burn::tensor::DType;
     use burn_flex::FlexTensor;
 
-    use crate::rows::flex::{for_rows, tensor};
+    use crate::rows::flex::{new_rows, tensor};
 
     /// Below this many elements one core does it all.
     const PARALLEL_ELEMENTS: usize = 1 << 16;
@@ -87,7 +87,6 @@ pub(crate) mod flex {
         let strides = x.layout().strides().to_vec();
         let offset = x.layout().start_offset() as isize;
         let data: &[f32] = x.storage();
-        let mut out = vec![0f32; b * h * s * d];
         // One (batch, head) pair's [seq, head_dim] rows per chunk.
         let rotate = |pair: usize, o: &mut [f32]| {
             let (bi, hi) = (pair / h, pair % h);
@@ -104,8 +103,7 @@ pub(crate) mod flex {
                 }
             }
         };
-        let parallel = out.len() >= PARALLEL_ELEMENTS;
-        for_rows(&mut out, s * d, parallel, rotate);
+        let out = new_rows(b * h * s * d, s * d, b * h * s * d >= PARALLEL_ELEMENTS, rotate);
         Some(tensor(out, dims))
     }
 }

@@ -34,6 +34,8 @@ pub(crate) fn both_gradients_in_one_pass<B: burn::tensor::backend::Backend, S>(
 
 pub(crate) mod flex {
     use burn::tensor::{DType, Shape, TensorData};
+    use std::mem::MaybeUninit;
+
     use burn_flex::FlexTensor;
     use rayon::prelude::*;
 
@@ -46,14 +48,37 @@ pub(crate) mod flex {
         FlexTensor::from_data(TensorData::new(values, Shape::from(shape)))
     }
 
-    /// Runs `f(row, out_row)` over `out`'s rows of `row_len`, split across cores when `parallel` (the
-    /// caller's size threshold: below it, thread hand-off costs more than it saves). Each row is
-    /// computed the same way on any thread, so results do not depend on the split.
+    /// Runs `f(row, out_row)` over `out`'s rows of `row_len`, split across cores when `parallel` (as
+    /// [`new_rows`]).
     pub fn for_rows<T: Send>(out: &mut [T], row_len: usize, parallel: bool, f: impl Fn(usize, &mut [T]) + Sync) {
         if parallel {
             out.par_chunks_mut(row_len).enumerate().for_each(|(i, o)| f(i, o));
         } else {
             out.chunks_mut(row_len).enumerate().for_each(|(i, o)| f(i, o));
         }
+    }
+
+    /// A new buffer of `len` elements filled by `f(row, out_row)` over its rows of `row_len`, split
+    /// across cores when `parallel` (the caller's size threshold: below it, thread hand-off costs
+    /// more than it saves). Each row is computed the same way on any thread, so results do not
+    /// depend on the split. Each piece is zeroed by the core that fills it, just before, instead of
+    /// the whole buffer on the calling thread first (that memset of the step's largest buffers was
+    /// 3% of an SFT step's samples, on one core).
+    pub fn new_rows(len: usize, row_len: usize, parallel: bool, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+        let mut out = Vec::with_capacity(len);
+        let fill = |i: usize, row: &mut [MaybeUninit<f32>]| {
+            row.fill(MaybeUninit::new(0.0));
+            // SAFETY: every element of `row` was initialised on the line above.
+            f(i, unsafe { &mut *(row as *mut [MaybeUninit<f32>] as *mut [f32]) })
+        };
+        let spare = &mut out.spare_capacity_mut()[..len];
+        if parallel {
+            spare.par_chunks_mut(row_len).enumerate().for_each(|(i, o)| fill(i, o));
+        } else {
+            spare.chunks_mut(row_len).enumerate().for_each(|(i, o)| fill(i, o));
+        }
+        // SAFETY: the rows cover all `len` elements, and `fill` initialised each.
+        unsafe { out.set_len(len) };
+        out
     }
 }

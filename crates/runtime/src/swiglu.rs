@@ -67,7 +67,7 @@ pub(crate) mod flex {
     use burn_flex::FlexTensor;
     use rayon::prelude::*;
 
-    use crate::rows::flex::{f32_contiguous, for_rows, tensor};
+    use crate::rows::flex::{f32_contiguous, new_rows, tensor};
     use crate::vector_exp::{silu_mul, silu_mul_backward};
 
     /// Below this many elements one core does it all; above, pieces of this many go to the cores.
@@ -81,8 +81,7 @@ pub(crate) mod flex {
         }
         let (g, u) = (f32_contiguous(gate)?, f32_contiguous(up)?);
         let (g, u) = (g.as_slice::<f32>()?, u.as_slice::<f32>()?);
-        let mut y = vec![0f32; g.len()];
-        for_rows(&mut y, PIECE, g.len() >= PARALLEL_ELEMENTS, |i, y| {
+        let y = new_rows(g.len(), PIECE, g.len() >= PARALLEL_ELEMENTS, |i, y| {
             let piece = i * PIECE..i * PIECE + y.len();
             silu_mul(y, &g[piece.clone()], &u[piece]);
         });

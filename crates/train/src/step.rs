@@ -10,14 +10,14 @@
 use std::path::Path;
 
 use burn::module::{AutodiffModule, Module};
-use burn::optim::{adaptor::OptimizerAdaptor, AdamW, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::optim::{adaptor::OptimizerAdaptor, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use rlhf_runtime::AutodiffBackend;
 use burn::tensor::Tensor;
 use rlhf_model::Adapted;
 
 use crate::error::{Result, TrainError};
-use crate::optim::{clip_global_norm, OptimConfig};
+use crate::optim::{clip_global_norm, AdamW, OptimConfig};
 
 /// A module being trained, with its optimizer and the gradients of the step in progress.
 pub struct Trainable<B: AutodiffBackend, M: AutodiffModule<B>> {
