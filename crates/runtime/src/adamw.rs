@@ -154,7 +154,7 @@ pub(crate) mod flex {
             c2,
             epsilon: step.epsilon,
             lr: step.lr as f32,
-            keep: (decay_rate != 0.0).then(|| (1.0 - decay_rate) as f32),
+            keep: (decay_rate != 0.0).then_some((1.0 - decay_rate) as f32),
             first,
         };
         let p_in: &[f32] = p.storage();
