@@ -34,9 +34,16 @@ impl AdamWStep {
         (1f32 - self.beta_1.powi(t), 1f32 - self.beta_2.powi(t))
     }
 
-    /// lr·λ: the share of each weight that decays this step.
-    fn decay_rate(&self) -> f64 {
-        self.lr * self.weight_decay as f64
+    /// (1 − β₁, 1 − β₂): the new gradient's weights in the moments.
+    fn factors(&self) -> (f32, f32) {
+        (1.0 - self.beta_1, 1.0 - self.beta_2)
+    }
+
+    /// 1 − lr·λ, the share of each weight kept this step; None without decay (burn then leaves p
+    /// untouched rather than multiplying by 1).
+    fn keep(&self) -> Option<f64> {
+        let decay_rate = self.lr * self.weight_decay as f64;
+        (decay_rate != 0.0).then_some(1.0 - decay_rate)
     }
 }
 
@@ -52,7 +59,7 @@ pub(crate) fn adamw_composed<B: burn::tensor::backend::Backend, const D: usize>(
     moments: Option<(Tensor<B, D>, Tensor<B, D>)>,
     step: &AdamWStep,
 ) -> AdamWOutput<B, D> {
-    let (factor_1, factor_2) = (1.0 - step.beta_1, 1.0 - step.beta_2);
+    let (factor_1, factor_2) = step.factors();
     let (moment_1, moment_2) = match moments {
         Some((m, v)) => (
             m.mul_scalar(step.beta_1).add(grad.clone().mul_scalar(factor_1)),
@@ -62,8 +69,10 @@ pub(crate) fn adamw_composed<B: burn::tensor::backend::Backend, const D: usize>(
     };
     let (c1, c2) = step.bias_corrections();
     let delta = moment_1.clone().div_scalar(c1).div(moment_2.clone().div_scalar(c2).sqrt().add_scalar(step.epsilon));
-    let decay_rate = step.decay_rate();
-    let decayed = if decay_rate == 0.0 { param } else { param.mul_scalar(1.0 - decay_rate) };
+    let decayed = match step.keep() {
+        Some(keep) => param.mul_scalar(keep),
+        None => param,
+    };
     (decayed - delta.mul_scalar(step.lr), moment_1, moment_2)
 }
 
@@ -124,37 +133,31 @@ pub(crate) mod flex {
         decayed - delta * k.lr
     }
 
-    /// `t` in row-major order, covering its whole buffer (copied when strided, e.g. the gradient of
-    /// a weight used transposed).
-    fn owned_f32(t: FlexTensor) -> FlexTensor {
-        t.to_contiguous()
-    }
-
     /// (p, m, v). The new parameter is written over the gradient (which the step consumes), the
-    /// moments in place; a buffer still shared elsewhere is copied first (burn-flex copies on write).
-    /// All four are f32 of one shape (the caller checks).
+    /// moments in place; a buffer still shared elsewhere is copied first (burn-flex copies on write),
+    /// a strided one (the gradient of a weight used transposed) made row-major. All four are f32 of
+    /// one shape (the caller checks).
     pub fn adamw_step(param: &FlexTensor, grad: FlexTensor, moments: Option<(FlexTensor, FlexTensor)>, step: &AdamWStep) -> (FlexTensor, FlexTensor, FlexTensor) {
         let shape = param.layout().shape().to_vec();
-        let p = owned_f32(param.clone());
-        let mut g = owned_f32(grad);
+        let p = param.to_contiguous();
+        let mut g = grad.to_contiguous();
         let first = moments.is_none();
         let (mut m, mut v) = match moments {
-            Some((m, v)) => (owned_f32(m), owned_f32(v)),
+            Some((m, v)) => (m.to_contiguous(), v.to_contiguous()),
             // Written before read (`first`); zeros only to have buffers.
             None => (FlexTensor::zeros(shape.clone().into(), DType::F32), FlexTensor::zeros(shape.clone().into(), DType::F32)),
         };
-        let (c1, c2) = step.bias_corrections();
-        let decay_rate = step.decay_rate();
+        let ((c1, c2), (factor_1, factor_2)) = (step.bias_corrections(), step.factors());
         let k = Constants {
             beta_1: step.beta_1,
             beta_2: step.beta_2,
-            factor_1: 1.0 - step.beta_1,
-            factor_2: 1.0 - step.beta_2,
+            factor_1,
+            factor_2,
             c1,
             c2,
             epsilon: step.epsilon,
             lr: step.lr as f32,
-            keep: (decay_rate != 0.0).then_some((1.0 - decay_rate) as f32),
+            keep: step.keep().map(|keep| keep as f32),
             first,
         };
         let p_in: &[f32] = p.storage();

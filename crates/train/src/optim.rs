@@ -184,8 +184,10 @@ mod tests {
         Toy { w: init([6, 5]), big: init([600, 512]), b: Param::from_tensor(Tensor::random([5], Distribution::Normal(0.0, 0.5), &d)) }
     }
 
-    fn grads_of(m: &Toy<AD>, step: usize) -> GradientsParams {
+    /// The gradients of a loss whose input is drawn from `seed` (so two modules can get the same).
+    fn grads_of(m: &Toy<AD>, step: usize, seed: u64) -> GradientsParams {
         let d = Default::default();
+        <AD as burn::tensor::backend::Backend>::seed(&d, seed);
         let x = Tensor::<AD, 2>::random([4, 5], Distribution::Normal(0.0, 1.0), &d);
         let y = x.matmul(m.w.val().transpose()).tanh().sum() + (m.big.val() * (step as f32 + 1.0)).powi_scalar(2).sum() + m.b.val().exp().sum();
         GradientsParams::from_grads(y.backward(), m)
@@ -196,20 +198,21 @@ mod tests {
         vec![flat(m.w.val()), flat(m.big.val()), flat(m.b.val().unsqueeze())]
     }
 
+    fn burns_adamw(cfg: &OptimConfig) -> OptimizerAdaptor<burn::optim::AdamW, Toy<AD>, AD> {
+        AdamWConfig::new().with_beta_1(cfg.beta1).with_beta_2(cfg.beta2).with_epsilon(cfg.eps).with_weight_decay(cfg.weight_decay).init()
+    }
+
     /// burn's own AdamW is the reference: three steps (the first without moments), with weight decay,
     /// give the same bits.
     #[test]
     fn our_adamw_takes_burns_steps_bit_for_bit() {
         let cfg = OptimConfig { weight_decay: 0.1, ..OptimConfig::default() };
-        let mut burns = AdamWConfig::new().with_beta_1(cfg.beta1).with_beta_2(cfg.beta2).with_epsilon(cfg.eps).with_weight_decay(cfg.weight_decay).init::<AD, Toy<AD>>();
+        let mut burns = burns_adamw(&cfg);
         let mut ours = cfg.adamw::<AD, Toy<AD>>();
         let (mut a, mut b) = (toy(), toy());
         assert_eq!(bits(&a), bits(&b));
         for step in 0..3 {
-            <AD as burn::tensor::backend::Backend>::seed(&Default::default(), 10 + step as u64);
-            let ga = grads_of(&a, step);
-            <AD as burn::tensor::backend::Backend>::seed(&Default::default(), 10 + step as u64);
-            let gb = grads_of(&b, step);
+            let (ga, gb) = (grads_of(&a, step, 10 + step as u64), grads_of(&b, step, 10 + step as u64));
             a = burns.step(1e-2, a, ga);
             b = ours.step(1e-2, b, gb);
             assert_eq!(bits(&a), bits(&b), "after step {}", step + 1);
@@ -221,18 +224,15 @@ mod tests {
     fn burns_optimizer_checkpoint_loads_into_ours() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = OptimConfig::default();
-        let mut burns = AdamWConfig::new().with_beta_1(cfg.beta1).with_beta_2(cfg.beta2).with_epsilon(cfg.eps).with_weight_decay(cfg.weight_decay).init::<AD, Toy<AD>>();
+        let mut burns = burns_adamw(&cfg);
         let mut a = toy();
-        let g = grads_of(&a, 0);
+        let g = grads_of(&a, 0, 4);
         a = burns.step(1e-2, a, g);
         let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
         Recorder::<AD>::record(&recorder, burns.to_record(), dir.path().join("optim")).unwrap();
         let mut ours = cfg.adamw::<AD, Toy<AD>>().load_record(Recorder::<AD>::load(&recorder, dir.path().join("optim"), &Default::default()).unwrap());
         let b = a.clone();
-        <AD as burn::tensor::backend::Backend>::seed(&Default::default(), 7);
-        let ga = grads_of(&a, 1);
-        <AD as burn::tensor::backend::Backend>::seed(&Default::default(), 7);
-        let gb = grads_of(&b, 1);
+        let (ga, gb) = (grads_of(&a, 1, 7), grads_of(&b, 1, 7));
         assert_eq!(bits(&burns.step(1e-2, a, ga)), bits(&ours.step(1e-2, b, gb)));
     }
 }
