@@ -121,10 +121,10 @@ impl BenchModel {
         Ok((cfg, model))
     }
 
-    /// A model to train as the flags say: compute precision (frozen weights stored in it) and
-    /// gradient checkpointing.
-    fn for_training<B: Backend>(&self, model: CausalLm<B>) -> anyhow::Result<CausalLm<B>> {
-        Ok(model.in_precision(self.precision).with_gradient_checkpointing(self.gradient_checkpointing)?)
+    /// How the stages would set up a model to train with these flags: adapters when `lora` is given,
+    /// compute precision (frozen weights stored in it) and gradient checkpointing.
+    fn setup<'a>(&self, lora: Option<&'a rlhf_model::LoraConfig>) -> rlhf_model::TrainingSetup<'a> {
+        rlhf_model::TrainingSetup { lora, precision: self.precision, gradient_checkpointing: self.gradient_checkpointing }
     }
 
     /// How the model computes, for the header line.
@@ -241,15 +241,9 @@ impl rlhf_runtime::Task for SftBench {
     fn run<B: rlhf_runtime::AutodiffBackend>(self, device: B::Device) -> Self::Output {
         use burn::tensor::ElementConversion;
         let (cfg, model) = self.size.random_model::<B>(self.seq, &device)?;
-        let (model, lora) = match self.lora {
-            Some(r) => {
-                let (model, spec) = model.attach_lora(&bench_lora(r, self.base_quant), 0, &device)?;
-                let line = spec.describe(&model, cfg.arch);
-                (model, format!(", {line}"))
-            }
-            None => (model, String::new()),
-        };
-        let model = self.size.for_training(model)?;
+        let lora_cfg = self.lora.map(|r| bench_lora(r, self.base_quant));
+        let (model, spec) = self.size.setup(lora_cfg.as_ref()).apply(model, 0, "bench sft", &device)?;
+        let lora = spec.map_or(String::new(), |spec| format!(", {}", spec.describe(&model, cfg.arch)));
         let samples: Vec<rlhf_data::encode::SftSample> = (0..self.batch)
             .map(|b| rlhf_data::encode::SftSample {
                 ids: (0..self.seq).map(|i| ((b * 7919 + i * 104_729) % (cfg.vocab_size - 1) + 1) as u32).collect(),
@@ -339,25 +333,19 @@ impl rlhf_runtime::Task for PpoBench {
         let (cfg, actor) = self.size.random_model::<B>(max_pos, &device)?;
         let head = || rlhf_model::ScalarHead::init(cfg.hidden_size, &device);
         let critic = rlhf_model::RewardModel { model: actor.model.clone(), head: head() };
-        let (actor, reference, critic, reward_model) = match self.lora {
-            // Two bases, shared: the reference and the RM are the actor's and critic's bases.
-            Some(r) => {
-                let (actor, _) = actor.attach_lora(&bench_lora(r, self.base_quant), 0, &device)?;
-                let (critic, _) = critic.attach_lora(&bench_lora(r, self.base_quant), 1, &device)?;
-                let reference = actor.without_lora().valid();
-                let reward_model = rlhf_model::RewardModel { model: critic.model.without_lora(), head: critic.head.clone() }.valid();
-                (actor, reference, critic, reward_model)
-            }
-            None => {
-                let reward_model = rlhf_model::RewardModel { model: actor.model.clone(), head: head() }.valid();
-                (actor.clone(), actor.valid(), critic, reward_model)
-            }
-        };
         // As the stage sets them up: trained models in mixed precision, frozen ones stored in it.
         let p = self.size.precision;
-        let actor = self.size.for_training(actor)?;
-        let critic = critic.in_precision(p).with_gradient_checkpointing(self.size.gradient_checkpointing)?;
-        let (reference, reward_model) = (reference.in_precision(p), reward_model.in_precision(p));
+        let lora_cfg = self.lora.map(|r| bench_lora(r, self.base_quant));
+        let setup = self.size.setup(lora_cfg.as_ref());
+        let (reference, reward_model) = match self.lora {
+            // Two bases, shared: the reference and the RM are the actor's and critic's bases (below).
+            Some(_) => (None, None),
+            None => (Some(actor.valid().in_precision(p)), Some(rlhf_model::RewardModel { model: actor.model.clone(), head: head() }.valid().in_precision(p))),
+        };
+        let (actor, _) = setup.apply(actor, 0, "bench ppo actor", &device)?;
+        let (critic, _) = setup.apply(critic, 1, "bench ppo critic", &device)?;
+        let reference = reference.unwrap_or_else(|| actor.without_lora().valid());
+        let reward_model = reward_model.unwrap_or_else(|| rlhf_model::RewardModel { model: critic.model.without_lora(), head: critic.head.clone() }.valid());
         let ids = |b: usize, len: usize| -> Vec<u32> { (0..len).map(|i| ((b * 7919 + i * 104_729) % (cfg.vocab_size - 1) + 1) as u32).collect() };
         let prompts: Vec<Vec<u32>> = (0..self.batch).map(|b| ids(b, self.prompt_len)).collect();
         let ptx: Vec<rlhf_data::encode::SftSample> =

@@ -1,7 +1,6 @@
 //! `rlhf data check | convert | self-instruct | demo`.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -397,11 +396,7 @@ fn convert(args: ConvertArgs) -> anyhow::Result<ExitCode> {
         serde_json::to_writer(&mut out, &row)?;
         out.push(b'\n');
     }
-    let tmp = args.out.with_extension("tmp");
-    std::fs::File::create(&tmp)
-        .and_then(|mut f| f.write_all(&out))
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &args.out).with_context(|| format!("writing {}", args.out.display()))?;
+    rlhf_files::write_atomic(&args.out, &out)?;
     println!("wrote {} record(s) to {}", loaded.records.len(), args.out.display());
     if loaded.skipped.count() > 0 {
         eprintln!("{}: {}", args.source.file.display(), loaded.skipped);

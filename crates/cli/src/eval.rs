@@ -109,8 +109,8 @@ pub fn evaluate_run<B: Backend>(run: &Path, cfg: &EvalConfig, device: &B::Device
         });
         lines.push_str(&format!("{row}\n"));
     }
-    rlhf_train::checkpoint::write_atomic(&run.join("eval_samples.jsonl"), lines.as_bytes())?;
-    rlhf_train::checkpoint::write_atomic(&run.join("eval.json"), serde_json::to_string_pretty(&result)?.as_bytes())?;
+    rlhf_files::write_atomic(&run.join("eval_samples.jsonl"), lines.as_bytes())?;
+    rlhf_files::write_atomic(&run.join("eval.json"), serde_json::to_string_pretty(&result)?.as_bytes())?;
     Ok(result)
 }
 

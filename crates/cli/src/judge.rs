@@ -84,7 +84,7 @@ fn answers_of(side: &Path, questions: &[Question], answer: &Answerer, save: &Pat
                 lines.push('\n');
             }
         }
-        rlhf_train::checkpoint::write_atomic(save, lines.as_bytes())?;
+        rlhf_files::write_atomic(save, lines.as_bytes())?;
         return Ok(answers);
     }
     let text = std::fs::read_to_string(side).with_context(|| format!("reading {}", side.display()))?;
@@ -173,8 +173,8 @@ pub fn judge(a: &Path, b: &Path, questions: &[Question], client: &rlhf_teacher::
         "verdicts_unparsed": unparsed,
         "by_category": by_category.iter().map(|(c, o)| (c.clone(), tally_json(&tally(o)))).collect::<serde_json::Map<_, _>>(),
     });
-    rlhf_train::checkpoint::write_atomic(&out.join("judgments.jsonl"), lines.as_bytes())?;
-    rlhf_train::checkpoint::write_atomic(&out.join("judge.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    rlhf_files::write_atomic(&out.join("judgments.jsonl"), lines.as_bytes())?;
+    rlhf_files::write_atomic(&out.join("judge.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
     Ok(summary)
 }
 

@@ -242,7 +242,7 @@ impl Ledger {
     }
 
     fn write(&self, out: &Path) -> anyhow::Result<()> {
-        Ok(rlhf_train::checkpoint::write_atomic(&Self::path(out), serde_json::to_string_pretty(self)?.as_bytes())?)
+        Ok(rlhf_files::write_atomic(&Self::path(out), serde_json::to_string_pretty(self)?.as_bytes())?)
     }
 
     /// Why `stage`'s complete output no longer matches the config (`earlier` = the stages before
@@ -437,7 +437,7 @@ pub fn run(args: PipelineArgs) -> anyhow::Result<()> {
         plan.check(args.device, available, args.force)?;
     }
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    rlhf_train::checkpoint::write_atomic(&args.out.join("pipeline.toml"), toml::to_string_pretty(&resolved)?.as_bytes())?;
+    rlhf_files::write_atomic(&args.out.join("pipeline.toml"), toml::to_string_pretty(&resolved)?.as_bytes())?;
     let precisions = [cfg.pretrain.as_ref().map(|c| c.precision), cfg.sft.as_ref().map(|c| c.precision), cfg.reward.as_ref().map(|c| c.precision), cfg.ppo.as_ref().map(|c| c.precision)];
     let eval_precision = cfg.eval.as_ref().map(|e| e.precision);
     let precision = if precisions.contains(&Some(Precision::Bf16)) || eval_precision == Some(Precision::Bf16) { Precision::Bf16 } else { Precision::F32 };

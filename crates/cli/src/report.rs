@@ -310,7 +310,7 @@ pub fn write_report(run: &Path, samples: usize) -> anyhow::Result<()> {
             md.push('\n');
         }
     }
-    rlhf_train::checkpoint::write_atomic(&run.join("report.md"), md.as_bytes())?;
+    rlhf_files::write_atomic(&run.join("report.md"), md.as_bytes())?;
     Ok(())
 }
 

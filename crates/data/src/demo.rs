@@ -7,7 +7,6 @@
 //! language or rambling), so SFT alone imitates those flaws; the K = 4 rankings are ordered by the
 //! oracle with some label noise, so a reward model can learn it and PPO can beat SFT.
 
-use std::io::Write;
 use std::path::Path;
 
 use rand::{Rng, SeedableRng};
@@ -329,7 +328,7 @@ pub fn write_demo(out: &Path, seed: u64, sizes: DemoSizes) -> Result<()> {
             serde_json::to_writer(&mut text, r).expect("JSON value serialises");
             text.push(b'\n');
         }
-        write_atomic(&path, &text)
+        Ok(rlhf_files::write_atomic(&path, &text)?)
     };
     write("pretrain.jsonl", &pretrain)?;
     write("sft.jsonl", &sft)?;
@@ -345,14 +344,7 @@ pub fn write_demo(out: &Path, seed: u64, sizes: DemoSizes) -> Result<()> {
         "heldout_prompts": held.len(),
         "oracle": "correct answer 1.0 + prompt's language 0.5 + one short sentence with the right full stop 0.5",
     });
-    write_atomic(&out.join("manifest.json"), serde_json::to_string_pretty(&manifest).expect("JSON").as_bytes())
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| DataError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+    Ok(rlhf_files::write_atomic(&out.join("manifest.json"), serde_json::to_string_pretty(&manifest).expect("JSON"))?)
 }
 
 #[cfg(test)]

@@ -21,6 +21,12 @@ pub enum DataError {
     Template { message: String },
 }
 
+impl From<rlhf_files::FileError> for DataError {
+    fn from(e: rlhf_files::FileError) -> Self {
+        DataError::Io { path: e.path, cause: e.cause }
+    }
+}
+
 impl DataError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         DataError::Io { path: path.into(), cause: source }

@@ -38,6 +38,12 @@ pub enum ModelError {
     Invalid(String),
 }
 
+impl From<rlhf_files::FileError> for ModelError {
+    fn from(e: rlhf_files::FileError) -> Self {
+        ModelError::Io { path: e.path, cause: e.cause }
+    }
+}
+
 impl ModelError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         ModelError::Io { path: path.into(), cause: source }

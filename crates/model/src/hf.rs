@@ -20,7 +20,8 @@ use crate::error::{ModelError, Result};
 use crate::heads::{CausalLm, RewardModel, ScalarHead};
 use crate::proj::Proj;
 use crate::rope::Rope;
-use crate::transformer::{Attention, Block, Mlp, Norm, Transformer};
+use crate::lora::Slot;
+use crate::transformer::{Block, Norm, Transformer};
 
 /// Tokenizer, chat template and generation files copied next to an exported model, byte for byte:
 /// a template stays in the file it came in (`chat_template.jinja` is where transformers ≥ 4.43
@@ -264,7 +265,6 @@ impl<B: Backend> Transformer<B> {
     pub fn from_safetensors(cfg: &TransformerConfig, files: &mut SafetensorsFiles, device: &B::Device) -> Result<Self> {
         let keys = KeyScheme::detect(cfg, files);
         let d = cfg.hidden_size;
-        let (q_dim, kv_dim, ff) = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size);
         let gpt2 = cfg.arch == Arch::Gpt2;
 
         let norm = |files: &mut SafetensorsFiles, name: String| -> Result<Norm<B>> {
@@ -308,45 +308,23 @@ impl<B: Backend> Transformer<B> {
                     let bias = HostTensor { shape: vec![d], data: b.data[k * d..(k + 1) * d].to_vec() };
                     host_linear(w.columns(k * d, (k + 1) * d), bias)
                 };
-                Block {
-                    input_layernorm: norm(files, at("ln_1"))?,
-                    self_attn: Attention {
-                        q_proj: part(0),
-                        k_proj: part(1),
-                        v_proj: part(2),
-                        o_proj: conv1d(files, at("attn.c_proj"), d, d)?,
-                        num_heads: cfg.num_heads,
-                        num_kv_heads: cfg.num_kv_heads,
-                        head_dim: cfg.head_dim,
-                    },
-                    post_attention_layernorm: norm(files, at("ln_2"))?,
-                    mlp: Mlp {
-                        gate_proj: None,
-                        up_proj: conv1d(files, at("mlp.c_fc"), d, ff)?,
-                        down_proj: conv1d(files, at("mlp.c_proj"), ff, d)?,
-                    },
-                    lora: None,
-                }
+                let (ln_1, ln_2) = (norm(files, at("ln_1"))?, norm(files, at("ln_2"))?);
+                Block::build(cfg, ln_1, ln_2, |slot| match slot {
+                    // q, k and v are the three column blocks of the fused c_attn.
+                    Slot::Q => Ok(part(0)),
+                    Slot::K => Ok(part(1)),
+                    Slot::V => Ok(part(2)),
+                    _ => {
+                        let (d_in, d_out) = slot.dims(cfg);
+                        conv1d(files, at(slot.hf_path(cfg.arch)), d_in, d_out)
+                    }
+                })?
             } else {
-                Block {
-                    input_layernorm: norm(files, at("input_layernorm"))?,
-                    self_attn: Attention {
-                        q_proj: hf_linear(files, at("self_attn.q_proj"), d, q_dim, cfg.qkv_bias)?,
-                        k_proj: hf_linear(files, at("self_attn.k_proj"), d, kv_dim, cfg.qkv_bias)?,
-                        v_proj: hf_linear(files, at("self_attn.v_proj"), d, kv_dim, cfg.qkv_bias)?,
-                        o_proj: hf_linear(files, at("self_attn.o_proj"), q_dim, d, cfg.out_bias)?,
-                        num_heads: cfg.num_heads,
-                        num_kv_heads: cfg.num_kv_heads,
-                        head_dim: cfg.head_dim,
-                    },
-                    post_attention_layernorm: norm(files, at("post_attention_layernorm"))?,
-                    mlp: Mlp {
-                        gate_proj: Some(hf_linear(files, at("mlp.gate_proj"), d, ff, cfg.out_bias)?),
-                        up_proj: hf_linear(files, at("mlp.up_proj"), d, ff, cfg.out_bias)?,
-                        down_proj: hf_linear(files, at("mlp.down_proj"), ff, d, cfg.out_bias)?,
-                    },
-                    lora: None,
-                }
+                let (input, post) = (norm(files, at("input_layernorm"))?, norm(files, at("post_attention_layernorm"))?);
+                Block::build(cfg, input, post, |slot| {
+                    let (d_in, d_out) = slot.dims(cfg);
+                    hf_linear(files, at(slot.hf_path(cfg.arch)), d_in, d_out, slot.has_bias(cfg))
+                })?
             };
             layers.push(block);
         }
@@ -389,9 +367,12 @@ impl<B: Backend> Transformer<B> {
         }
         for (i, layer) in self.layers.iter().enumerate() {
             let at = |key: &str| keys.layer(i, key);
-            let attn = &layer.self_attn;
+            let (first, second) = if gpt2 { ("ln_1", "ln_2") } else { ("input_layernorm", "post_attention_layernorm") };
+            push_norm(&mut out, at(first), &layer.input_layernorm);
+            push_norm(&mut out, at(second), &layer.post_attention_layernorm);
             if gpt2 {
-                push_norm(&mut out, at("ln_1"), &layer.input_layernorm);
+                // GPT-2 stores q, k and v fused, as the column blocks of c_attn.
+                let attn = &layer.self_attn;
                 let qkv = [&attn.q_proj, &attn.k_proj, &attn.v_proj];
                 let w: Vec<HostTensor> = qkv.iter().map(|l| HostTensor::from_tensor(l.weight())).collect();
                 out.push((at("attn.c_attn.weight"), HostTensor::concat_columns(&w)));
@@ -400,22 +381,11 @@ impl<B: Backend> Transformer<B> {
                     .flat_map(|l| HostTensor::from_tensor(l.bias().expect("GPT-2 q/k/v have biases")).data)
                     .collect();
                 out.push((at("attn.c_attn.bias"), HostTensor { shape: vec![b.len()], data: b }));
-                push_linear(&mut out, at("attn.c_proj"), &attn.o_proj);
-                push_norm(&mut out, at("ln_2"), &layer.post_attention_layernorm);
-                push_linear(&mut out, at("mlp.c_fc"), &layer.mlp.up_proj);
-                push_linear(&mut out, at("mlp.c_proj"), &layer.mlp.down_proj);
-            } else {
-                push_norm(&mut out, at("input_layernorm"), &layer.input_layernorm);
-                push_linear(&mut out, at("self_attn.q_proj"), &attn.q_proj);
-                push_linear(&mut out, at("self_attn.k_proj"), &attn.k_proj);
-                push_linear(&mut out, at("self_attn.v_proj"), &attn.v_proj);
-                push_linear(&mut out, at("self_attn.o_proj"), &attn.o_proj);
-                push_norm(&mut out, at("post_attention_layernorm"), &layer.post_attention_layernorm);
-                if let Some(gate) = &layer.mlp.gate_proj {
-                    push_linear(&mut out, at("mlp.gate_proj"), gate);
+            }
+            for (slot, proj) in layer.projections() {
+                if !(gpt2 && matches!(slot, Slot::Q | Slot::K | Slot::V)) {
+                    push_linear(&mut out, at(slot.hf_path(cfg.arch)), proj);
                 }
-                push_linear(&mut out, at("mlp.up_proj"), &layer.mlp.up_proj);
-                push_linear(&mut out, at("mlp.down_proj"), &layer.mlp.down_proj);
             }
         }
         push_norm(&mut out, keys.final_norm(), &self.norm);
@@ -459,7 +429,12 @@ impl<B: Backend> CausalLm<B> {
     /// files found in `tokenizer_from`) that transformers loads as-is. The folder is written under a
     /// temporary name and renamed into place, so a crash never leaves a half-written model.
     pub fn save_hf_dir(&self, out: &Path, tokenizer_from: Option<&Path>, dtype: WeightDtype) -> Result<()> {
-        write_hf_dir(out, &self.config().to_hf_json(), &self.hf_tensors(), tokenizer_from, dtype)
+        rlhf_files::write_dir_with(out, |dir| self.write_hf_files(dir, tokenizer_from, dtype))
+    }
+
+    /// The files of [`CausalLm::save_hf_dir`], written into the folder `dir`.
+    pub fn write_hf_files(&self, dir: &Path, tokenizer_from: Option<&Path>, dtype: WeightDtype) -> Result<()> {
+        write_hf_files(dir, &self.config().to_hf_json(), &self.hf_tensors(), tokenizer_from, dtype)
     }
 }
 
@@ -574,14 +549,13 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, HostTensor)], dtype: W
         .collect::<Result<Vec<_>>>()?;
     let mut metadata = std::collections::HashMap::new();
     metadata.insert("format".to_string(), "pt".to_string());
-    let tmp = sibling(path, "tmp");
-    safetensors::serialize_to_file(views, Some(metadata), &tmp)
-        .map_err(|e| ModelError::Safetensors { path: tmp.clone(), message: e.to_string() })?;
-    std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
+    rlhf_files::write_file_with(path, |tmp| {
+        safetensors::serialize_to_file(views, Some(metadata), tmp).map_err(|e| ModelError::Safetensors { path: tmp.to_path_buf(), message: e.to_string() })
+    })
 }
 
-/// Writes a model folder atomically: everything goes to `OUT.tmp`, which then replaces `OUT`. The
-/// weights are stored in `dtype`, and config.json's `torch_dtype` says so.
+/// Writes a model folder atomically: everything goes to `OUT.tmp`, which then replaces `OUT` (see
+/// [`write_hf_files`]). Nothing half-written stays behind (e.g. after a weight float16 cannot hold).
 pub fn write_hf_dir(
     out: &Path,
     config: &serde_json::Value,
@@ -589,55 +563,29 @@ pub fn write_hf_dir(
     tokenizer_from: Option<&Path>,
     dtype: WeightDtype,
 ) -> Result<()> {
-    let tmp = sibling(out, "tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
-    }
-    let write = || -> Result<()> {
-        std::fs::create_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
-        let config_path = tmp.join("config.json");
-        let mut config = config.clone();
-        config["torch_dtype"] = serde_json::json!(dtype.hf_name());
-        let text = serde_json::to_string_pretty(&config).expect("JSON value serialises");
-        std::fs::write(&config_path, text).map_err(|e| ModelError::io(&config_path, e))?;
-        write_safetensors(&tmp.join("model.safetensors"), tensors, dtype)?;
-        if let Some(src) = tokenizer_from {
-            for name in TOKENIZER_FILES {
-                let from = src.join(name);
-                if from.exists() {
-                    std::fs::copy(&from, tmp.join(name)).map_err(|e| ModelError::io(&from, e))?;
-                }
+    rlhf_files::write_dir_with(out, |dir| write_hf_files(dir, config, tensors, tokenizer_from, dtype))
+}
+
+/// Writes a model's files into the folder `dir`: config.json (its `torch_dtype` saying `dtype`),
+/// model.safetensors in `dtype`, and the tokenizer files found in `tokenizer_from`, byte for byte.
+pub fn write_hf_files(
+    dir: &Path,
+    config: &serde_json::Value,
+    tensors: &[(String, HostTensor)],
+    tokenizer_from: Option<&Path>,
+    dtype: WeightDtype,
+) -> Result<()> {
+    let mut config = config.clone();
+    config["torch_dtype"] = serde_json::json!(dtype.hf_name());
+    rlhf_files::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&config).expect("JSON value serialises"))?;
+    write_safetensors(&dir.join("model.safetensors"), tensors, dtype)?;
+    if let Some(src) = tokenizer_from {
+        for name in TOKENIZER_FILES {
+            let from = src.join(name);
+            if from.exists() {
+                std::fs::copy(&from, dir.join(name)).map_err(|e| ModelError::io(&from, e))?;
             }
         }
-        Ok(())
-    };
-    if let Err(e) = write() {
-        // Nothing half-written stays behind (e.g. a weight float16 cannot hold).
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    replace_dir(&tmp, out)
-}
-
-/// `OUT` with a suffix on its last component (`final` → `final.tmp`).
-pub fn sibling(out: &Path, suffix: &str) -> PathBuf {
-    let mut name = out.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(format!(".{suffix}"));
-    out.with_file_name(name)
-}
-
-/// Moves a finished `tmp` folder to `out`, replacing any previous one.
-pub fn replace_dir(tmp: &Path, out: &Path) -> Result<()> {
-    if out.exists() {
-        let old = sibling(out, "old");
-        if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(|e| ModelError::io(&old, e))?;
-        }
-        std::fs::rename(out, &old).map_err(|e| ModelError::io(out, e))?;
-        std::fs::rename(tmp, out).map_err(|e| ModelError::io(out, e))?;
-        std::fs::remove_dir_all(&old).map_err(|e| ModelError::io(&old, e))?;
-    } else {
-        std::fs::rename(tmp, out).map_err(|e| ModelError::io(out, e))?;
     }
     Ok(())
 }
@@ -676,19 +624,26 @@ impl<B: Backend> RewardModel<B> {
     /// Writes the body as a Hugging Face folder (no LM head) in `dtype`, the head as
     /// `reward_head.safetensors` (f32), and `extra` files (e.g. `reward.json`), atomically.
     pub fn save_dir(&self, out: &Path, tokenizer_from: Option<&Path>, extra: &[(&str, String)], dtype: WeightDtype) -> Result<()> {
-        let tmp = sibling(out, "rm-tmp");
-        write_hf_dir(&tmp, &self.model.config.to_hf_json(), &self.model.hf_tensors(), tokenizer_from, dtype)?;
-        let head = vec![
-            ("weight".to_string(), HostTensor::from_tensor(self.head.weight.val())),
-            ("bias".to_string(), HostTensor::from_tensor(self.head.bias.val())),
-        ];
+        rlhf_files::write_dir_with(out, |dir| self.write_files(dir, tokenizer_from, extra, dtype))
+    }
+
+    /// The files of [`RewardModel::save_dir`], written into the folder `dir`.
+    pub fn write_files(&self, dir: &Path, tokenizer_from: Option<&Path>, extra: &[(&str, String)], dtype: WeightDtype) -> Result<()> {
+        write_hf_files(dir, &self.model.config.to_hf_json(), &self.model.hf_tensors(), tokenizer_from, dtype)?;
         // The head stays f32 in every export: d + 1 numbers, and the score's shift to a zero mean
         // lives in its bias, which bf16 would round by up to 2⁻⁸ of its size.
-        write_safetensors(&tmp.join(REWARD_HEAD_FILE), &head, WeightDtype::F32)?;
+        write_safetensors(&dir.join(REWARD_HEAD_FILE), &self.head_tensors(), WeightDtype::F32)?;
         for (name, text) in extra {
-            let path = tmp.join(name);
-            std::fs::write(&path, text).map_err(|e| ModelError::io(&path, e))?;
+            rlhf_files::write_atomic(&dir.join(name), text)?;
         }
-        replace_dir(&tmp, out)
+        Ok(())
+    }
+
+    /// The scalar head's tensors (`weight` [1, hidden], `bias` [1]), as `reward_head.safetensors` holds them.
+    pub fn head_tensors(&self) -> Vec<(String, HostTensor)> {
+        vec![
+            ("weight".to_string(), HostTensor::from_tensor(self.head.weight.val())),
+            ("bias".to_string(), HostTensor::from_tensor(self.head.bias.val())),
+        ]
     }
 }

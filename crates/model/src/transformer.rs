@@ -4,6 +4,8 @@
 //! Field names follow Hugging Face LLaMA keys (`embed_tokens`, `q_proj`, `input_layernorm`…), so the
 //! module tree reads like the checkpoint. GPT-2 maps onto the same tree (see `hf.rs`).
 
+use std::convert::Infallible;
+
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::module::AutodiffModule;
@@ -12,6 +14,7 @@ use rlhf_runtime::attention::attention_output;
 use rlhf_runtime::checkpoint::{Checkpointable, ParamTensors};
 use rlhf_runtime::rms_norm::rms_norm;
 use rlhf_runtime::swiglu::swiglu;
+use rlhf_runtime::quant::BaseQuant;
 use rlhf_runtime::{AutodiffBackend, Backend, Precision};
 
 use crate::cache::KvCache;
@@ -179,7 +182,65 @@ pub struct Block<B: Backend> {
     pub lora: Option<BlockLora<B>>,
 }
 
+/// The block's projections with their slots, in block order (q, k, v, o, gate when SwiGLU, up,
+/// down): the one place they are listed. `mut` gives mutable references.
+macro_rules! block_projections {
+    ($block:expr, $as_option:ident $(, $m:tt)?) => {{
+        let (attn, mlp) = (&$($m)? $block.self_attn, &$($m)? $block.mlp);
+        [
+            Some((Slot::Q, &$($m)? attn.q_proj)),
+            Some((Slot::K, &$($m)? attn.k_proj)),
+            Some((Slot::V, &$($m)? attn.v_proj)),
+            Some((Slot::O, &$($m)? attn.o_proj)),
+            mlp.gate_proj.$as_option().map(|g| (Slot::Gate, g)),
+            Some((Slot::Up, &$($m)? mlp.up_proj)),
+            Some((Slot::Down, &$($m)? mlp.down_proj)),
+        ]
+        .into_iter()
+        .flatten()
+    }};
+}
+
 impl<B: Backend> Block<B> {
+    /// A plain block (no adapters) from its two norms and `proj`, which makes the projection of each
+    /// slot; it is called in block order (q, k, v, o, then gate for SwiGLU architectures, up, down), so
+    /// a random initialisation draws its weights in that order.
+    pub fn build<E>(
+        cfg: &TransformerConfig,
+        input_layernorm: Norm<B>,
+        post_attention_layernorm: Norm<B>,
+        mut proj: impl FnMut(Slot) -> std::result::Result<Proj<B>, E>,
+    ) -> std::result::Result<Self, E> {
+        let self_attn = Attention {
+            q_proj: proj(Slot::Q)?,
+            k_proj: proj(Slot::K)?,
+            v_proj: proj(Slot::V)?,
+            o_proj: proj(Slot::O)?,
+            num_heads: cfg.num_heads,
+            num_kv_heads: cfg.num_kv_heads,
+            head_dim: cfg.head_dim,
+        };
+        let gated = cfg.arch != Arch::Gpt2;
+        let mlp = Mlp { gate_proj: if gated { Some(proj(Slot::Gate)?) } else { None }, up_proj: proj(Slot::Up)?, down_proj: proj(Slot::Down)? };
+        Ok(Block { input_layernorm, self_attn, post_attention_layernorm, mlp, lora: None })
+    }
+
+    /// Every projection of the block with its slot, in block order.
+    pub fn projections(&self) -> impl Iterator<Item = (Slot, &Proj<B>)> {
+        block_projections!(self, as_ref)
+    }
+
+    /// Every projection of the block with its slot, mutable.
+    pub fn projections_mut(&mut self) -> impl Iterator<Item = (Slot, &mut Proj<B>)> {
+        block_projections!(self, as_mut, mut)
+    }
+
+    /// The projection of `slot` (Q … Down; GPT-2's fused `Qkv` is an adapter slot, not a projection).
+    pub fn projection_mut(&mut self, slot: Slot) -> &mut Proj<B> {
+        let found = self.projections_mut().find(|(s, _)| *s == slot);
+        found.map(|(_, p)| p).unwrap_or_else(|| panic!("{slot:?} is not a projection of this block"))
+    }
+
     fn forward(
         &self,
         x: Tensor<B, 3>,
@@ -336,6 +397,22 @@ impl<B: Backend> Transformer<B> {
         (0..c.num_layers).map(|_| KvCache::new(batch, c.num_kv_heads, max_len, c.head_dim, self.precision, device)).collect()
     }
 
+    /// Stores every block projection's weight as `quant` codes (the body must be frozen already).
+    pub fn quantize_base(mut self, quant: BaseQuant) -> Result<Self> {
+        let arch = self.config.arch;
+        for (i, block) in self.layers.iter_mut().enumerate() {
+            for (slot, proj) in block.projections_mut() {
+                proj.quantize(quant).map_err(|e| ModelError::Invalid(format!("lora.base_quant: layer {i} {}: {e}", slot.peft_name(arch))))?;
+            }
+        }
+        Ok(self)
+    }
+
+    /// Bytes of the block projections' weights as stored (f32 or quantized).
+    pub fn projection_bytes(&self) -> usize {
+        self.layers.iter().flat_map(Block::projections).map(|(_, p)| p.weight_bytes()).sum()
+    }
+
     /// The body computing in `precision` (weights untouched: see [`crate::precision`] for storing
     /// them in it).
     pub fn with_precision(self, precision: Precision) -> Self {
@@ -389,26 +466,14 @@ impl TransformerConfig {
             eps: self.norm_eps,
             centered: gpt2,
         };
-        let (q, kv) = (self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim);
         let layers = (0..self.num_layers)
-            .map(|_| Block {
-                input_layernorm: norm(),
-                self_attn: Attention {
-                    q_proj: linear(d, q, self.qkv_bias),
-                    k_proj: linear(d, kv, self.qkv_bias),
-                    v_proj: linear(d, kv, self.qkv_bias),
-                    o_proj: linear(q, d, self.out_bias),
-                    num_heads: self.num_heads,
-                    num_kv_heads: self.num_kv_heads,
-                    head_dim: self.head_dim,
-                },
-                post_attention_layernorm: norm(),
-                mlp: Mlp {
-                    gate_proj: (!gpt2).then(|| linear(d, self.intermediate_size, self.out_bias)),
-                    up_proj: linear(d, self.intermediate_size, self.out_bias),
-                    down_proj: linear(self.intermediate_size, d, self.out_bias),
-                },
-                lora: None,
+            .map(|_| {
+                let proj = |slot: Slot| -> std::result::Result<Proj<B>, Infallible> {
+                    let (d_in, d_out) = slot.dims(self);
+                    Ok(linear(d_in, d_out, slot.has_bias(self)))
+                };
+                let Ok(block) = Block::build(self, norm(), norm(), proj);
+                block
             })
             .collect();
         Transformer {

@@ -5,8 +5,8 @@
 //!
 //! The composition is burn's `AdamW` (burn-optim 0.21), op for op and in the same order, so a
 //! backend that keeps it (CUDA) computes exactly what burn's optimizer did. Composed, a step is about
-//! twelve passes over each parameter's elements, each writing a new tensor; on burn-flex that was
-//! 45–60 ms of a 400 ms `rlhf bench sft` step, all on one core. burn-flex's override is one pass
+//! twelve passes over each parameter's elements, each writing a new tensor, on burn-flex all on one
+//! core (measured: see docs/performance.md). burn-flex's override is one pass
 //! with the same f32 operations in the same order — the same bits — writing the moments in place
 //! and the new parameter into the gradient's buffer, split across cores when large.
 

@@ -4,9 +4,8 @@
 //! is dropped. glibc's malloc serves blocks above its mmap threshold (128 KiB, raised as blocks are
 //! freed, at most 32 MiB) with their own `mmap`, returns them to the kernel on `free`, and trims the
 //! heap's top above 128 KiB: every training step's activations, gradients and logits were
-//! page-faulted and zeroed by the kernel again. Measured with perf on `rlhf bench sft`: kernel time
-//! 19% of the samples before, 8% with the settings below, +10–15% tokens/s. Kept in the heap, the
-//! next step reuses the same memory; the measured peak is unchanged (427 vs 425 MiB). The cost: a
+//! page-faulted and zeroed by the kernel again. Kept in the heap, the next step reuses the same
+//! memory, and the peak does not grow (measured: see docs/performance.md). The cost: a
 //! process keeps up to the trim threshold of freed memory instead of returning it (a long-running
 //! `rlhf serve` included).
 

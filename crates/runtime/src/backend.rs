@@ -2,11 +2,18 @@
 //! over [`Backend`] / [`AutodiffBackend`] (not burn's traits), so an op added here reaches all of them,
 //! with a backward of its own where burn's composition would cost too much.
 //!
-//! The one such op so far is [`Backend::quantized_matmul`]: `x · W` for a frozen weight stored
-//! block-quantized (QLoRA-style frozen bases). Composed from burn ops under autodiff, the
-//! dequantized f32 `W` would be saved for backward in every layer, erasing the saving; our backward
-//! keeps only the quantized form and rebuilds `W` when the gradient of `x` is needed. burn 0.21's own
-//! quantized tensors cannot serve: its autodiff backend leaves `quantize`/`dequantize` unimplemented.
+//! The trait holds: [`Backend::quantized_matmul`] (QLoRA-style frozen bases), the row ops
+//! `target_log_probs` and `token_entropy` (with their forward/backward halves), `rotary`,
+//! `attention_probs` and `attention_output`, `rms_norm`, `swiglu`, `adamw_step`, and `checkpointed`
+//! (gradient checkpointing of a block). Each default is the plain composition of burn ops, which every
+//! backend runs; the CPU backend overrides the row kernels, CUDA inference overrides
+//! `attention_output`, and `Autodiff` gives the differentiable ops a backward of their own.
+//!
+//! `quantized_matmul` is `x · W` for a frozen weight stored block-quantized. Composed from burn ops
+//! under autodiff, the dequantized f32 `W` would be saved for backward in every layer, erasing the
+//! saving; our backward keeps only the quantized form and rebuilds `W` when the gradient of `x` is
+//! needed. burn 0.21's own quantized tensors cannot serve: its autodiff backend leaves
+//! `quantize`/`dequantize` unimplemented.
 
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
 use burn::backend::autodiff::grads::Gradients;
@@ -223,7 +230,7 @@ impl Backend for crate::Cpu {
 /// burn-cuda without autodiff (generation, scoring, serving): burn's attention op, which its
 /// autotuner runs as a flash-attention kernel where one applies (else burn's composition). burn-flex
 /// has one too, but on the CPU it measured slower than the composition around our softmax op
-/// (`rlhf bench generate` 1,824–2,102 vs 1,875–2,503 tokens/s, interleaved), so the CPU keeps that.
+/// (measured: see docs/performance.md), so the CPU keeps that.
 #[cfg(feature = "cuda")]
 impl Backend for crate::Gpu {
     fn attention_output(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, scale: f32, bias: FloatTensor<Self>) -> FloatTensor<Self> {

@@ -6,9 +6,9 @@
 //! new arm in [`dispatch`]. Precision is not a backend type: burn tensors carry their own dtype, and
 //! the model casts per op ([`Precision`]).
 //!
-//! CPU is burn-flex, not NdArray (measured here, 2 cores, `rlhf bench generate`: 2016 vs 1353
-//! tokens/s; NdArray's reshape copies every standard-layout matmul input, weights included, and its
-//! `simd` feature uses approximate math that moved fixture logits by 1e-4). CUDA is burn-cuda behind
+//! CPU is burn-flex, not NdArray (faster, measured: see docs/performance.md; NdArray's reshape
+//! copies every standard-layout matmul input, weights included, and its `simd` feature uses
+//! approximate math that moved fixture logits by 1e-4). CUDA is burn-cuda behind
 //! the `cuda` feature. A CPU run never touches CUDA; asking for CUDA where there is none is an error,
 //! not a panic.
 

@@ -62,8 +62,8 @@ pub(crate) mod flex {
     /// across cores when `parallel` (the caller's size threshold: below it, thread hand-off costs
     /// more than it saves). Each row is computed the same way on any thread, so results do not
     /// depend on the split. Each piece is zeroed by the core that fills it, just before, instead of
-    /// the whole buffer on the calling thread first (that memset of the step's largest buffers was
-    /// 3% of an SFT step's samples, on one core).
+    /// the whole buffer on the calling thread first (a memset of the step's largest buffers, on one
+    /// core; measured: see docs/performance.md).
     pub fn new_rows(len: usize, row_len: usize, parallel: bool, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
         let mut out = Vec::with_capacity(len);
         let fill = |i: usize, row: &mut [MaybeUninit<f32>]| {

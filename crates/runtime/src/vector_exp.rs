@@ -1,13 +1,14 @@
 //! exp over rows of f32 in SIMD registers, for the CPU kernels of softmax-shaped ops (attention
 //! probabilities, log-probabilities of targets, entropy) and SwiGLU's sigmoid.
 //!
-//! `f32::exp` is a call into libm per element: it was 8% of an SFT step's CPU samples on the
-//! vocabulary-wide softmax alone. Here exp is Cody–Waite range reduction plus a degree-6 polynomial
-//! (Cephes' `expf` coefficients), written lane by lane so the compiler vectorises it; it is built
-//! three times (AVX-512, AVX2, the baseline) and picked at run time. Every path does the same IEEE
-//! operations in the same order (no fused multiply-add), so results do not depend on the CPU's
-//! vector width. Accuracy: within 2 ulp of exp over [−86.5, 88.72]; below that range it flushes to
-//! 0 (exp < 3e-38: nothing a softmax sum can see); above it is +∞; NaN stays NaN.
+//! `f32::exp` is a call into libm per element, a visible share of an SFT step on the
+//! vocabulary-wide softmax alone (measured: see docs/performance.md). Here exp is Cody–Waite range
+//! reduction plus a degree-6 polynomial (Cephes' `expf` coefficients), written lane by lane so the
+//! compiler vectorises it; it is built three times (AVX-512, AVX2, the baseline) and picked at run
+//! time. Every path does the same IEEE operations in the same order (no fused multiply-add), so
+//! results do not depend on the CPU's vector width. Accuracy: within 2 ulp of exp over
+//! [−86.5, 88.72]; below that range it flushes to 0 (exp < 3e-38: nothing a softmax sum can see);
+//! above it is +∞; NaN stays NaN.
 
 /// Width of one accumulator block: one AVX-512 register of f32.
 const LANES: usize = 16;

@@ -208,7 +208,7 @@ impl Client {
         let text = self.send(&body)?;
         let resp: ChatResponse = serde_json::from_str(&text).with_context(|| format!("{}: not a chat completion: {}", self.url, clip(&text)))?;
         if let Some(path) = &cache {
-            crate::write_atomic(path, &text)?;
+            rlhf_files::write_atomic(path, &text)?;
         }
         Ok(resp)
     }

@@ -85,7 +85,7 @@ pub fn distill(prompts: Vec<Vec<ChatMessage>>, cfg: &DistillConfig, client: &Cli
         lines.push_str(&serde_json::json!({ "messages": messages }).to_string());
         lines.push('\n');
     }
-    crate::write_atomic(out, &lines)?;
+    rlhf_files::write_atomic(out, &lines)?;
     summary.written = live.len();
     Ok(summary)
 }

@@ -20,17 +20,3 @@ pub use client::{ChatMessage, ChatRequest, ChatResponse, Client, ClientConfig};
 pub use instructions::{FilterConfig, InstructionPool, Verdict};
 pub use rouge::{rouge_l, tokens};
 
-/// Writes `text` to `path` through a temporary file and a rename, so a killed job never leaves a
-/// half-written file.
-pub(crate) fn write_atomic(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
-    use anyhow::Context;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    // Unique per call: two threads may write the same path (identical requests in flight).
-    static WRITES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = std::path::PathBuf::from(format!("{}.tmp{}-{n}", path.display(), std::process::id()));
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
-}

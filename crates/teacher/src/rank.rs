@@ -179,7 +179,7 @@ pub fn rank(items: &[RankItem], cfg: &RankConfig, client: &Client, out: &Path) -
     let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
     summary.agreement = mean(&taus);
     summary.same_best = mean(&same_best);
-    crate::write_atomic(out, &lines)?;
+    rlhf_files::write_atomic(out, &lines)?;
     Ok(summary)
 }
 

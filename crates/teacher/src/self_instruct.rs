@@ -181,7 +181,7 @@ pub fn self_instruct(seeds: &[SeedTask], cfg: &SelfInstructConfig, client: &Clie
         lines.push('\n');
         summary.written += 1;
     }
-    crate::write_atomic(out, &lines)?;
+    rlhf_files::write_atomic(out, &lines)?;
     Ok(summary)
 }
 

@@ -2,7 +2,6 @@
 //! name) plus the stage's state, written to `step-N.tmp/` and renamed to `step-N/`, so a kill during
 //! a write never leaves a checkpoint that loads wrong.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -22,13 +21,6 @@ pub struct TrainState {
     pub examples_seen: usize,
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = rlhf_model::hf::sibling(path, "tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(|e| TrainError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
-}
 
 /// Bytes of the files directly in `dir` (a checkpoint's size).
 pub fn dir_size(dir: &Path) -> u64 {
@@ -73,17 +65,13 @@ pub fn latest_checkpoint(run: &Path) -> Option<PathBuf> {
 /// the newest `keep` checkpoints are removed. Every stage saves through this (PPO with two parts).
 pub fn save_checkpoint(run: &Path, step: usize, state: &impl Serialize, keep: usize, parts: &[&dyn Checkpointed]) -> Result<PathBuf> {
     let dir = step_dir(run, step);
-    let tmp = rlhf_model::hf::sibling(&dir, "tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-    for part in parts {
-        part.save_into(&tmp)?;
-    }
-    let json = serde_json::to_string_pretty(state).expect("state serialises");
-    write_atomic(&tmp.join("state.json"), json.as_bytes())?;
-    rlhf_model::hf::replace_dir(&tmp, &dir)?;
+    rlhf_files::write_dir_with(&dir, |tmp| -> Result<()> {
+        for part in parts {
+            part.save_into(tmp)?;
+        }
+        let json = serde_json::to_string_pretty(state).expect("state serialises");
+        Ok(rlhf_files::write_atomic(&tmp.join("state.json"), json)?)
+    })?;
     let all = list_checkpoints(run);
     for (_, old) in all.iter().take(all.len().saturating_sub(keep.max(1))) {
         std::fs::remove_dir_all(old).map_err(|e| TrainError::io(old, e))?;

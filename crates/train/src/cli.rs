@@ -1,5 +1,5 @@
 //! The command line every stage binary shares:
-//! `rlhf-<stage> --config FILE [--set k=v]… --out DIR [--device D] [--precision P] [--resume]`.
+//! `rlhf-<stage> --config FILE [--set k=v]… --out DIR [--device D] [--precision P] [--resume] [--force]`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -49,7 +49,7 @@ pub fn load_config<T: DeserializeOwned>(path: Option<&Path>, sets: &[String]) ->
 pub fn write_resolved<T: Serialize>(dir: &Path, cfg: &T) -> Result<()> {
     let path = dir.join("config.toml");
     let text = toml::to_string_pretty(cfg).map_err(|e| TrainError::Config { path: path.clone(), message: e.to_string() })?;
-    crate::checkpoint::write_atomic(&path, text.as_bytes())
+    Ok(rlhf_files::write_atomic(&path, text)?)
 }
 
 #[cfg(test)]

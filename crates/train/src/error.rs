@@ -26,6 +26,12 @@ pub enum TrainError {
     Other(String),
 }
 
+impl From<rlhf_files::FileError> for TrainError {
+    fn from(e: rlhf_files::FileError) -> Self {
+        TrainError::Io { path: e.path, cause: e.cause }
+    }
+}
+
 impl TrainError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         TrainError::Io { path: path.into(), cause: source }

@@ -53,7 +53,7 @@ pub fn truncate_jsonl(path: &Path, key: &str, resume_step: Option<usize>) -> Res
                 .filter(|l| serde_json::from_str::<Value>(l).ok().and_then(|v| v.get(key)?.as_u64()).is_some_and(|s| s as usize <= keep))
                 .map(|l| format!("{l}\n"))
                 .collect();
-            crate::checkpoint::write_atomic(path, kept.as_bytes())
+            Ok(rlhf_files::write_atomic(path, kept)?)
         }
         None if path.exists() => std::fs::remove_file(path).map_err(|e| TrainError::io(path, e)),
         _ => Ok(()),

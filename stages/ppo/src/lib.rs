@@ -25,7 +25,7 @@ use rlhf_data::batch::{shuffled, EpochOrder};
 use rlhf_data::encode::SftSample;
 use rlhf_data::{prepare, ChatFormat, Kind, PrepareOptions, Prompt, Tokenizer};
 use rlhf_model::ops::{action_log_probs, action_values};
-use rlhf_model::{generate, CausalLm, GenerateConfig, GenerationBatch, LoraSpec, RewardInfo, RewardModel};
+use rlhf_model::{generate, CausalLm, Export, GenerateConfig, GenerationBatch, LoraSpec, RewardInfo, RewardModel, TrainingSetup};
 use rlhf_train::batch::lm_loss;
 use rlhf_train::checkpoint::{latest_checkpoint, load_checkpoint, save_checkpoint};
 use rlhf_train::metrics::MetricsLog;
@@ -457,32 +457,17 @@ pub struct Models<B: AutodiffBackend> {
 pub fn load_models<B: AutodiffBackend>(cfg: &PpoConfig, device: &B::Device) -> anyhow::Result<Models<B>> {
     let m = &cfg.model;
     let actor = CausalLm::<B>::from_hf_dir(&m.actor, device)?;
-    let (actor, actor_lora) = match &cfg.ppo.lora {
-        None => (actor, None),
-        Some(l) => {
-            let (actor, spec) = actor.attach_lora(l, cfg.seed, device)?;
-            eprintln!("ppo actor: {}", spec.describe(&actor, actor.config().arch));
-            (actor, Some(spec))
-        }
-    };
     // With bf16, the frozen models (and a LoRA actor's frozen base) are stored in bf16.
     let p = cfg.precision;
-    let actor = actor.in_precision(p).with_gradient_checkpointing(cfg.ppo.gradient_checkpointing)?;
+    let setup = |lora| TrainingSetup { lora, precision: p, gradient_checkpointing: cfg.ppo.gradient_checkpointing };
+    let (actor, actor_lora) = setup(cfg.ppo.lora.as_ref()).apply(actor, cfg.seed, "ppo actor", device)?;
     let reference = match (&actor_lora, &m.reference) {
         // The actor's frozen base, adapters off: the same weights in memory, never a second copy.
         (Some(_), None) => actor.without_lora().valid(),
         _ => CausalLm::<B::InnerBackend>::from_hf_dir(m.reference.as_ref().unwrap_or(&m.actor), device)?.in_precision(p),
     };
     let critic = RewardModel::<B>::from_dir(m.critic.as_ref().unwrap_or(&m.reward_model), device)?;
-    let (critic, critic_lora) = match &cfg.ppo.critic_lora {
-        None => (critic, None),
-        Some(l) => {
-            let (critic, spec) = critic.attach_lora(l, cfg.seed ^ CRITIC_STREAM, device)?;
-            eprintln!("ppo critic: {}", spec.describe(&critic, critic.model.config.arch));
-            (critic, Some(spec))
-        }
-    };
-    let critic = critic.in_precision(p).with_gradient_checkpointing(cfg.ppo.gradient_checkpointing)?;
+    let (critic, critic_lora) = setup(cfg.ppo.critic_lora.as_ref()).apply(critic, cfg.seed ^ CRITIC_STREAM, "ppo critic", device)?;
     let reward_model = match (&critic_lora, &m.critic) {
         // The critic's frozen base with the reward model's own head (the critic's copy of the head trains).
         (Some(_), None) => RewardModel { model: critic.model.without_lora(), head: critic.head.clone() }.valid(),
@@ -609,20 +594,8 @@ pub fn run<B: AutodiffBackend>(cfg: &PpoConfig, out: &Path, resume: bool, device
     }
     let actor = t.actor.module.valid();
     let dtype = rlhf_model::WeightDtype::for_export(cfg.export_dtype, Some(&m.actor))?;
-    let actor = match (&actor_lora, &cfg.ppo.lora) {
-        (Some(spec), Some(l)) => {
-            let merged = actor.clone().merge_lora();
-            merged.save_hf_dir(&out.join("final"), Some(&m.actor), dtype)?;
-            if l.export_adapter {
-                actor.model.save_lora_dir(&out.join("final").join("adapter"), spec, &m.actor.display().to_string(), Some("CAUSAL_LM"), &[], dtype)?;
-            }
-            merged
-        }
-        _ => {
-            actor.save_hf_dir(&out.join("final"), Some(&m.actor), dtype)?;
-            actor
-        }
-    };
+    let export_adapter = cfg.ppo.lora.as_ref().is_some_and(|l| l.export_adapter);
+    let actor = rlhf_model::export(actor, &out.join("final"), &Export { dtype, source: &m.actor, lora: actor_lora.as_ref(), export_adapter, extra_files: &[] })?;
     eprintln!("ppo: final actor ({dtype}) in {}", out.join("final").display());
     Ok(actor)
 }

@@ -15,7 +15,7 @@ use rlhf_data::encode::{ranking_pairs, Pair, RankingSample, SftSample};
 use rlhf_data::{prepare, ChatFormat, DataFiles, Format, Kind, PrepareOptions, Tokenizer};
 use rlhf_eval::{ranking_stats, RankingStats};
 use rlhf_model::reward_info::{Normalization, REWARD_INFO_FILE};
-use rlhf_model::{LoraConfig, RewardInfo, RewardModel, ScalarHead, Transformer};
+use rlhf_model::{Export, LoraConfig, RewardInfo, RewardModel, ScalarHead, TrainingSetup, Transformer};
 use rlhf_train::batch::score_sequences;
 use rlhf_train::memory::{compute_knobs, lora_knob, resident_rows, update_rows, MemoryPlan, PlannedModel, ShapeOf, Training};
 use rlhf_train::{Objective, TrainConfig, TrainError};
@@ -245,15 +245,8 @@ pub fn run<B: AutodiffBackend>(cfg: &RewardConfig, out: &Path, resume: bool, dev
         bail!("{}: no rankings to train on", cfg.data.train.display());
     }
     let model = RewardModel { head: ScalarHead::init(body.config.hidden_size, device), model: body };
-    let (model, lora) = match &cfg.lora {
-        None => (model, None),
-        Some(l) => {
-            let (model, spec) = model.attach_lora(l, cfg.seed, device)?;
-            eprintln!("reward: {}", spec.describe(&model, model.model.config.arch));
-            (model, Some(spec))
-        }
-    };
-    let model = model.in_precision(cfg.precision).with_gradient_checkpointing(cfg.train.gradient_checkpointing)?;
+    let setup = TrainingSetup { lora: cfg.lora.as_ref(), precision: cfg.precision, gradient_checkpointing: cfg.train.gradient_checkpointing };
+    let (model, lora) = setup.apply(model, cfg.seed, "reward", device)?;
     let pad_id = tok.pad_id_for(model.model.config.pad_token_id);
     eprintln!("reward: {} train / {} eval rankings", train.len(), eval.len());
     let objective = RewardObjective::<B> {
@@ -281,21 +274,15 @@ pub fn run<B: AutodiffBackend>(cfg: &RewardConfig, out: &Path, resume: bool, dev
         template_end_of_turn: fmt.end_of_turn.clone(),
         normalization: Normalization { reference, count: seqs.len(), mean_before: mean, std, bias_added: -mean },
     };
-    let trained = model;
-    let model = if lora.is_some() { trained.clone().merge_lora() } else { trained.clone() };
     let dtype = rlhf_model::WeightDtype::for_export(cfg.export_dtype, Some(&cfg.model.from))?;
-    model.save_dir(&out.join("final"), Some(&cfg.model.from), &[(REWARD_INFO_FILE, info.to_json())], dtype)?;
-    if let (Some(spec), Some(l)) = (&lora, &cfg.lora) {
-        if l.export_adapter {
-            // The adapter folder carries the (trained, normalised) head next to the body's adapters.
-            let head = vec![
-                ("weight".to_string(), rlhf_model::hf::HostTensor::from_tensor(trained.head.weight.val())),
-                ("bias".to_string(), rlhf_model::hf::HostTensor::from_tensor(trained.head.bias.val())),
-            ];
-            let dir = out.join("final").join("adapter");
-            trained.model.save_lora_dir(&dir, spec, &cfg.model.from.display().to_string(), None, &[(rlhf_model::hf::REWARD_HEAD_FILE, head)], dtype)?;
-        }
-    }
+    let export = Export {
+        dtype,
+        source: &cfg.model.from,
+        lora: lora.as_ref(),
+        export_adapter: cfg.lora.as_ref().is_some_and(|l| l.export_adapter),
+        extra_files: &[(REWARD_INFO_FILE, info.to_json())],
+    };
+    let model = rlhf_model::export(model, &out.join("final"), &export)?;
     eprintln!("reward: reference mean {mean:.4} (std {std:.4}) shifted to 0; final model ({dtype}) in {}", out.join("final").display());
     Ok(model)
 }

@@ -14,7 +14,7 @@ use rlhf_runtime::AutodiffBackend;
 use burn::tensor::Tensor;
 use rlhf_data::encode::SftSample;
 use rlhf_data::{prepare, BuiltinTemplate, ChatFormat, DataFiles, Kind, Tokenizer};
-use rlhf_model::{Arch, CausalLm, LoraConfig, TransformerConfig};
+use rlhf_model::{Arch, CausalLm, Export, LoraConfig, TrainingSetup, TransformerConfig};
 use rlhf_train::memory::{compute_knobs, lora_knob, resident_rows, update_rows, MemoryPlan, PlannedModel, ShapeOf, Training, LM_LOSS_COPIES};
 use rlhf_runtime::Precision;
 use rlhf_train::TrainConfig;
@@ -239,16 +239,11 @@ pub fn run<B: AutodiffBackend>(cfg: &SftConfig, out: &Path, resume: bool, device
     rlhf_train::config::write_resolved(out, cfg)?;
     B::seed(device, cfg.seed);
     let (tok_dir, model) = starting_model::<B>(cfg, out, device)?;
-    let (model, lora) = match &cfg.lora {
-        None => (model, None),
-        Some(_) if cfg.model.from.is_none() => bail!("[lora] needs a pretrained model (model.from); a model trained from scratch trains every weight"),
-        Some(l) => {
-            let (model, spec) = model.attach_lora(l, cfg.seed, device)?;
-            eprintln!("sft: {}", spec.describe(&model, model.config().arch));
-            (model, Some(spec))
-        }
-    };
-    let model = model.in_precision(cfg.precision).with_gradient_checkpointing(cfg.train.gradient_checkpointing)?;
+    if cfg.lora.is_some() && cfg.model.from.is_none() {
+        bail!("[lora] needs a pretrained model (model.from); a model trained from scratch trains every weight");
+    }
+    let setup = TrainingSetup { lora: cfg.lora.as_ref(), precision: cfg.precision, gradient_checkpointing: cfg.train.gradient_checkpointing };
+    let (model, lora) = setup.apply(model, cfg.seed, "sft", device)?;
     let tok = Tokenizer::from_dir(&tok_dir)?;
     let fmt = match cfg.mode {
         Mode::Sft => ChatFormat::resolve(&tok, cfg.data.template)?,
@@ -279,20 +274,8 @@ pub fn run<B: AutodiffBackend>(cfg: &SftConfig, out: &Path, resume: bool, device
         return Ok(model);
     }
     let dtype = rlhf_model::WeightDtype::for_export(cfg.export_dtype, cfg.model.from.as_deref())?;
-    let model = match (&lora, &cfg.lora) {
-        (Some(spec), Some(l)) => {
-            let merged = model.clone().merge_lora();
-            merged.save_hf_dir(&out.join("final"), Some(&tok_dir), dtype)?;
-            if l.export_adapter {
-                model.model.save_lora_dir(&out.join("final").join("adapter"), spec, &tok_dir.display().to_string(), Some("CAUSAL_LM"), &[], dtype)?;
-            }
-            merged
-        }
-        _ => {
-            model.save_hf_dir(&out.join("final"), Some(&tok_dir), dtype)?;
-            model
-        }
-    };
+    let export_adapter = cfg.lora.as_ref().is_some_and(|l| l.export_adapter);
+    let model = rlhf_model::export(model, &out.join("final"), &Export { dtype, source: &tok_dir, lora: lora.as_ref(), export_adapter, extra_files: &[] })?;
     eprintln!("{}: final model ({dtype}) in {}", if cfg.mode == Mode::Sft { "sft" } else { "pretrain" }, out.join("final").display());
     Ok(model)
 }
