@@ -95,6 +95,9 @@ fn every_ranking_and_prompt_format_is_recognised() {
         ("k4.jsonl", r#"{"prompt":"q","responses":["a","b","c","d"]}"#, 4, vec![0, 1, 2, 3]),
         ("ties.jsonl", r#"{"prompt":"q","completions":["a","b","c"],"ranking":[1,2,1]}"#, 3, vec![1, 2, 1]),
         ("k9.jsonl", r#"{"prompt":"q","responses":["1","2","3","4","5","6","7","8","9"]}"#, 9, (0..9).collect()),
+        // Unpaired (KTO) records: a ranking of one, rank 0 desirable, 1 undesirable.
+        ("good.jsonl", r#"{"prompt":"q","completion":"good","label":true}"#, 1, vec![0]),
+        ("bad.jsonl", r#"{"prompt":"q","completion":"bad","label":false}"#, 1, vec![1]),
     ];
     for (name, text, k, ranks) in rankings {
         let loaded = load(&write(tmp.path(), name, text), opts(Kind::Ranking)).unwrap();
@@ -115,7 +118,7 @@ fn every_ranking_and_prompt_format_is_recognised() {
 fn each_malformed_case_has_its_own_message_and_line() {
     let tmp = tempfile::tempdir().unwrap();
     let ok = r#"{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"yo"}]}"#;
-    let cases: [(Kind, &str, &str); 10] = [
+    let cases: [(Kind, &str, &str); 11] = [
         (Kind::Sft, r#"{"messages":[{"role":"user","content":"hi"},"#, "f.jsonl:2: invalid JSON"),
         (Kind::Sft, r#"{"conversation":[]}"#, "f.jsonl:2: record: expected `messages`"),
         (Kind::Sft, r#"{"messages":[{"role":"user"},{"role":"assistant","content":"x"}]}"#, "f.jsonl:2: messages[0].content: missing field"),
@@ -124,6 +127,7 @@ fn each_malformed_case_has_its_own_message_and_line() {
         (Kind::Sft, r#"{"messages":[{"from":"user","content":"hi"},{"from":"assistant","content":"  "}]}"#, "f.jsonl:2: messages[1].content: empty text"),
         (Kind::Sft, r#"{"messages":[{"role":"user","content":"hi"}]}"#, "f.jsonl:2: messages: no assistant answer"),
         (Kind::Ranking, r#"{"prompt":"q","responses":["only one"]}"#, "f.jsonl:2: responses: a ranking needs at least 2 responses, found 1"),
+        (Kind::Ranking, r#"{"prompt":"q","completion":"a","label":"yes"}"#, "f.jsonl:2: label: expected true or false, found a string"),
         (Kind::Prompt, r#"{"prompt":""}"#, "f.jsonl:2: prompt: empty text"),
         (Kind::Prompt, r#"{"messages":[{"role":"assistant","content":"answer"}]}"#, "f.jsonl:2: messages: empty prompt"),
     ];

@@ -105,7 +105,7 @@ fn shell_commands(line: &str) -> Vec<Vec<String>> {
 fn our_command(words: &[String]) -> Option<(String, Vec<String>)> {
     let (program, rest) = words.split_first()?;
     let name = program.rsplit('/').next().unwrap_or(program);
-    if ["rlhf", "rlhf-sft", "rlhf-reward", "rlhf-ppo"].contains(&name) && (program == name || program.contains("target/")) {
+    if ["rlhf", "rlhf-sft", "rlhf-reward", "rlhf-dpo", "rlhf-ppo"].contains(&name) && (program == name || program.contains("target/")) {
         return Some((name.to_string(), rest.to_vec()));
     }
     if program != "cargo" || rest.first().map(String::as_str) != Some("run") {
@@ -267,6 +267,10 @@ fn every_stage_config_loads_and_validates() {
         let cfg: rlhf_reward::RewardConfig = load_config(Some(&path), &[]).unwrap_or_else(|e| panic!("{e}"));
         cfg.train.validate().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
+    for path in configs("dpo") {
+        let cfg: rlhf_dpo::DpoConfig = load_config(Some(&path), &[]).unwrap_or_else(|e| panic!("{e}"));
+        cfg.validate().unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+    }
     for path in configs("ppo") {
         let cfg: rlhf_ppo::PpoConfig = load_config(Some(&path), &[]).unwrap_or_else(|e| panic!("{e}"));
         cfg.validate().unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
@@ -289,6 +293,9 @@ fn every_pipeline_config_loads_validates_and_plans() {
         }
         if let Some(ppo) = &cfg.ppo {
             ppo.validate().unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        }
+        if let Some(dpo) = &cfg.dpo {
+            dpo.validate().unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
         }
         let plans = rlhf_cli::pipeline::memory_plans(&cfg, out).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
         assert!(!plans.is_empty(), "{}: no stage planned", path.display());

@@ -158,3 +158,41 @@ fn ci_pipeline_with_lora_on_every_stage() {
     assert!(g("/rm/pairwise_acc") > 0.65, "{eval}");
     assert_eq!(eval["kl_within_bound"], true, "{eval}");
 }
+
+/// `configs/pipeline/ci_dpo.toml`: SFT → DPO on the K = 4 demo rankings, no reward model. DPO beats
+/// SFT on held-out prompts by the oracle with all pairs, and again with Plackett-Luce (a changed [dpo]
+/// section reruns DPO, eval and report only), within the KL bound.
+#[test]
+fn ci_dpo_pipeline_beats_sft_with_all_pairs_and_plackett_luce() {
+    let repo = std::env::var("RLHF_REPO").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    let config = format!("{repo}/configs/pipeline/ci_dpo.toml");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let out_s = out.to_str().unwrap();
+    let read_eval = || -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap() };
+
+    let log = check(&rlhf(&["pipeline", "run", &config, "--out", out_s]));
+    assert!(log.contains("dpo: done in"), "{log}");
+    assert!(!out.join("reward").exists(), "no reward model in this pipeline");
+    for ranking_loss in ["all_pairs", "plackett_luce"] {
+        if ranking_loss == "plackett_luce" {
+            let set = format!("dpo.dpo.ranking_loss=\"{ranking_loss}\"");
+            let log = check(&rlhf(&["pipeline", "run", &config, "--out", out_s, "--set", &set]));
+            for stage in ["data", "pretrain", "sft"] {
+                assert!(log.contains(&format!("{stage}: complete, skipped")), "{stage}: {log}");
+            }
+            assert!(log.contains("dpo: its [dpo] section changed since it ran"), "{log}");
+        }
+        let eval = read_eval();
+        let g = |p: &str| eval.pointer(p).and_then(|v| v.as_f64()).unwrap_or_else(|| panic!("{p} missing: {eval}"));
+        assert!(g("/dpo/oracle_score") > g("/sft/oracle_score"), "{ranking_loss}: {eval}");
+        assert_eq!(eval["kl_within_bound"], true, "{ranking_loss}: {eval}");
+        assert!(eval.get("rm").is_none() && eval.pointer("/dpo/rm_score").is_none(), "no reward model, no RM scores: {eval}");
+        let rows = rlhf_train::metrics::read_metrics(&out.join("dpo/metrics.jsonl")).unwrap();
+        let acc: Vec<f64> = rows.iter().filter_map(|r| r["eval_rewards/accuracies"].as_f64()).collect();
+        assert!(*acc.last().unwrap() > 0.6, "{ranking_loss}: held-out reward accuracy {acc:?}");
+    }
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("## Direct preference optimization") && report.contains("plots/dpo.png"), "{report}");
+    assert!(report.contains("| prompt | SFT | DPO |"), "{report}");
+}

@@ -4,6 +4,7 @@ mod checkpointing;
 mod cli;
 mod common;
 mod data;
+mod dpo;
 mod docs;
 mod layout;
 mod lora;

@@ -1,5 +1,6 @@
-//! `rlhf eval --run DIR`: the SFT and PPO policies of a pipeline run on held-out prompts, scored
-//! by the reward model (and the demo oracle where it applies) → `DIR/eval.json` and
+//! `rlhf eval --run DIR`: the SFT model and the aligned policies (DPO, PPO) of a pipeline run on
+//! held-out prompts, scored by the reward model when the run has one and by the demo oracle where it
+//! applies → `DIR/eval.json` and
 //! `DIR/eval_samples.jsonl`.
 
 use std::path::{Path, PathBuf};
@@ -10,7 +11,7 @@ use clap::{Args, Subcommand};
 use rlhf_data::{ChatFormat, Tokenizer};
 use rlhf_runtime::{dispatch, DeviceSpec, Inference, InferenceTask};
 use rlhf_model::{CausalLm, RewardInfo, RewardModel};
-use rlhf_eval::{read_eval_prompts, rm_pairwise_acc, sample_and_score, summarize, win_rate, EvalConfig};
+use rlhf_eval::{aligned_policies, read_eval_prompts, rm_pairwise_acc, sample_and_score, summarize, win_rate, EvalConfig};
 use serde_json::json;
 
 /// `rlhf eval --run DIR`, or `rlhf eval judge …`.
@@ -31,7 +32,7 @@ pub enum EvalCommand {
 
 #[derive(Debug, Clone, Args)]
 pub struct EvalArgs {
-    /// A pipeline run directory (with sft/, reward/ and ppo/).
+    /// A pipeline run directory (with sft/, and dpo/ or ppo/; reward/ when it has one).
     #[arg(long, required = true)]
     pub run: Option<PathBuf>,
     /// Held-out prompts (default: `[eval] prompts` of RUN/pipeline.toml).
@@ -70,62 +71,87 @@ pub fn eval_config(run: &Path, prompts: Option<&Path>, sets: &[String]) -> anyho
     toml::Value::Table(table).try_into().context("[eval]")
 }
 
-/// Evaluates the run's SFT and PPO policies; writes and returns `eval.json`'s content.
+/// Evaluates the run's SFT model and each aligned policy (DPO, PPO) on the held-out prompts,
+/// scored by the demo oracle and by the reward model when the run has one; writes and returns
+/// `eval.json`'s content.
 pub fn evaluate_run<B: Backend>(run: &Path, cfg: &EvalConfig, device: &B::Device) -> anyhow::Result<serde_json::Value> {
-    let (sft_dir, ppo_dir, rm_dir) = (run.join("sft/final"), run.join("ppo/final"), run.join("reward/final"));
-    let tok = Tokenizer::from_dir(&ppo_dir)?;
+    let (sft_dir, rm_dir) = (run.join("sft/final"), run.join("reward/final"));
+    let aligned = aligned_policies(run);
+    if aligned.is_empty() {
+        anyhow::bail!("{}: no aligned policy to evaluate (dpo/final or ppo/final)", run.display());
+    }
+    let tok = Tokenizer::from_dir(&sft_dir)?;
     let fmt = ChatFormat::resolve(&tok, cfg.template)?;
     let sft = CausalLm::<B>::from_hf_dir(&sft_dir, device)?.for_inference(cfg.precision);
-    let ppo = CausalLm::<B>::from_hf_dir(&ppo_dir, device)?.for_inference(cfg.precision);
-    let rm = RewardModel::<B>::from_dir(&rm_dir, device)?.for_inference(cfg.precision);
-    let score_std = RewardInfo::load(&rm_dir)?.map(|i| i.normalization.std);
+    let rm = match rm_dir.join("config.json").exists() {
+        true => Some((RewardModel::<B>::from_dir(&rm_dir, device)?.for_inference(cfg.precision), RewardInfo::load(&rm_dir)?.map(|i| i.normalization.std))),
+        false => None,
+    };
     let prompts = read_eval_prompts(cfg, &tok, &fmt)?;
     if prompts.is_empty() {
         anyhow::bail!("{}: no usable held-out prompts", cfg.prompts.display());
     }
-    let pad = tok.pad_id_for(ppo.config().pad_token_id);
+    let pad = tok.pad_id_for(sft.config().pad_token_id);
     let stop = fmt.stop_ids(&tok);
-    let sft_scored = sample_and_score(&sft, None, &rm, score_std, &prompts, cfg, &tok, &stop, pad, device)?;
-    let ppo_scored = sample_and_score(&ppo, Some(&sft), &rm, score_std, &prompts, cfg, &tok, &stop, pad, device)?;
-    let (s, p) = (summarize(&sft_scored, false), summarize(&ppo_scored, true));
-    let kl = p.kl.unwrap_or(0.0);
-    let result = json!({
+    let scorer = rm.as_ref().map(|(model, std)| (model, *std));
+    let sft_scored = sample_and_score(&sft, None, scorer, &prompts, cfg, &tok, &stop, pad, device)?;
+    let mut result = json!({
         "prompts": prompts.len(),
         "samples_per_prompt": cfg.samples_per_prompt,
         "temperature": cfg.temperature,
-        "sft": s,
-        "ppo": p,
-        "rm": { "pairwise_acc": rm_pairwise_acc(&run.join("reward")) },
-        "win_rate_ppo_vs_sft": win_rate(&ppo_scored, &sft_scored),
+        "policies": aligned,
+        "sft": summarize(&sft_scored, false),
         "kl_bound": cfg.max_kl,
-        "kl_within_bound": cfg.max_kl.map(|b| kl <= b),
     });
-    let mut lines = String::new();
-    for (a, b) in sft_scored.iter().zip(&ppo_scored) {
-        let row = json!({
-            "prompt": a.prompt,
-            "sft": a.response, "sft_rm": a.rm_score, "sft_oracle": a.oracle,
-            "ppo": b.response, "ppo_rm": b.rm_score, "ppo_oracle": b.oracle,
-        });
-        lines.push_str(&format!("{row}\n"));
+    if rm.is_some() {
+        result["rm"] = json!({ "pairwise_acc": rm_pairwise_acc(&run.join("reward")) });
     }
+    let mut within_bound = true;
+    let mut rows: Vec<serde_json::Value> = sft_scored.iter().map(|a| json!({ "prompt": a.prompt, "sft": a.response, "sft_rm": a.rm_score, "sft_oracle": a.oracle })).collect();
+    for name in &aligned {
+        let policy = CausalLm::<B>::from_hf_dir(&run.join(name).join("final"), device)?.for_inference(cfg.precision);
+        let scored = sample_and_score(&policy, Some(&sft), scorer, &prompts, cfg, &tok, &stop, pad, device)?;
+        let summary = summarize(&scored, true);
+        within_bound &= cfg.max_kl.is_none_or(|b| summary.kl.unwrap_or(0.0) <= b);
+        result[*name] = serde_json::to_value(&summary)?;
+        if rm.is_some() {
+            result[format!("win_rate_{name}_vs_sft")] = json!(win_rate(&scored, &sft_scored));
+        }
+        for (row, b) in rows.iter_mut().zip(&scored) {
+            row[*name] = json!(b.response);
+            row[format!("{name}_rm")] = json!(b.rm_score);
+            row[format!("{name}_oracle")] = json!(b.oracle);
+        }
+    }
+    result["kl_within_bound"] = json!(cfg.max_kl.map(|_| within_bound));
+    let lines: String = rows.iter().map(|r| format!("{r}\n")).collect();
     rlhf_files::write_atomic(&run.join("eval_samples.jsonl"), lines.as_bytes())?;
     rlhf_files::write_atomic(&run.join("eval.json"), serde_json::to_string_pretty(&result)?.as_bytes())?;
     Ok(result)
 }
 
-/// A one-line summary of `eval.json`.
+/// A one-line summary of `eval.json`: each aligned policy against SFT.
 pub fn summary_line(v: &serde_json::Value) -> String {
     let f = |p: &str| v.pointer(p).and_then(|x| x.as_f64()).map_or("n/a".to_string(), |x| format!("{x:.3}"));
-    format!(
-        "oracle SFT {} → PPO {}; RM score SFT {} → PPO {}; RM win rate PPO vs SFT {}; KL(PPO‖SFT) {}",
-        f("/sft/oracle_score"),
-        f("/ppo/oracle_score"),
-        f("/sft/rm_score"),
-        f("/ppo/rm_score"),
-        f("/win_rate_ppo_vs_sft"),
-        f("/ppo/kl")
-    )
+    let policies: Vec<&str> = v["policies"].as_array().map(|a| a.iter().filter_map(|p| p.as_str()).collect()).unwrap_or_default();
+    policies
+        .iter()
+        .map(|p| {
+            let name = p.to_uppercase();
+            let mut line = format!("oracle SFT {} → {name} {}", f("/sft/oracle_score"), f(&format!("/{p}/oracle_score")));
+            if v.get("rm").is_some() {
+                line.push_str(&format!(
+                    "; RM score SFT {} → {name} {}; RM win rate {name} vs SFT {}",
+                    f("/sft/rm_score"),
+                    f(&format!("/{p}/rm_score")),
+                    f(&format!("/win_rate_{p}_vs_sft"))
+                ));
+            }
+            line.push_str(&format!("; KL({name}‖SFT) {}", f(&format!("/{p}/kl"))));
+            line
+        })
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 struct Task<'a>(&'a Path, &'a EvalConfig);

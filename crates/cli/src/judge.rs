@@ -195,7 +195,8 @@ pub fn summary_line(v: &Value) -> String {
     )
 }
 
-/// `[eval.judge]` of a pipeline run: the PPO policy (A) against the SFT model (B) → `RUN/judge/`.
+/// `[eval.judge]` of a pipeline run: the last aligned policy (PPO, else DPO) as A against the SFT
+/// model (B) → `RUN/judge/`; the verdict names the policy under `policy`.
 pub fn judge_run<B: rlhf_runtime::Backend>(run: &Path, eval: &EvalConfig, cfg: &JudgeConfig, device: &B::Device) -> anyhow::Result<Value> {
     let (prompts, format) = match &cfg.prompts {
         Some(p) => (p.clone(), Format::Auto),
@@ -216,7 +217,10 @@ pub fn judge_run<B: rlhf_runtime::Backend>(run: &Path, eval: &EvalConfig, cfg: &
     let answer = |dir: &Path, prompts: &[Vec<Message>]| -> anyhow::Result<Vec<Option<String>>> {
         Ok(single(write_answers_on::<B>(dir, prompts, 1, cfg.temperature, None, &args, device)?))
     };
-    judge(&run.join("ppo/final"), &run.join("sft/final"), &questions, &client, cfg.judge_max_tokens, &run.join("judge"), &answer)
+    let policy = *rlhf_eval::aligned_policies(run).last().ok_or_else(|| anyhow::anyhow!("{}: no aligned policy to judge (dpo/final or ppo/final)", run.display()))?;
+    let mut verdict = judge(&run.join(policy).join("final"), &run.join("sft/final"), &questions, &client, cfg.judge_max_tokens, &run.join("judge"), &answer)?;
+    verdict["policy"] = Value::String(policy.to_uppercase());
+    Ok(verdict)
 }
 
 pub fn run(args: &JudgeArgs) -> anyhow::Result<()> {

@@ -11,8 +11,10 @@ mod generate;
 mod judge;
 mod model;
 pub mod pipeline;
+mod stages;
 pub mod report;
 mod reward;
+mod sections;
 mod serve;
 
 use std::path::PathBuf;

@@ -5,63 +5,27 @@
 //! (the embedded demo set), `[eval]` and `[report]`. The string `{run}` anywhere in it stands for
 //! the output directory, which is how the stages are wired: `[sft] model.from = "{run}/pretrain/final"`.
 //!
-//! Layout: `DIR/{data,pretrain,sft,reward,ppo}/`, `DIR/eval.json`, `DIR/report.md`, and the resolved
+//! Layout: `DIR/{data,pretrain,sft,reward,dpo,ppo}/`, `DIR/eval.json`, `DIR/report.md`, and the resolved
 //! config `DIR/pipeline.toml`. A stage whose output is complete (its `final/`, written by an atomic
 //! rename) is skipped — unless its section of the config changed since it ran, or a stage before it
 //! was redone since (`DIR/pipeline_state.json` remembers both); a stage that runs makes every later
 //! stage run again.
+//!
+//! The config's sections are in `sections.rs`; the training stages are registered in `stages.rs`, one
+//! `TrainingStage` impl each.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
+use clap::Args;
 use rlhf_runtime::AutodiffBackend;
-use clap::{Args, ValueEnum};
 use rlhf_runtime::{dispatch, DeviceSpec, Precision, Runtime, Task};
-use rlhf_eval::EvalConfig;
-use rlhf_ppo::PpoConfig;
-use rlhf_reward::RewardConfig;
-use rlhf_sft::SftConfig;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Stage {
-    Data,
-    Pretrain,
-    Sft,
-    Reward,
-    Ppo,
-    Eval,
-    Report,
-}
-
-impl Stage {
-    const ALL: [Stage; 7] = [Stage::Data, Stage::Pretrain, Stage::Sft, Stage::Reward, Stage::Ppo, Stage::Eval, Stage::Report];
-
-    fn name(self) -> &'static str {
-        match self {
-            Stage::Data => "data",
-            Stage::Pretrain => "pretrain",
-            Stage::Sft => "sft",
-            Stage::Reward => "reward",
-            Stage::Ppo => "ppo",
-            Stage::Eval => "eval",
-            Stage::Report => "report",
-        }
-    }
-
-    /// What this stage leaves behind, and the file whose presence means it finished.
-    fn output(self, out: &Path) -> (PathBuf, PathBuf) {
-        match self {
-            Stage::Data => (out.join("data"), out.join("data/manifest.json")),
-            Stage::Eval => (out.join("eval.json"), out.join("eval.json")),
-            Stage::Report => (out.join("report.md"), out.join("report.md")),
-            s => (out.join(s.name()), out.join(s.name()).join("final/config.json")),
-        }
-    }
-}
+pub use crate::sections::{DemoData, PipelineConfig, ReportConfig, Stage};
+use crate::stages::{OutputShape, PlanOf, PrecisionOf, RunStage};
 
 #[derive(Debug, Clone, Args)]
 pub struct PipelineArgs {
@@ -87,71 +51,6 @@ pub struct PipelineArgs {
     pub precision: Option<Precision>,
 }
 
-/// The embedded demo data set.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DemoData {
-    #[serde(default)]
-    pub seed: u64,
-    pub pretrain_docs: usize,
-    pub sft: usize,
-    pub rankings: usize,
-    pub prompts: usize,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReportConfig {
-    /// Sample responses (SFT vs PPO) shown in the report.
-    #[serde(default = "six")]
-    pub samples: usize,
-}
-
-fn six() -> usize {
-    6
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PipelineConfig {
-    /// Stages to run, in order (default: every stage with a section, then eval and report).
-    #[serde(default)]
-    pub stages: Option<Vec<Stage>>,
-    #[serde(default)]
-    pub data: Option<DemoData>,
-    #[serde(default)]
-    pub pretrain: Option<SftConfig>,
-    #[serde(default)]
-    pub sft: Option<SftConfig>,
-    #[serde(default)]
-    pub reward: Option<RewardConfig>,
-    #[serde(default)]
-    pub ppo: Option<PpoConfig>,
-    #[serde(default)]
-    pub eval: Option<EvalConfig>,
-    #[serde(default)]
-    pub report: Option<ReportConfig>,
-}
-
-impl PipelineConfig {
-    fn stages(&self) -> Vec<Stage> {
-        if let Some(s) = &self.stages {
-            return s.clone();
-        }
-        Stage::ALL
-            .into_iter()
-            .filter(|s| match s {
-                Stage::Data => self.data.is_some(),
-                Stage::Pretrain => self.pretrain.is_some(),
-                Stage::Sft => self.sft.is_some(),
-                Stage::Reward => self.reward.is_some(),
-                Stage::Ppo => self.ppo.is_some(),
-                Stage::Eval => self.eval.is_some(),
-                Stage::Report => true,
-            })
-            .collect()
-    }
-}
 
 /// Replaces `{run}` in every string of `value`.
 fn substitute(value: &mut toml::Value, run: &str) {
@@ -186,26 +85,19 @@ pub fn load(path: &Path, sets: &[String], precision: Option<Precision>, out: &Pa
         rlhf_train::config::apply_override(&mut table, s)?;
     }
     if let Some(p) = precision {
-        for stage in [Stage::Pretrain, Stage::Sft, Stage::Reward, Stage::Ppo] {
+        for stage in Stage::all().filter(|s| s.is_training()) {
             if let Some(section) = table.get_mut(stage.name()).and_then(toml::Value::as_table_mut) {
                 section.insert("precision".into(), toml::Value::String(p.to_string()));
             }
         }
     }
-    let fingerprints = Stage::ALL.into_iter().map(|s| (s, fingerprint(table.get(s.name())))).collect();
+    let fingerprints = Stage::all().map(|s| (s, fingerprint(table.get(s.name())))).collect();
     let mut value = toml::Value::Table(table);
     substitute(&mut value, &out.display().to_string());
     let toml::Value::Table(table) = value else { unreachable!("a table stays a table") };
     let cfg: PipelineConfig = toml::Value::Table(table.clone()).try_into().with_context(|| format!("{}", path.display()))?;
-    for (stage, present) in [
-        (Stage::Data, cfg.data.is_some()),
-        (Stage::Pretrain, cfg.pretrain.is_some()),
-        (Stage::Sft, cfg.sft.is_some()),
-        (Stage::Reward, cfg.reward.is_some()),
-        (Stage::Ppo, cfg.ppo.is_some()),
-        (Stage::Eval, cfg.eval.is_some()),
-    ] {
-        if cfg.stages().contains(&stage) && !present {
+    for stage in cfg.stages() {
+        if !cfg.has_section(stage) {
             anyhow::bail!("{}: stage `{}` is listed but has no [{}] section", path.display(), stage.name(), stage.name());
         }
     }
@@ -266,17 +158,6 @@ impl Ledger {
     }
 }
 
-fn last_metric(run: &Path, key: &str) -> Option<f64> {
-    rlhf_train::metrics::last_value(&rlhf_train::metrics::read_metrics(&run.join("metrics.jsonl")).ok()?, key)
-}
-
-fn first_metric(run: &Path, key: &str) -> Option<f64> {
-    rlhf_train::metrics::first_value(&rlhf_train::metrics::read_metrics(&run.join("metrics.jsonl")).ok()?, key)
-}
-
-fn fmt_opt(v: Option<f64>) -> String {
-    v.map_or("n/a".into(), |x| format!("{x:.3}"))
-}
 
 struct Pipeline {
     cfg: PipelineConfig,
@@ -296,35 +177,13 @@ impl Pipeline {
                 rlhf_data::demo::write_demo(&dir, d.seed, sizes)?;
                 format!("demo set: {} pretraining documents, {} demonstrations, {} K=4 rankings, {} prompts", d.pretrain_docs, d.sft, d.rankings, d.prompts)
             }
-            Stage::Pretrain | Stage::Sft => {
-                let c = if stage == Stage::Pretrain { cfg.pretrain.as_ref() } else { cfg.sft.as_ref() }.expect("checked in load");
-                rlhf_sft::run::<B>(c, &dir, resume, device)?;
-                format!("loss {} eval_loss {}", fmt_opt(last_metric(&dir, "loss")), fmt_opt(last_metric(&dir, "eval_loss")))
-            }
-            Stage::Reward => {
-                rlhf_reward::run::<B>(cfg.reward.as_ref().expect("checked in load"), &dir, resume, device)?;
-                format!(
-                    "held-out pairwise accuracy {} top-1 {}",
-                    fmt_opt(last_metric(&dir, "eval_pairwise_acc")),
-                    fmt_opt(last_metric(&dir, "eval_top1_acc"))
-                )
-            }
-            Stage::Ppo => {
-                rlhf_ppo::run::<B>(cfg.ppo.as_ref().expect("checked in load"), &dir, resume, device)?;
-                format!(
-                    "rm_score {} → {}, kl {}",
-                    fmt_opt(first_metric(&dir, "rm_score")),
-                    fmt_opt(last_metric(&dir, "rm_score")),
-                    fmt_opt(last_metric(&dir, "kl"))
-                )
-            }
             Stage::Eval => {
                 let eval = cfg.eval.as_ref().expect("checked in load");
                 let v = crate::eval::evaluate_run::<B::InnerBackend>(out, eval, device)?;
                 let mut line = crate::eval::summary_line(&v);
                 if let Some(judge) = &eval.judge {
                     let j = crate::judge::judge_run::<B::InnerBackend>(out, eval, judge, device)?;
-                    line.push_str(&format!("; judge (PPO = A, SFT = B): {}", crate::judge::summary_line(&j)));
+                    line.push_str(&format!("; judge ({} = A, SFT = B): {}", j["policy"].as_str().unwrap_or("policy"), crate::judge::summary_line(&j)));
                 }
                 line
             }
@@ -333,6 +192,7 @@ impl Pipeline {
                 crate::report::write_report(out, samples)?;
                 format!("plots in {}", out.join("plots").display())
             }
+            training => training.training(RunStage::<B> { cfg, dir: &dir, resume, device }).expect("every other stage trains")?,
         })
     }
 
@@ -395,13 +255,9 @@ fn planned_shape(cfg: &PipelineConfig, out: &Path, dir: &Path) -> anyhow::Result
         return rlhf_train::memory::shape_from_dir(dir);
     }
     let shape_of = |d: &Path| planned_shape(cfg, out, d);
-    let is_output = |stage: Stage| dir == out.join(stage.name()).join("final");
-    match (&cfg.pretrain, &cfg.sft, &cfg.reward, &cfg.ppo) {
-        (Some(c), _, _, _) if is_output(Stage::Pretrain) => rlhf_sft::starting_shape(c, &shape_of),
-        (_, Some(c), _, _) if is_output(Stage::Sft) => rlhf_sft::starting_shape(c, &shape_of),
-        (_, _, Some(c), _) if is_output(Stage::Reward) => shape_of(&c.model.from),
-        (_, _, _, Some(c)) if is_output(Stage::Ppo) => shape_of(&c.model.actor),
-        _ => rlhf_train::memory::shape_from_dir(dir),
+    match Stage::all().find(|s| dir == out.join(s.name()).join("final")).and_then(|s| s.training(OutputShape(cfg, &shape_of))).flatten() {
+        Some(shape) => shape,
+        None => rlhf_train::memory::shape_from_dir(dir),
     }
 }
 
@@ -410,13 +266,9 @@ pub fn memory_plans(cfg: &PipelineConfig, out: &Path) -> anyhow::Result<Vec<rlhf
     let shape_of = |d: &Path| planned_shape(cfg, out, d);
     let mut plans = Vec::new();
     for stage in cfg.stages() {
-        let plan = match (stage, &cfg.pretrain, &cfg.sft, &cfg.reward, &cfg.ppo) {
-            (Stage::Pretrain, Some(c), ..) | (Stage::Sft, _, Some(c), ..) => rlhf_sft::memory_plan(c, &shape_of),
-            (Stage::Reward, _, _, Some(c), _) => rlhf_reward::memory_plan(c, &shape_of),
-            (Stage::Ppo, .., Some(c)) => rlhf_ppo::memory_plan(c, &shape_of),
-            _ => continue,
-        };
-        plans.push(plan.with_context(|| format!("memory plan of stage `{}`", stage.name()))?);
+        if let Some(Some(plan)) = stage.training(PlanOf(cfg, &shape_of)) {
+            plans.push(plan.with_context(|| format!("memory plan of stage `{}`", stage.name()))?);
+        }
     }
     Ok(plans)
 }
@@ -438,9 +290,9 @@ pub fn run(args: PipelineArgs) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     rlhf_files::write_atomic(&args.out.join("pipeline.toml"), toml::to_string_pretty(&resolved)?.as_bytes())?;
-    let precisions = [cfg.pretrain.as_ref().map(|c| c.precision), cfg.sft.as_ref().map(|c| c.precision), cfg.reward.as_ref().map(|c| c.precision), cfg.ppo.as_ref().map(|c| c.precision)];
-    let eval_precision = cfg.eval.as_ref().map(|e| e.precision);
-    let precision = if precisions.contains(&Some(Precision::Bf16)) || eval_precision == Some(Precision::Bf16) { Precision::Bf16 } else { Precision::F32 };
+    let mut precisions: Vec<Option<Precision>> = Stage::all().filter_map(|s| s.training(PrecisionOf(&cfg))).collect();
+    precisions.push(cfg.eval.as_ref().map(|e| e.precision));
+    let precision = if precisions.contains(&Some(Precision::Bf16)) { Precision::Bf16 } else { Precision::F32 };
     dispatch(Runtime { device: args.device, precision }, Pipeline { cfg, args, fingerprints })?
 }
 
@@ -556,7 +408,9 @@ mod tests {
 
     #[test]
     fn stages_are_ordered_and_complete_by_their_marker() {
-        assert!(Stage::Sft < Stage::Reward && Stage::Reward < Stage::Ppo && Stage::Ppo < Stage::Eval);
+        assert!(Stage::Sft < Stage::Reward && Stage::Reward < Stage::Dpo && Stage::Dpo < Stage::Ppo && Stage::Ppo < Stage::Eval);
+        let training: Vec<Stage> = Stage::all().filter(|s| s.is_training()).collect();
+        assert_eq!(training, vec![Stage::Pretrain, Stage::Sft, Stage::Reward, Stage::Dpo, Stage::Ppo]);
         let out = Path::new("/r");
         assert_eq!(Stage::Ppo.output(out), (PathBuf::from("/r/ppo"), PathBuf::from("/r/ppo/final/config.json")));
         assert_eq!(Stage::Data.output(out).1, PathBuf::from("/r/data/manifest.json"));

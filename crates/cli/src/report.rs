@@ -1,6 +1,7 @@
 //! `report.md` + PNG plots for a pipeline run: the picture of a run that users of other RLHF
 //! frameworks look for — SFT loss, reward-model accuracy, PPO's RM score / KL / reward / response
-//! length over iterations, SFT vs PPO on held-out prompts, and sample responses before and after PPO.
+//! length over iterations, DPO's implicit rewards and accuracy over steps, SFT vs each aligned policy
+//! on held-out prompts, and sample responses before and after alignment.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -108,21 +109,21 @@ fn line_chart(path: &Path, cols: usize, panels: &[(&str, &str, Vec<Series>)]) ->
     root.present().map_err(plot_err)
 }
 
-/// Grouped bars: for each metric, SFT and PPO side by side.
-fn bar_chart(path: &Path, metrics: &[(&str, f64, f64)]) -> anyhow::Result<()> {
+/// Grouped bars: for each metric, one bar per policy (`labels`: SFT first), side by side.
+fn bar_chart(path: &Path, labels: &[String], metrics: &[(&str, Vec<f64>)]) -> anyhow::Result<()> {
     register_font();
     let root = BitMapBackend::new(path, (320 * metrics.len() as u32, 320)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
-    for (area, (name, sft, ppo)) in root.split_evenly((1, metrics.len())).iter().zip(metrics) {
-        let lo = sft.min(*ppo).min(0.0);
-        let hi = sft.max(*ppo).max(0.0);
+    for (area, (name, values)) in root.split_evenly((1, metrics.len())).iter().zip(metrics) {
+        let lo = values.iter().copied().fold(0.0, f64::min);
+        let hi = values.iter().copied().fold(0.0, f64::max);
         let pad = ((hi - lo) * 0.15).max(0.05);
         let mut chart = ChartBuilder::on(area)
             .caption(*name, ("sans-serif", 18))
             .margin(10)
             .x_label_area_size(28)
             .y_label_area_size(50)
-            .build_cartesian_2d(0.0..2.0, (lo - if lo < 0.0 { pad } else { 0.0 })..(hi + pad))
+            .build_cartesian_2d(0.0..values.len() as f64, (lo - if lo < 0.0 { pad } else { 0.0 })..(hi + pad))
             .map_err(plot_err)?;
         chart
             .configure_mesh()
@@ -132,12 +133,12 @@ fn bar_chart(path: &Path, metrics: &[(&str, f64, f64)]) -> anyhow::Result<()> {
             .label_style(("sans-serif", 12))
             .draw()
             .map_err(plot_err)?;
-        for (i, v) in [*sft, *ppo].into_iter().enumerate() {
+        for (i, &v) in values.iter().enumerate() {
             let x = i as f64;
-            chart.draw_series(std::iter::once(Rectangle::new([(x + 0.15, 0.0), (x + 0.85, v)], COLORS[i].filled()))).map_err(plot_err)?;
+            chart.draw_series(std::iter::once(Rectangle::new([(x + 0.15, 0.0), (x + 0.85, v)], COLORS[i % COLORS.len()].filled()))).map_err(plot_err)?;
             chart
                 .draw_series(std::iter::once(Text::new(
-                    format!("{} {v:.3}", ["SFT", "PPO"][i]),
+                    format!("{} {v:.3}", labels[i]),
                     (x + 0.18, v.max(0.0) + pad * 0.35),
                     ("sans-serif", 13),
                 )))
@@ -156,9 +157,10 @@ fn md_cell(s: &str) -> String {
 }
 
 /// Writes `run/report.md` and its plots in `run/plots/`.
-/// The judge's verdict on PPO (A) against SFT (B), overall and per category.
+/// The judge's verdict on the aligned policy (A) against SFT (B), overall and per category.
 fn judge_section(md: &mut String, j: &Value) {
-    md.push_str("## Judge: PPO against SFT\n\n");
+    let policy = j["policy"].as_str().unwrap_or("PPO");
+    let _ = writeln!(md, "## Judge: {policy} against SFT\n");
     let _ = writeln!(
         md,
         "Judge `{}` on {} questions, each pair judged in both orders (verdicts that disagree count as ties); \
@@ -168,7 +170,7 @@ fn judge_section(md: &mut String, j: &Value) {
         f(j["position_consistency"].as_f64()),
         j["verdicts_unparsed"]
     );
-    md.push_str("| | PPO wins | ties | SFT wins | PPO score | 95% interval |\n|---|---|---|---|---|---|\n");
+    let _ = writeln!(md, "| | {policy} wins | ties | SFT wins | {policy} score | 95% interval |\n|---|---|---|---|---|---|");
     let mut row = |name: &str, t: &Value| {
         let g = |p: &str| t.pointer(p).and_then(Value::as_f64);
         let _ = writeln!(md, "| {name} | {} | {} | {} | {} | {}–{} |", t["wins"], t["ties"], t["losses"], f(g("/score")), f(g("/interval/0")), f(g("/interval/1")));
@@ -188,6 +190,7 @@ pub fn write_report(run: &Path, samples: usize) -> anyhow::Result<()> {
     let pretrain = read_rows(&run.join("pretrain/metrics.jsonl"));
     let sft = read_rows(&run.join("sft/metrics.jsonl"));
     let rm = read_rows(&run.join("reward/metrics.jsonl"));
+    let dpo = read_rows(&run.join("dpo/metrics.jsonl"));
     let ppo = read_rows(&run.join("ppo/metrics.jsonl"));
     let eval: Option<Value> = std::fs::read_to_string(run.join("eval.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
     use rlhf_train::metrics::{first_value as first, last_value as last};
@@ -203,21 +206,42 @@ pub fn write_report(run: &Path, samples: usize) -> anyhow::Result<()> {
             "{} held-out prompts × {} samples (temperature {}).\n",
             e["prompts"], e["samples_per_prompt"], e["temperature"]
         );
-        md.push_str("| | SFT | PPO |\n|---|---|---|\n");
-        let _ = writeln!(md, "| oracle score (max 2.0) | {} | {} |", f(g("/sft/oracle_score")), f(g("/ppo/oracle_score")));
-        let _ = writeln!(md, "| RM score (normalised) | {} | {} |", f(g("/sft/rm_score")), f(g("/ppo/rm_score")));
-        let _ = writeln!(md, "| response length (tokens) | {} | {} |", f(g("/sft/response_len")), f(g("/ppo/response_len")));
-        let _ = writeln!(md, "| KL to the SFT model (per response) | 0 | {} |", f(g("/ppo/kl")));
-        let _ = writeln!(md, "\nRM win rate of PPO over SFT: **{}**. Reward model held-out pairwise accuracy: **{}**.", f(g("/win_rate_ppo_vs_sft")), f(g("/rm/pairwise_acc")));
+        let policies: Vec<String> = e["policies"].as_array().map(|a| a.iter().filter_map(|p| p.as_str().map(String::from)).collect()).unwrap_or_else(|| vec!["ppo".into()]);
+        let upper: Vec<String> = policies.iter().map(|p| p.to_uppercase()).collect();
+        let _ = writeln!(md, "| | SFT | {} |\n|---|---|{}", upper.join(" | "), "---|".repeat(policies.len()));
+        let row = |md: &mut String, label: &str, key: &str, sft: Option<String>| {
+            let cells: Vec<String> = policies.iter().map(|p| f(g(&format!("/{p}/{key}")))).collect();
+            let _ = writeln!(md, "| {label} | {} | {} |", sft.unwrap_or_else(|| f(g(&format!("/sft/{key}")))), cells.join(" | "));
+        };
+        row(&mut md, "oracle score (max 2.0)", "oracle_score", None);
+        let has_rm = e.get("rm").is_some();
+        if has_rm {
+            row(&mut md, "RM score (normalised)", "rm_score", None);
+        }
+        row(&mut md, "response length (tokens)", "response_len", None);
+        row(&mut md, "KL to the SFT model (per response)", "kl", Some("0".into()));
+        if has_rm {
+            let wins: Vec<String> = policies.iter().map(|p| format!("{} **{}**", p.to_uppercase(), f(g(&format!("/win_rate_{p}_vs_sft"))))).collect();
+            let _ = writeln!(md, "\nRM win rate over SFT: {}. Reward model held-out pairwise accuracy: **{}**.", wins.join(", "), f(g("/rm/pairwise_acc")));
+        } else {
+            md.push_str("\nNo reward model in this run: the oracle (where the prompts are the demo's) is the judge.\n");
+        }
         if let Some(b) = g("/kl_bound") {
             let _ = writeln!(md, "KL bound {b}: {}.", if e["kl_within_bound"].as_bool() == Some(true) { "respected" } else { "**exceeded**" });
         }
-        let mut bars = vec![("RM score", g("/sft/rm_score").unwrap_or(0.0), g("/ppo/rm_score").unwrap_or(0.0))];
-        if let (Some(a), Some(b)) = (g("/sft/oracle_score"), g("/ppo/oracle_score")) {
-            bars.insert(0, ("oracle score", a, b));
+        let column = |key: &str| -> Option<Vec<f64>> { std::iter::once("sft").chain(policies.iter().map(String::as_str)).map(|p| g(&format!("/{p}/{key}"))).collect() };
+        let mut bars = Vec::new();
+        if let Some(v) = column("oracle_score") {
+            bars.push(("oracle score", v));
         }
-        bar_chart(&plots.join("eval.png"), &bars)?;
-        md.push_str("\n![SFT vs PPO](plots/eval.png)\n\n");
+        if let Some(v) = column("rm_score") {
+            bars.push(("RM score", v));
+        }
+        if !bars.is_empty() {
+            let labels: Vec<String> = std::iter::once("SFT".to_string()).chain(upper.iter().cloned()).collect();
+            bar_chart(&plots.join("eval.png"), &labels, &bars)?;
+            let _ = writeln!(md, "\n![SFT vs {}](plots/eval.png)\n", upper.join(", "));
+        }
     }
 
     if let Some(j) = std::fs::read_to_string(run.join("judge/judge.json")).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok()) {
@@ -255,6 +279,34 @@ pub fn write_report(run: &Path, samples: usize) -> anyhow::Result<()> {
         ];
         line_chart(&plots.join("rm_accuracy.png"), 2, &panels)?;
         md.push_str("\n![reward model](plots/rm_accuracy.png)\n\n");
+    }
+
+    if !dpo.is_empty() {
+        md.push_str("## Direct preference optimization\n\n");
+        let _ = writeln!(
+            md,
+            "Implicit reward margin (chosen − rejected) {} → {}; accuracy {} → {}; held-out accuracy {} (top-1 {}), margin {}; log-prob of the chosen responses {} → {}, of the rejected {} → {}.",
+            f(first(&dpo, "rewards/margins")),
+            f(last(&dpo, "rewards/margins")),
+            f(first(&dpo, "rewards/accuracies")),
+            f(last(&dpo, "rewards/accuracies")),
+            f(last(&dpo, "eval_rewards/accuracies")),
+            f(last(&dpo, "eval_top1_acc")),
+            f(last(&dpo, "eval_rewards/margins")),
+            f(first(&dpo, "logps/chosen")),
+            f(last(&dpo, "logps/chosen")),
+            f(first(&dpo, "logps/rejected")),
+            f(last(&dpo, "logps/rejected"))
+        );
+        let both = |k: &str| vec![("train".to_string(), series(&dpo, "step", k)), ("held-out".to_string(), series(&dpo, "step", &format!("eval_{k}")))];
+        let panels = [
+            ("loss", "step", both("loss")),
+            ("reward accuracy", "step", both("rewards/accuracies")),
+            ("implicit rewards", "step", vec![("chosen".to_string(), series(&dpo, "step", "rewards/chosen")), ("rejected".to_string(), series(&dpo, "step", "rewards/rejected"))]),
+            ("log-probs", "step", vec![("chosen".to_string(), series(&dpo, "step", "logps/chosen")), ("rejected".to_string(), series(&dpo, "step", "logps/rejected"))]),
+        ];
+        line_chart(&plots.join("dpo.png"), 2, &panels)?;
+        md.push_str("\n![DPO](plots/dpo.png)\n\n");
     }
 
     if !ppo.is_empty() {
@@ -297,15 +349,20 @@ pub fn write_report(run: &Path, samples: usize) -> anyhow::Result<()> {
     if let Ok(text) = std::fs::read_to_string(run.join("eval_samples.jsonl")) {
         let rows: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
         if !rows.is_empty() {
-            md.push_str("## Sample responses on held-out prompts\n\n| prompt | SFT | PPO |\n|---|---|---|\n");
+            let policies: Vec<&str> = rlhf_eval::ALIGNED.into_iter().filter(|p| rows[0].get(*p).is_some()).collect();
+            let upper: Vec<String> = policies.iter().map(|p| p.to_uppercase()).collect();
+            let _ = writeln!(md, "## Sample responses on held-out prompts\n\n| prompt | SFT | {} |\n|---|---|{}", upper.join(" | "), "---|".repeat(policies.len()));
             // Spread the picks over the set (samples of one prompt are adjacent).
             let stride = (rows.len() / samples.max(1)).max(1);
             for r in rows.iter().step_by(stride).take(samples) {
-                let cell = |k: &str, s: &str, o: &str| {
-                    let oracle = r[o].as_f64().map_or(String::new(), |x| format!(", oracle {x}"));
-                    format!("{} (RM {:.2}{oracle})", md_cell(r[k].as_str().unwrap_or("")), r[s].as_f64().unwrap_or(0.0))
+                let cell = |p: &str| {
+                    let oracle = r[format!("{p}_oracle")].as_f64().map_or(String::new(), |x| format!("oracle {x}"));
+                    let rm = r[format!("{p}_rm")].as_f64().map_or(String::new(), |x| format!("RM {x:.2}"));
+                    let scores: Vec<String> = [rm, oracle].into_iter().filter(|s| !s.is_empty()).collect();
+                    format!("{} ({})", md_cell(r[p].as_str().unwrap_or("")), scores.join(", "))
                 };
-                let _ = writeln!(md, "| {} | {} | {} |", md_cell(r["prompt"].as_str().unwrap_or("")), cell("sft", "sft_rm", "sft_oracle"), cell("ppo", "ppo_rm", "ppo_oracle"));
+                let cells: Vec<String> = std::iter::once("sft").chain(policies.iter().copied()).map(cell).collect();
+                let _ = writeln!(md, "| {} | {} |", md_cell(r["prompt"].as_str().unwrap_or("")), cells.join(" | "));
             }
             md.push('\n');
         }

@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::train_eval_split;
-use crate::encode::BuiltinTemplate;
+use crate::encode::{BuiltinTemplate, ChatFormat};
+use crate::error::DataError;
 use crate::formats::{Format, Kind};
-use crate::prepare::PrepareOptions;
+use crate::prepare::{prepare, Example, PrepareOptions};
+use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,6 +46,21 @@ impl DataFiles {
     /// How `prepare` reads this section's files as `kind` records.
     pub fn prepare_options(&self, kind: Kind) -> PrepareOptions {
         PrepareOptions { kind, format: self.format, skip_invalid: self.skip_invalid, max_len: self.max_len }
+    }
+
+    /// The train and held-out examples of `kind`, split as [`split`](Self::split) splits them, each
+    /// file's summary printed, sequences cut to `max_len` but never past `context` (the model's
+    /// positions). Also returns the length they were cut to.
+    pub fn prepare_split<T: Example>(&self, kind: Kind, context: usize, seed: u64, tok: &Tokenizer, fmt: &ChatFormat) -> Result<(Vec<T>, Vec<T>, usize), DataError> {
+        let max_len = self.max_len.min(context);
+        let opts = PrepareOptions { max_len, ..self.prepare_options(kind) };
+        let read = |path: &Path| -> Result<Vec<T>, DataError> {
+            let prepared = prepare::<T>(path, &opts, tok, fmt)?;
+            eprintln!("{}", prepared.summary(max_len));
+            Ok(prepared.examples)
+        };
+        let (train, eval) = self.split(read(&self.train)?, seed, read)?;
+        Ok((train, eval, max_len))
     }
 
     /// Train and eval examples: `eval` read with `read` when a file is named, otherwise a seeded

@@ -44,6 +44,9 @@ pub enum Format {
     Responses,
     /// `{"prompt", "completions": [..], "ranking": [..]}` (rank numbers, 0 or 1 = best, ties allowed)
     Completions,
+    /// `{"prompt", "completion", "label": true | false}` (TRL's unpaired preference data, KTO): a
+    /// ranking of one response, rank 0 when it is desirable and 1 when not
+    Unpaired,
     /// `{"prompt": ..}` (prompt sets)
     Prompt,
     /// `{"text": ..}` (pretraining JSONL)
@@ -193,6 +196,7 @@ pub fn detect(kind: Kind, v: &Value) -> FieldResult<Format> {
         Kind::Sft if has("messages") => Format::Messages,
         Kind::Sft if has("instruction") => Format::Alpaca,
         Kind::Sft if has("prompt") && has("completion") => Format::PromptCompletion,
+        Kind::Ranking if has("completion") && has("label") => Format::Unpaired,
         Kind::Ranking if has("context") && has("chosen") => Format::ColossalPreference,
         Kind::Ranking if has("chosen") => Format::TrlPreference,
         Kind::Ranking if has("responses") => Format::Responses,
@@ -205,7 +209,7 @@ pub fn detect(kind: Kind, v: &Value) -> FieldResult<Format> {
             let keys: Vec<&str> = v.as_object().map(|o| o.keys().map(String::as_str).collect()).unwrap_or_default();
             let expected = match kind {
                 Kind::Sft => "`messages`, `instruction`+`output` or `prompt`+`completion`",
-                Kind::Ranking => "`context`+`chosen`+`rejected`, `prompt`+`chosen`+`rejected`, `prompt`+`responses` or `prompt`+`completions`+`ranking`",
+                Kind::Ranking => "`context`+`chosen`+`rejected`, `prompt`+`chosen`+`rejected`, `prompt`+`responses`, `prompt`+`completions`+`ranking` or `prompt`+`completion`+`label`",
                 Kind::Prompt => "`messages`, `instruction` or `prompt`",
                 Kind::Pretrain => "`text`",
             };
@@ -271,9 +275,18 @@ pub fn convert(kind: Kind, format: Format, v: &Value) -> FieldResult<Record> {
                     }
                     (prompt, responses, ranks)
                 }
+                Format::Unpaired => {
+                    let prompt = prompt_messages(get(v, "prompt")?, "prompt")?;
+                    let completion = response_text(get(v, "completion")?, "completion")?;
+                    let desirable = match get(v, "label")? {
+                        Value::Bool(b) => *b,
+                        other => return Err(field_err("label", format!("expected true or false, found {}", type_name(other)), "wrong type")),
+                    };
+                    (prompt, vec![completion], vec![u32::from(!desirable)])
+                }
                 other => return Err(field_err("record", format!("format {other:?} does not hold rankings"), "unknown format")),
             };
-            if responses.len() < 2 {
+            if responses.len() < 2 && format != Format::Unpaired {
                 return Err(field_err("responses", format!("a ranking needs at least 2 responses, found {}", responses.len()), "too few responses"));
             }
             if responses.len() > 9 {
@@ -380,6 +393,14 @@ pub fn load(path: &Path, opts: LoadOptions) -> Result<Loaded> {
         Ok(())
     })?;
     Ok(loaded)
+}
+
+/// The most responses a prompt of `path` has (K of its rankings), from its records alone; None when
+/// the file cannot be read yet (a pipeline's data stage has not run). Memory plans size a
+/// micro-batch of rankings with it.
+pub fn widest_ranking(path: &Path, format: Format) -> Option<usize> {
+    let loaded = load(path, LoadOptions { kind: Kind::Ranking, format, skip_invalid: true }).ok()?;
+    loaded.records.iter().filter_map(|(_, r)| if let Record::Ranking(r) = r { Some(r.responses.len()) } else { None }).max()
 }
 
 /// Plain text: documents separated by blank lines, each with its first line number.

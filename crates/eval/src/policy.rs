@@ -107,7 +107,8 @@ pub fn read_eval_prompts(cfg: &EvalConfig, tok: &Tokenizer, fmt: &ChatFormat) ->
 pub struct Scored {
     pub prompt: String,
     pub response: String,
-    pub rm_score: f32,
+    /// The reward model's normalised score, when there is a reward model.
+    pub rm_score: Option<f32>,
     pub oracle: Option<f64>,
     /// Σ_t log π(a_t) of the response under the policy that wrote it, and under the baseline.
     #[serde(skip)]
@@ -121,7 +122,8 @@ pub struct Scored {
 /// Means over a policy's responses.
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicyScores {
-    pub rm_score: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rm_score: Option<f64>,
     /// Over prompts the demo oracle recognises; None when it recognises none.
     pub oracle_score: Option<f64>,
     /// Mean Σ_t (log π − log π_baseline) per response, when a baseline was given.
@@ -130,14 +132,14 @@ pub struct PolicyScores {
     pub response_len: f64,
 }
 
-/// Samples `samples_per_prompt` responses per prompt from `policy` and scores them. With a
-/// `baseline` policy, the log-probs of the responses under both are recorded (for the KL).
+/// Samples `samples_per_prompt` responses per prompt from `policy` and scores them (by the reward
+/// model with its score std, when given). With a `baseline` policy, the log-probs of the responses
+/// under both are recorded (for the KL).
 #[allow(clippy::too_many_arguments)]
 pub fn sample_and_score<B: Backend>(
     policy: &CausalLm<B>,
     baseline: Option<&CausalLm<B>>,
-    rm: &RewardModel<B>,
-    score_std: Option<f64>,
+    rm: Option<(&RewardModel<B>, Option<f64>)>,
     prompts: &[Prompt],
     cfg: &EvalConfig,
     tok: &Tokenizer,
@@ -161,7 +163,13 @@ pub fn sample_and_score<B: Backend>(
         let seq = Tensor::cat(vec![g.prompt_ids.clone(), g.new_ids.clone()], 1);
         let attention = Tensor::cat(vec![g.prompt_mask.clone(), g.new_mask.clone()], 1);
         let mask = g.new_mask.clone().float();
-        let raw = rm.score(seq.clone(), attention.clone())?.into_data().convert::<f32>().to_vec::<f32>().expect("f32");
+        let scores: Option<Vec<f32>> = match rm {
+            Some((rm, std)) => {
+                let raw = rm.score(seq.clone(), attention.clone())?.into_data().convert::<f32>().to_vec::<f32>().expect("f32");
+                Some(raw.into_iter().map(|r| scaled_score(r, std) as f32).collect())
+            }
+            None => None,
+        };
         let sums = |m: &CausalLm<B>| -> anyhow::Result<Vec<f64>> {
             let (lp, _) = action_log_probs(m, seq.clone(), attention.clone(), prompt_len, false)?;
             Ok((lp * mask.clone()).sum_dim(1).into_data().convert::<f64>().to_vec::<f64>().expect("f64"))
@@ -177,7 +185,7 @@ pub fn sample_and_score<B: Backend>(
             out.push(Scored {
                 prompt: p.text.clone(),
                 response,
-                rm_score: scaled_score(raw[i], score_std) as f32,
+                rm_score: scores.as_ref().map(|s| s[i]),
                 oracle,
                 logp: logp[i],
                 baseline_logp: base[i],
@@ -193,15 +201,17 @@ pub fn sample_and_score<B: Backend>(
 pub fn summarize(scored: &[Scored], with_kl: bool) -> PolicyScores {
     let n = scored.len().max(1) as f64;
     let oracle: Vec<f64> = scored.iter().filter_map(|s| s.oracle).collect();
+    let rm: Vec<f64> = scored.iter().filter_map(|s| s.rm_score.map(f64::from)).collect();
     PolicyScores {
-        rm_score: scored.iter().map(|s| f64::from(s.rm_score)).sum::<f64>() / n,
+        rm_score: (!rm.is_empty()).then(|| rm.iter().sum::<f64>() / rm.len() as f64),
         oracle_score: (!oracle.is_empty()).then(|| oracle.iter().sum::<f64>() / oracle.len() as f64),
         kl: with_kl.then(|| scored.iter().map(|s| s.logp - s.baseline_logp).sum::<f64>() / n),
         response_len: scored.iter().map(|s| s.tokens as f64).sum::<f64>() / n,
     }
 }
 
-/// Share of paired responses (same prompt, same sample slot) where the RM prefers `a` (ties ½).
+/// Share of paired responses (same prompt, same sample slot) where the RM prefers `a` (ties ½;
+/// responses without an RM score count as ties).
 pub fn win_rate(a: &[Scored], b: &[Scored]) -> f64 {
     let n = a.len().min(b.len()).max(1) as f64;
     a.iter()
@@ -215,6 +225,15 @@ pub fn win_rate(a: &[Scored], b: &[Scored]) -> f64 {
         / n
 }
 
+/// The aligned policies a pipeline run can hold beside its SFT model, in pipeline order (each the
+/// folder of its stage).
+pub const ALIGNED: [&str; 2] = ["dpo", "ppo"];
+
+/// The aligned policies `run` holds (those whose `final/` is complete).
+pub fn aligned_policies(run: &Path) -> Vec<&'static str> {
+    ALIGNED.into_iter().filter(|name| run.join(name).join("final/config.json").exists()).collect()
+}
+
 /// The reward model's held-out pairwise accuracy, as its run last logged it.
 pub fn rm_pairwise_acc(reward_run: &Path) -> Option<f64> {
     let rows = rlhf_train::metrics::read_metrics(&reward_run.join("metrics.jsonl")).ok()?;
@@ -226,7 +245,7 @@ mod tests {
     use super::*;
 
     fn s(rm: f32) -> Scored {
-        Scored { prompt: String::new(), response: String::new(), rm_score: rm, oracle: None, logp: 0.0, baseline_logp: 0.0, tokens: 0 }
+        Scored { prompt: String::new(), response: String::new(), rm_score: Some(rm), oracle: None, logp: 0.0, baseline_logp: 0.0, tokens: 0 }
     }
 
     #[test]

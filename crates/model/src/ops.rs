@@ -43,6 +43,15 @@ pub fn lm_loss<B: Backend>(model: &CausalLm<B>, ids: Tensor<B, 2, Int>, attentio
     Ok(next_token_loss(logits, targets, loss_mask.slice([0..b, 1..t]), normalizer))
 }
 
+/// log(1 + eˣ) = −log σ(−x), so −log σ(x) = softplus(−x): every preference loss is written with it.
+/// burn's `log_sigmoid` is computed without overflow and has its own backward, σ(x) here; the
+/// composition max(x, 0) + log(1 + e^−|x|) has the same values but a gradient of 0 instead of ½ at
+/// exactly x = 0 (both max and |·| have a zero derivative there), which is where DPO starts when
+/// the reference's log-probs equal the policy's bit for bit.
+pub fn softplus<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    burn::tensor::activation::log_sigmoid(x.neg()).neg()
+}
+
 /// Entropy of the policy at each position, from the logits.
 ///
 /// # Shapes
@@ -116,6 +125,23 @@ mod tests {
         // Only the first position is a target.
         let got = next_token_loss(logits, targets, t2(vec![1.0, 0.0], [1, 2]), 1.0).into_scalar() as f64;
         assert!((got + 0.75f64.ln()).abs() < 1e-6);
+    }
+
+    /// softplus(0) = ln 2 with derivative σ(0) = ½; softplus(x) ≈ x for large x, ≈ eˣ for very negative x
+    /// (no overflow either way).
+    #[test]
+    fn softplus_by_hand_and_its_gradient_at_zero() {
+        type AD = burn::backend::Autodiff<B>;
+        let x = Tensor::<AD, 1>::from_data(TensorData::new(vec![0.0f32, 100.0, -100.0, 1.0], [4]), &Default::default()).require_grad();
+        let y = softplus(x.clone());
+        let v = y.clone().into_data().to_vec::<f32>().unwrap();
+        assert!((v[0] as f64 - 2f64.ln()).abs() < 1e-6 && (v[1] - 100.0).abs() < 1e-4 && v[2] >= 0.0 && v[2] < 1e-30);
+        assert!((v[3] as f64 - (1.0 + 1f64.exp()).ln()).abs() < 1e-6);
+        let g = x.grad(&y.sum().backward()).unwrap().into_data().to_vec::<f32>().unwrap();
+        let sigma = |t: f64| 1.0 / (1.0 + (-t).exp());
+        for (got, at) in g.iter().zip([0.0, 100.0, -100.0, 1.0]) {
+            assert!((*got as f64 - sigma(at)).abs() < 1e-6, "d softplus/dx at {at}: {got}");
+        }
     }
 
     #[test]

@@ -34,6 +34,33 @@ pub fn lm_loss<B: Backend>(model: &CausalLm<B>, samples: &[&SftSample], pad_id: 
     Ok(rlhf_model::ops::lm_loss(model, ids, attention, mask, normalizer)?)
 }
 
+/// Σ_t log π(y_t) over each sequence's response: the tokens from `prompt_lens[i]` to its end, each
+/// predicted by the position before it. The logits are made only from the first response position
+/// of the batch on, so the prompts cost a body forward but no [tokens, vocab] tensors.
+///
+/// # Shapes
+/// - returns [sequences]
+pub fn response_log_probs<B: Backend>(model: &CausalLm<B>, seqs: &[Vec<u32>], prompt_lens: &[usize], pad_id: u32, device: &B::Device) -> Result<Tensor<B, 1>> {
+    let (ids, attention) = sequence_batch::<B>(seqs, pad_id, device);
+    let [rows, total] = ids.dims();
+    // The first position whose next token is a response token, in any row (prompts are ≥ 1 token).
+    let start = prompt_lens.iter().copied().min().unwrap_or(1).max(1) - 1;
+    let hidden = model.model.forward(ids.clone(), attention, None)?;
+    let d = hidden.dims()[2];
+    let logits = model.logits(hidden.slice([0..rows, start..total - 1, 0..d]));
+    let targets = ids.slice([0..rows, start + 1..total]);
+    let width = total - 1 - start;
+    let mut mask = vec![0f32; rows * width];
+    for (r, (seq, &prompt_len)) in seqs.iter().zip(prompt_lens).enumerate() {
+        for position in prompt_len.max(1)..seq.len() {
+            mask[r * width + position - start - 1] = 1.0;
+        }
+    }
+    let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [rows, width]), device);
+    let log_probs = rlhf_model::ops::log_probs_from_logits(logits, targets) * mask;
+    Ok(log_probs.sum_dim(1).reshape([rows]))
+}
+
 /// The reward of each sequence, read at its last real token.
 ///
 /// # Shapes

@@ -193,14 +193,6 @@ pub fn score_stats<B: Backend>(model: &RewardModel<B>, seqs: &[Vec<u32>], pad_id
     Ok((mean, var.sqrt()))
 }
 
-/// The most responses a prompt of `path` has (K of its rankings), from its records alone; None when
-/// the file cannot be read yet (a pipeline's data stage has not run).
-fn widest_ranking(path: &Path, format: Format) -> Option<usize> {
-    let opts = rlhf_data::formats::LoadOptions { kind: Kind::Ranking, format, skip_invalid: true };
-    let loaded = rlhf_data::formats::load(path, opts).ok()?;
-    loaded.records.iter().filter_map(|(_, r)| if let rlhf_data::formats::Record::Ranking(r) = r { Some(r.responses.len()) } else { None }).max()
-}
-
 /// Stage 2's memory plan: the reward model (SFT body + scalar head), its gradients and AdamW
 /// moments, and one micro-batch of rankings — K sequences each, K read from the data (9, the
 /// most we accept, when the file does not exist yet).
@@ -209,7 +201,7 @@ pub fn memory_plan(cfg: &RewardConfig, shape_of: ShapeOf) -> anyhow::Result<Memo
     let training = Training::of(cfg.lora.as_ref(), shape.arch)?;
     let (precision, checkpointing) = (cfg.precision, cfg.train.gradient_checkpointing);
     let rm = PlannedModel { name: "reward model".into(), training, cfg: shape, lm_head: false, precision, checkpointing };
-    let (k, read) = widest_ranking(&cfg.data.train, cfg.data.format).map_or((9, " assumed"), |k| (k, ""));
+    let (k, read) = rlhf_data::formats::widest_ranking(&cfg.data.train, cfg.data.format).map_or((9, " assumed"), |k| (k, ""));
     let (micro, len) = (cfg.train.micro_batch_size, cfg.data.max_len);
     Ok(MemoryPlan {
         stage: "reward".into(),
@@ -232,17 +224,9 @@ pub fn run<B: AutodiffBackend>(cfg: &RewardConfig, out: &Path, resume: bool, dev
     let tok = Tokenizer::from_dir(&cfg.model.from)?;
     let fmt = ChatFormat::resolve(&tok, cfg.data.template)?;
     let body = Transformer::<B>::from_hf_dir(&cfg.model.from, device)?;
-    // Sequences never exceed the model's context.
-    let data = DataFiles { max_len: cfg.data.max_len.min(body.config.max_position_embeddings), ..cfg.data.clone() };
-    let opts = data.prepare_options(Kind::Ranking);
-    let read = |path: &Path| -> anyhow::Result<Vec<RankingSample>> {
-        let prepared = prepare::<RankingSample>(path, &opts, &tok, &fmt)?;
-        eprintln!("{}", prepared.summary(data.max_len));
-        Ok(prepared.examples)
-    };
-    let (train, eval) = data.split(read(&data.train)?, cfg.seed, read)?;
-    if train.is_empty() {
-        bail!("{}: no rankings to train on", cfg.data.train.display());
+    let (train, eval, max_len) = cfg.data.prepare_split::<RankingSample>(Kind::Ranking, body.config.max_position_embeddings, cfg.seed, &tok, &fmt)?;
+    if !train.iter().any(|s| !ranking_pairs(&s.ranks, 0).is_empty()) {
+        bail!("{}: no rankings with a preference to train on (records of one labelled completion train only DPO's `loss = \"kto\"`)", cfg.data.train.display());
     }
     let model = RewardModel { head: ScalarHead::init(body.config.hidden_size, device), model: body };
     let setup = TrainingSetup { lora: cfg.lora.as_ref(), precision: cfg.precision, gradient_checkpointing: cfg.train.gradient_checkpointing };
@@ -264,7 +248,7 @@ pub fn run<B: AutodiffBackend>(cfg: &RewardConfig, out: &Path, resume: bool, dev
         return Ok(model);
     }
     // Normalise: a bias so the reference set scores 0 on average (InstructGPT).
-    let (reference, seqs) = reference_sequences(cfg.reference.as_deref(), data.max_len, &tok, &fmt, &objective.train)?;
+    let (reference, seqs) = reference_sequences(cfg.reference.as_deref(), max_len, &tok, &fmt, &objective.train)?;
     let (mean, std) = score_stats(&model, &seqs, pad_id, cfg.train.micro_batch_size * 4, device)?;
     let mut model = model;
     let bias = model.head.bias.val() - mean;

@@ -11,15 +11,10 @@
 //! prompt, not per pair, keeps a K = 9 ranking from weighing 36 times a K = 2 one, and keeping a
 //! prompt's C(K,2) pairs in one element avoids the overfitting InstructGPT reports for shuffled pairs.
 
-use burn::tensor::activation::relu;
 use burn::tensor::{Int, Tensor, TensorData};
 use rlhf_runtime::Backend;
 use rlhf_data::encode::Pair;
-
-/// log(1 + eˣ), computed without overflow: max(x, 0) + log(1 + e^−|x|). Equals −log σ(−x).
-fn softplus<B: Backend>(x: Tensor<B, 1>) -> Tensor<B, 1> {
-    relu(x.clone()) + x.abs().neg().exp().log1p()
-}
+use rlhf_model::ops::softplus;
 
 /// Σ_pairs weight · (−log σ(r_better − r_worse − margin)) / `normalizer` (the number of prompts in the
 /// optimizer step, so micro-batch losses add up to the mean per-prompt loss).
