@@ -2,7 +2,7 @@
 //! Schulman et al. 2017):
 //!
 //! ```text
-//! kl_t      = log π(a_t|s_t) − log π_ref(a_t|s_t)                      (k1; k3 selectable)
+//! kl_t      = log π(a_t|s_t) − log π_ref(a_t|s_t)                      (k1; k2, k3 selectable)
 //! r_t       = −β·kl_t  (+ RM score on the last response token)
 //! δ_t       = r_t + γ·V(s_{t+1}) − V(s_t),   A_t = δ_t + γλ·A_{t+1},   R_t = A_t + V(s_t)
 //! L_policy  = −mean_t min(ρ_t·A_t, clip(ρ_t, 1−ε, 1+ε)·A_t),  ρ_t = π/π_old
@@ -10,6 +10,7 @@
 //! L_actor   = L_policy − c_ent·H  + γ_ptx·L_ptx  (or (1−c)·L_ppo + c·L_ptx, ColossalChat's form)
 //! ```
 //!
+//! The KL estimators, GAE and whitening are shared with the other stage-3 estimators (`rlhf-rl`).
 //! Host-side pieces (reward shaping, GAE, whitening) work on rows of one rollout: every response
 //! token of row `i` is a column `t` with `mask[i][t]` set; padding after a response has stopped is
 //! masked out. Device-side pieces (the losses) take `[rows, response_len]` tensors.
@@ -18,28 +19,7 @@ use burn::tensor::Tensor;
 use rlhf_runtime::Backend;
 use serde::{Deserialize, Serialize};
 
-/// How the per-token KL to the reference is estimated from the sampled tokens' log-probs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KlEstimator {
-    /// log π − log π_ref: unbiased, can be negative per token (InstructGPT, TRL's default).
-    #[default]
-    K1,
-    /// (π_ref/π − 1) − log(π_ref/π): unbiased and never negative (Schulman's k3).
-    K3,
-}
-
-/// Per-token KL estimate.
-///
-/// # Shapes
-/// - `logp`, `ref_logp`: [rows, len] → [rows, len]
-pub fn kl_per_token<B: Backend>(logp: Tensor<B, 2>, ref_logp: Tensor<B, 2>, estimator: KlEstimator) -> Tensor<B, 2> {
-    let log_ratio = logp - ref_logp; // log π/π_ref
-    match estimator {
-        KlEstimator::K1 => log_ratio,
-        KlEstimator::K3 => log_ratio.clone().neg().exp() - 1.0 + log_ratio,
-    }
-}
+pub use rlhf_rl::{gae, kl_per_token, whiten, KlEstimator};
 
 /// Per-token rewards: −β·kl on every response token, plus the sequence's score on its last
 /// response token only. Masked positions get 0.
@@ -62,45 +42,6 @@ pub fn shaped_rewards(kl: &[Vec<f32>], mask: &[Vec<bool>], scores: &[f32], beta:
 pub fn normalize_score(raw: f32, std: Option<f64>, clip: f64) -> f32 {
     let s = rlhf_model::reward_info::scaled_score(raw, std);
     (if clip > 0.0 { s.clamp(-clip, clip) } else { s }) as f32
-}
-
-/// Generalised advantage estimation over each row's response tokens. The state after the last
-/// response token is terminal (V = 0); masked positions get advantage and return 0.
-/// Returns (advantages, returns = advantages + values).
-pub fn gae(rewards: &[Vec<f32>], values: &[Vec<f32>], mask: &[Vec<bool>], gamma: f64, lam: f64) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
-    let mut advantages = Vec::with_capacity(rewards.len());
-    let mut returns = Vec::with_capacity(rewards.len());
-    for ((r, v), m) in rewards.iter().zip(values).zip(mask) {
-        let len = r.len();
-        let (mut adv, mut ret) = (vec![0.0f32; len], vec![0.0f32; len]);
-        let (mut next_value, mut next_adv) = (0.0f64, 0.0f64);
-        for t in (0..len).rev() {
-            if !m[t] {
-                continue;
-            }
-            let delta = f64::from(r[t]) + gamma * next_value - f64::from(v[t]);
-            next_adv = delta + gamma * lam * next_adv;
-            next_value = f64::from(v[t]);
-            adv[t] = next_adv as f32;
-            ret[t] = (next_adv + f64::from(v[t])) as f32;
-        }
-        advantages.push(adv);
-        returns.push(ret);
-    }
-    (advantages, returns)
-}
-
-/// (x − mean) / std over the masked entries (population variance); masked-out entries become 0.
-pub fn whiten(x: &[Vec<f32>], mask: &[Vec<bool>]) -> Vec<Vec<f32>> {
-    let picked = || x.iter().flatten().zip(mask.iter().flatten()).filter(|(_, &m)| m).map(|(&v, _)| f64::from(v));
-    let n = picked().count().max(1) as f64;
-    let mean = picked().sum::<f64>() / n;
-    let var = picked().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
-    let inv_std = 1.0 / (var + 1e-8).sqrt();
-    x.iter()
-        .zip(mask)
-        .map(|(row, m)| row.iter().zip(m).map(|(&v, &on)| if on { ((f64::from(v) - mean) * inv_std) as f32 } else { 0.0 }).collect())
-        .collect()
 }
 
 /// Clipped surrogate policy loss, summed over masked tokens and divided by `normalizer` (the
@@ -217,18 +158,6 @@ mod tests {
     }
 
     #[test]
-    fn kl_estimators_by_hand() {
-        let logp = t2::<B>(&[(0.5f32).ln(), (0.2f32).ln()], [1, 2]);
-        let ref_logp = t2::<B>(&[(0.25f32).ln(), (0.4f32).ln()], [1, 2]);
-        let k1 = kl_per_token(logp.clone(), ref_logp.clone(), KlEstimator::K1).into_data().to_vec::<f32>().unwrap();
-        assert!(close(k1[0].into(), 2f64.ln()) && close(k1[1].into(), 0.5f64.ln()));
-        // k3 = (r − 1) − log r with r = π_ref/π: r = 0.5 → 0.5 − 1 + ln 2; r = 2 → 1 − ln 2.
-        let k3 = kl_per_token(logp, ref_logp, KlEstimator::K3).into_data().to_vec::<f32>().unwrap();
-        assert!(close(k3[0].into(), -0.5 + 2f64.ln()) && close(k3[1].into(), 1.0 - 2f64.ln()));
-        assert!(k3.iter().all(|&k| k >= 0.0));
-    }
-
-    #[test]
     fn rewards_are_kl_per_token_and_the_score_on_the_last_token_only() {
         // Row 0: 3 response tokens; row 1: 1 token then padding (whose KL entries are garbage).
         let kl = vec![vec![0.1, -0.2, 0.3], vec![0.4, 9.0, 9.0]];
@@ -243,36 +172,6 @@ mod tests {
         assert_eq!(normalize_score(30.0, Some(2.0), 5.0), 5.0);
         assert_eq!(normalize_score(-30.0, None, 5.0), -5.0);
         assert_eq!(normalize_score(1.0, Some(0.0), 5.0), 1.0); // degenerate std: left alone
-    }
-
-    #[test]
-    fn gae_for_two_responses_of_different_lengths() {
-        // γ = 0.9, λ = 0.5.
-        // Row 0 (3 tokens): r = [0, 0, 1], V = [0.5, 0.6, 0.7]
-        //   δ2 = 1 − 0.7 = 0.3                     A2 = 0.3
-        //   δ1 = 0 + 0.9·0.7 − 0.6 = 0.03          A1 = 0.03 + 0.45·0.3 = 0.165
-        //   δ0 = 0 + 0.9·0.6 − 0.5 = 0.04          A0 = 0.04 + 0.45·0.165 = 0.11425
-        // Row 1 (1 token, then padding whose values must not leak in): r = [2], V = [1.5]
-        //   A0 = 2 − 1.5 = 0.5
-        let rewards = vec![vec![0.0, 0.0, 1.0], vec![2.0, 0.0, 0.0]];
-        let values = vec![vec![0.5, 0.6, 0.7], vec![1.5, 7.0, 7.0]];
-        let mask = vec![vec![true, true, true], vec![true, false, false]];
-        let (adv, ret) = gae(&rewards, &values, &mask, 0.9, 0.5);
-        rows_close(&adv, &[&[0.11425, 0.165, 0.3], &[0.5, 0.0, 0.0]]);
-        rows_close(&ret, &[&[0.61425, 0.765, 1.0], &[2.0, 0.0, 0.0]]);
-        // γ = λ = 1: advantages are reward-to-go minus the value.
-        let (adv, _) = gae(&rewards, &values, &mask, 1.0, 1.0);
-        rows_close(&adv, &[&[0.5, 0.4, 0.3], &[0.5, 0.0, 0.0]]);
-    }
-
-    #[test]
-    fn whitening_uses_only_masked_entries() {
-        // Masked entries 1, 2, 3, 6: mean 3, population variance (4 + 1 + 0 + 9)/4 = 3.5.
-        let x = vec![vec![1.0, 2.0, 100.0], vec![3.0, 6.0, -50.0]];
-        let mask = vec![vec![true, true, false], vec![true, true, false]];
-        let w = whiten(&x, &mask);
-        let s = 3.5f64.sqrt();
-        rows_close(&w, &[&[-2.0 / s, -1.0 / s, 0.0], &[0.0, 3.0 / s, 0.0]]);
     }
 
     #[test]

@@ -1,0 +1,13 @@
+//! What stage 3's algorithms share, each a small pure function with hand-worked tests: the KL
+//! estimators, GAE and whitening (PPO), and the group-relative advantages of the critic-free
+//! estimators (GRPO, Dr. GRPO, RLOO, ReMax, REINFORCE++).
+//!
+//! Host-side pieces work on rows of one rollout: every response token of row `i` is a column `t`
+//! with `mask[i][t]` set; padding after a response has stopped is masked out. Per-response pieces
+//! take one reward per row and the row's group (the prompt it was sampled for).
+
+pub mod advantages;
+pub mod kl;
+
+pub use advantages::{gae, group_advantages, remax_advantages, returns_to_go, whiten, GroupBaseline, ScaleRewards};
+pub use kl::{kl_per_token, KlEstimator};
