@@ -1,6 +1,7 @@
 //! What stage 3's algorithms share, each a small pure function with hand-worked tests: the KL
-//! estimators, GAE and whitening (PPO), and the group-relative advantages of the critic-free
-//! estimators (GRPO, Dr. GRPO, RLOO, ReMax, REINFORCE++).
+//! estimators, GAE and whitening (PPO), the group-relative advantages of the critic-free
+//! estimators (GRPO, Dr. GRPO, RLOO, ReMax, REINFORCE++), their clipped policy loss (asymmetric and
+//! dual clip) and the loss aggregation modes.
 //!
 //! Host-side pieces work on rows of one rollout: every response token of row `i` is a column `t`
 //! with `mask[i][t]` set; padding after a response has stopped is masked out. Per-response pieces
@@ -8,6 +9,8 @@
 
 pub mod advantages;
 pub mod kl;
+pub mod loss;
 
 pub use advantages::{gae, group_advantages, remax_advantages, returns_to_go, whiten, GroupBaseline, ScaleRewards};
 pub use kl::{kl_per_token, KlEstimator};
+pub use loss::{aggregate, clipped_policy_loss, Clip, LossAggregation, StepCounts};
