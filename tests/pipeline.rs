@@ -188,6 +188,10 @@ fn ci_dpo_pipeline_beats_sft_with_all_pairs_and_plackett_luce() {
         assert!(g("/dpo/oracle_score") > g("/sft/oracle_score"), "{ranking_loss}: {eval}");
         assert_eq!(eval["kl_within_bound"], true, "{ranking_loss}: {eval}");
         assert!(eval.get("rm").is_none() && eval.pointer("/dpo/rm_score").is_none(), "no reward model, no RM scores: {eval}");
+        // The oracle's parts, sampled and greedy, per policy.
+        for p in ["/dpo/oracle_parts/correct", "/sft/oracle_parts/language", "/greedy/sft/oracle_parts/correct", "/greedy/dpo/oracle_score"] {
+            assert!((0.0..=2.0).contains(&g(p)), "{p}: {eval}");
+        }
         let rows = rlhf_train::metrics::read_metrics(&out.join("dpo/metrics.jsonl")).unwrap();
         let acc: Vec<f64> = rows.iter().filter_map(|r| r["eval_rewards/accuracies"].as_f64()).collect();
         assert!(*acc.last().unwrap() > 0.6, "{ranking_loss}: held-out reward accuracy {acc:?}");
@@ -195,4 +199,5 @@ fn ci_dpo_pipeline_beats_sft_with_all_pairs_and_plackett_luce() {
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("## Direct preference optimization") && report.contains("plots/dpo.png"), "{report}");
     assert!(report.contains("| prompt | SFT | DPO |"), "{report}");
+    assert!(report.contains("| oracle: right answer (share) |") && report.contains("| greedy: right answer (share) |"), "{report}");
 }

@@ -95,6 +95,11 @@ pub fn evaluate_run<B: Backend>(run: &Path, cfg: &EvalConfig, device: &B::Device
     let stop = fmt.stop_ids(&tok);
     let scorer = rm.as_ref().map(|(model, std)| (model, *std));
     let sft_scored = sample_and_score(&sft, None, scorer, &prompts, cfg, &tok, &stop, pad, device)?;
+    // One greedy answer per prompt and policy, beside the sampled ones.
+    let greedy_cfg = EvalConfig { temperature: 0.0, samples_per_prompt: 1, ..cfg.clone() };
+    let greedy = |policy: &CausalLm<B>| -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::to_value(summarize(&sample_and_score(policy, None, scorer, &prompts, &greedy_cfg, &tok, &stop, pad, device)?, false))?)
+    };
     let mut result = json!({
         "prompts": prompts.len(),
         "samples_per_prompt": cfg.samples_per_prompt,
@@ -106,6 +111,9 @@ pub fn evaluate_run<B: Backend>(run: &Path, cfg: &EvalConfig, device: &B::Device
     if rm.is_some() {
         result["rm"] = json!({ "pairwise_acc": rm_pairwise_acc(&run.join("reward")) });
     }
+    if cfg.greedy {
+        result["greedy"] = json!({ "sft": greedy(&sft)? });
+    }
     let mut within_bound = true;
     let mut rows: Vec<serde_json::Value> = sft_scored.iter().map(|a| json!({ "prompt": a.prompt, "sft": a.response, "sft_rm": a.rm_score, "sft_oracle": a.oracle })).collect();
     for name in &aligned {
@@ -114,6 +122,9 @@ pub fn evaluate_run<B: Backend>(run: &Path, cfg: &EvalConfig, device: &B::Device
         let summary = summarize(&scored, true);
         within_bound &= cfg.max_kl.is_none_or(|b| summary.kl.unwrap_or(0.0) <= b);
         result[*name] = serde_json::to_value(&summary)?;
+        if cfg.greedy {
+            result["greedy"][*name] = greedy(&policy)?;
+        }
         if rm.is_some() {
             result[format!("win_rate_{name}_vs_sft")] = json!(win_rate(&scored, &sft_scored));
         }

@@ -209,17 +209,29 @@ pub fn write_report(run: &Path, samples: usize) -> anyhow::Result<()> {
         let policies: Vec<String> = e["policies"].as_array().map(|a| a.iter().filter_map(|p| p.as_str().map(String::from)).collect()).unwrap_or_else(|| vec!["ppo".into()]);
         let upper: Vec<String> = policies.iter().map(|p| p.to_uppercase()).collect();
         let _ = writeln!(md, "| | SFT | {} |\n|---|---|{}", upper.join(" | "), "---|".repeat(policies.len()));
-        let row = |md: &mut String, label: &str, key: &str, sft: Option<String>| {
-            let cells: Vec<String> = policies.iter().map(|p| f(g(&format!("/{p}/{key}")))).collect();
-            let _ = writeln!(md, "| {label} | {} | {} |", sft.unwrap_or_else(|| f(g(&format!("/sft/{key}")))), cells.join(" | "));
+        let row = |md: &mut String, label: &str, path: &dyn Fn(&str) -> String, sft: Option<String>| {
+            let cells: Vec<String> = policies.iter().map(|p| f(g(&path(p)))).collect();
+            let _ = writeln!(md, "| {label} | {} | {} |", sft.unwrap_or_else(|| f(g(&path("sft")))), cells.join(" | "));
         };
-        row(&mut md, "oracle score (max 2.0)", "oracle_score", None);
+        row(&mut md, "oracle score (max 2.0)", &|p| format!("/{p}/oracle_score"), None);
+        for (label, part) in [("right answer", "correct"), ("in the prompt's language", "language"), ("in the asked-for form", "format")] {
+            if g(&format!("/sft/oracle_parts/{part}")).is_some() {
+                row(&mut md, &format!("oracle: {label} (share)"), &|p| format!("/{p}/oracle_parts/{part}"), None);
+            }
+        }
         let has_rm = e.get("rm").is_some();
         if has_rm {
-            row(&mut md, "RM score (normalised)", "rm_score", None);
+            row(&mut md, "RM score (normalised)", &|p| format!("/{p}/rm_score"), None);
         }
-        row(&mut md, "response length (tokens)", "response_len", None);
-        row(&mut md, "KL to the SFT model (per response)", "kl", Some("0".into()));
+        row(&mut md, "response length (tokens)", &|p| format!("/{p}/response_len"), None);
+        row(&mut md, "KL to the SFT model (per response)", &|p| format!("/{p}/kl"), Some("0".into()));
+        if e.get("greedy").is_some() {
+            row(&mut md, "greedy: oracle score", &|p| format!("/greedy/{p}/oracle_score"), None);
+            row(&mut md, "greedy: right answer (share)", &|p| format!("/greedy/{p}/oracle_parts/correct"), None);
+            if has_rm {
+                row(&mut md, "greedy: RM score", &|p| format!("/greedy/{p}/rm_score"), None);
+            }
+        }
         if has_rm {
             let wins: Vec<String> = policies.iter().map(|p| format!("{} **{}**", p.to_uppercase(), f(g(&format!("/win_rate_{p}_vs_sft"))))).collect();
             let _ = writeln!(md, "\nRM win rate over SFT: {}. Reward model held-out pairwise accuracy: **{}**.", wins.join(", "), f(g("/rm/pairwise_acc")));

@@ -7,5 +7,5 @@ pub mod policy;
 pub mod ranking;
 
 pub use answers::{sample_answers, AnswerSampling};
-pub use policy::{aligned_policies, read_eval_prompts, ALIGNED, rm_pairwise_acc, sample_and_score, summarize, win_rate, EvalConfig, JudgeConfig, PolicyScores, Scored};
+pub use policy::{aligned_policies, read_eval_prompts, ALIGNED, rm_pairwise_acc, sample_and_score, summarize, win_rate, EvalConfig, JudgeConfig, OracleParts, PolicyScores, Scored};
 pub use ranking::{ranking_stats, RankingStats};

@@ -46,6 +46,14 @@ pub struct EvalConfig {
     /// "f32", or "bf16": both policies and the reward model stored and run in bf16.
     #[serde(default)]
     pub precision: rlhf_runtime::Precision,
+    /// Also answer every prompt once greedily (temperature 0) with each policy, scored by the oracle
+    /// and the reward model: `eval.json`'s `greedy` section.
+    #[serde(default = "yes")]
+    pub greedy: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `[eval.judge]`: pairwise judging of PPO against SFT by a judge model, both orders per question.
@@ -110,6 +118,9 @@ pub struct Scored {
     /// The reward model's normalised score, when there is a reward model.
     pub rm_score: Option<f32>,
     pub oracle: Option<f64>,
+    /// The oracle's three parts, for demo prompts.
+    #[serde(skip)]
+    pub oracle_parts: Option<rlhf_data::demo::OracleScore>,
     /// Σ_t log π(a_t) of the response under the policy that wrote it, and under the baseline.
     #[serde(skip)]
     pub logp: f64,
@@ -126,10 +137,22 @@ pub struct PolicyScores {
     pub rm_score: Option<f64>,
     /// Over prompts the demo oracle recognises; None when it recognises none.
     pub oracle_score: Option<f64>,
+    /// The shares of those responses that are right, in the prompt's language, and in the asked-for
+    /// form (the oracle's parts, worth 1, 0.5 and 0.5).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oracle_parts: Option<OracleParts>,
     /// Mean Σ_t (log π − log π_baseline) per response, when a baseline was given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kl: Option<f64>,
     pub response_len: f64,
+}
+
+/// Shares of responses that get each of the oracle's parts.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct OracleParts {
+    pub correct: f64,
+    pub language: f64,
+    pub format: f64,
 }
 
 /// Samples `samples_per_prompt` responses per prompt from `policy` and scores them (by the reward
@@ -181,12 +204,13 @@ pub fn sample_and_score<B: Backend>(
         for (i, (p, gen)) in chunk.iter().zip(g.to_host()).enumerate() {
             let response = tok.decode(&gen.new_ids, true)?;
             let tokens = gen.new_ids.len();
-            let oracle = rlhf_data::demo::oracle(&p.text, &response).map(|s| s.total());
+            let parts = rlhf_data::demo::oracle(&p.text, &response);
             out.push(Scored {
                 prompt: p.text.clone(),
                 response,
                 rm_score: scores.as_ref().map(|s| s[i]),
-                oracle,
+                oracle: parts.map(|s| s.total()),
+                oracle_parts: parts,
                 logp: logp[i],
                 baseline_logp: base[i],
                 tokens,
@@ -202,7 +226,10 @@ pub fn summarize(scored: &[Scored], with_kl: bool) -> PolicyScores {
     let n = scored.len().max(1) as f64;
     let oracle: Vec<f64> = scored.iter().filter_map(|s| s.oracle).collect();
     let rm: Vec<f64> = scored.iter().filter_map(|s| s.rm_score.map(f64::from)).collect();
+    let parts: Vec<rlhf_data::demo::OracleScore> = scored.iter().filter_map(|s| s.oracle_parts).collect();
+    let share = |f: fn(&rlhf_data::demo::OracleScore) -> bool| parts.iter().filter(|p| f(p)).count() as f64 / parts.len() as f64;
     PolicyScores {
+        oracle_parts: (!parts.is_empty()).then(|| OracleParts { correct: share(|p| p.correct), language: share(|p| p.language), format: share(|p| p.format) }),
         rm_score: (!rm.is_empty()).then(|| rm.iter().sum::<f64>() / rm.len() as f64),
         oracle_score: (!oracle.is_empty()).then(|| oracle.iter().sum::<f64>() / oracle.len() as f64),
         kl: with_kl.then(|| scored.iter().map(|s| s.logp - s.baseline_logp).sum::<f64>() / n),
@@ -245,7 +272,7 @@ mod tests {
     use super::*;
 
     fn s(rm: f32) -> Scored {
-        Scored { prompt: String::new(), response: String::new(), rm_score: Some(rm), oracle: None, logp: 0.0, baseline_logp: 0.0, tokens: 0 }
+        Scored { prompt: String::new(), response: String::new(), rm_score: Some(rm), oracle: None, oracle_parts: None, logp: 0.0, baseline_logp: 0.0, tokens: 0 }
     }
 
     #[test]
