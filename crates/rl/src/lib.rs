@@ -1,7 +1,7 @@
 //! What stage 3's algorithms share, each a small pure function with hand-worked tests: the KL
 //! estimators, GAE and whitening (PPO), the group-relative advantages of the critic-free
 //! estimators (GRPO, Dr. GRPO, RLOO, ReMax, REINFORCE++), their clipped policy loss (asymmetric and
-//! dual clip) and the loss aggregation modes.
+//! dual clip), the loss aggregation modes, and rule-based (verifiable) rewards.
 //!
 //! Host-side pieces work on rows of one rollout: every response token of row `i` is a column `t`
 //! with `mask[i][t]` set; padding after a response has stopped is masked out. Per-response pieces
@@ -10,6 +10,7 @@
 pub mod advantages;
 pub mod kl;
 pub mod loss;
+pub mod verifiers;
 
 pub use advantages::{gae, group_advantages, remax_advantages, returns_to_go, whiten, GroupBaseline, ScaleRewards};
 pub use kl::{kl_per_token, KlEstimator};

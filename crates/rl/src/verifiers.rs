@@ -1,0 +1,168 @@
+//! Rule-based rewards ("verifiable rewards"): each a pure function of the response (and a field of
+//! the prompt's record), returning a score, or None where it does not apply (a record without the
+//! field it checks against).
+//!
+//! | verifier | score |
+//! |---|---|
+//! | `math_answer` | 1 when the response's final answer — its last `\boxed{…}`, else what follows its last `####` — equals the record's answer as a number (GSM8K's `"… #### 42"` is read the same way); 0 otherwise, an answer-less response included |
+//! | `exact`, `contains` | 1 when the trimmed response equals / contains the record's field |
+//! | `regex` | 1 when the pattern matches somewhere in the response |
+//! | `format` | 1 when the pattern matches the whole response |
+//! | `overlong` | DAPO's soft overlong penalty: 0 up to `max_len − buffer` tokens, then falling linearly to −1 at `max_len`, −1 beyond |
+//! | `repetition` | −(1 − distinct n-grams / n-grams) of the response's tokens: 0 without repeats |
+
+/// The final answer of a math response: the content of its last `\boxed{…}` (braces nested), else
+/// the rest of the line after its last `####`.
+pub fn final_answer(text: &str) -> Option<String> {
+    if let Some(at) = text.rfind("\\boxed{") {
+        let mut depth = 0usize;
+        let body = &text[at + "\\boxed{".len()..];
+        for (i, c) in body.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' if depth == 0 => return Some(body[..i].trim().to_string()),
+                '}' => depth -= 1,
+                _ => {}
+            }
+        }
+        return None;
+    }
+    let at = text.rfind("####")?;
+    let rest = text[at + 4..].lines().next().unwrap_or("").trim();
+    (!rest.is_empty()).then(|| rest.to_string())
+}
+
+/// A number as people write answers: `42`, `-3.5`, `1,234`, `$12`, `12.` , `3/4`, `50%` (= 50).
+pub fn parse_number(s: &str) -> Option<f64> {
+    let cleaned: String = s.trim().trim_end_matches('.').chars().filter(|c| !matches!(c, ',' | '$' | ' ' | '%')).collect();
+    if let Some((a, b)) = cleaned.split_once('/') {
+        let (a, b) = (a.parse::<f64>().ok()?, b.parse::<f64>().ok()?);
+        return (b != 0.0).then(|| a / b);
+    }
+    cleaned.parse::<f64>().ok().filter(|x| x.is_finite())
+}
+
+/// Two answers as numbers, equal to a relative 1e-6 (or as trimmed text when either is not a number).
+fn same_answer(got: &str, want: &str) -> bool {
+    match (parse_number(got), parse_number(want)) {
+        (Some(a), Some(b)) => (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+        _ => got.trim() == want.trim(),
+    }
+}
+
+/// `math_answer`: None when the record has no answer.
+pub fn math_answer(response: &str, record_answer: Option<&str>) -> Option<f64> {
+    let answer = record_answer?;
+    // GSM8K ships the worked solution with the number after `####`.
+    let want = final_answer(answer).unwrap_or_else(|| answer.trim().to_string());
+    Some(match final_answer(response) {
+        Some(got) if same_answer(&got, &want) => 1.0,
+        _ => 0.0,
+    })
+}
+
+pub fn exact(response: &str, target: Option<&str>) -> Option<f64> {
+    target.map(|t| f64::from(u8::from(response.trim() == t.trim())))
+}
+
+pub fn contains(response: &str, target: Option<&str>) -> Option<f64> {
+    target.map(|t| f64::from(u8::from(response.contains(t.trim()))))
+}
+
+/// `regex`: the pattern matches somewhere in the response.
+pub fn regex_match(response: &str, pattern: &regex::Regex) -> f64 {
+    f64::from(u8::from(pattern.is_match(response)))
+}
+
+/// `format`: the pattern matches the whole response (it is anchored here).
+pub fn whole_match(response: &str, pattern: &regex::Regex) -> f64 {
+    f64::from(u8::from(pattern.find(response).is_some_and(|m| m.start() == 0 && m.end() == response.len())))
+}
+
+/// DAPO's soft overlong penalty for a response of `len` tokens.
+pub fn overlong_penalty(len: usize, max_len: usize, buffer: usize) -> f64 {
+    let start = max_len.saturating_sub(buffer);
+    if len <= start {
+        0.0
+    } else if len <= max_len && buffer > 0 {
+        -((len - start) as f64) / buffer as f64
+    } else {
+        -1.0
+    }
+}
+
+/// −(1 − distinct n-grams / n-grams) over `tokens`; 0 when there is no n-gram.
+pub fn repetition_penalty(tokens: &[u32], n: usize) -> f64 {
+    if n == 0 || tokens.len() < n {
+        return 0.0;
+    }
+    let grams: Vec<&[u32]> = tokens.windows(n).collect();
+    let distinct: std::collections::HashSet<&[u32]> = grams.iter().copied().collect();
+    -(1.0 - distinct.len() as f64 / grams.len() as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn final_answers_from_boxes_and_hashes() {
+        assert_eq!(final_answer(r"so \boxed{2} then \boxed{\frac{1}{2}} done").as_deref(), Some(r"\frac{1}{2}"));
+        assert_eq!(final_answer("Natalia sold 48/2 = 24 clips.\n#### 72").as_deref(), Some("72"));
+        assert_eq!(final_answer("#### 1 #### 2").as_deref(), Some("2"));
+        assert_eq!(final_answer(r"\boxed{unclosed"), None);
+        assert_eq!(final_answer("no answer here"), None);
+    }
+
+    #[test]
+    fn numbers_as_answers_are_written() {
+        for (s, want) in [("42", 42.0), ("-3.5", -3.5), ("1,234", 1234.0), ("$12", 12.0), ("12.", 12.0), ("3/4", 0.75), ("50%", 50.0)] {
+            assert_eq!(parse_number(s), Some(want), "{s}");
+        }
+        assert_eq!(parse_number("x"), None);
+        assert_eq!(parse_number("1/0"), None);
+    }
+
+    /// GSM8K's record answer "… #### 72": a response ending "#### 72.0" or "\boxed{72}" is right,
+    /// "#### 71" wrong, one without a final answer wrong; a record without an answer: not applicable.
+    #[test]
+    fn math_answer_against_a_gsm8k_record() {
+        let record = Some("She sold 48 + 24 = 72 clips.\n#### 72");
+        assert_eq!(math_answer("so #### 72.0", record), Some(1.0));
+        assert_eq!(math_answer(r"The answer is \boxed{72}.", record), Some(1.0));
+        assert_eq!(math_answer("#### 71", record), Some(0.0));
+        assert_eq!(math_answer("72", record), Some(0.0));
+        assert_eq!(math_answer("#### 72", None), None);
+        // A plain answer field, and 1,000 against 1000.
+        assert_eq!(math_answer(r"\boxed{1,000}", Some("1000")), Some(1.0));
+    }
+
+    #[test]
+    fn text_and_pattern_verifiers() {
+        assert_eq!(exact(" Paris ", Some("Paris")), Some(1.0));
+        assert_eq!(exact("Paris, France", Some("Paris")), Some(0.0));
+        assert_eq!(contains("Paris, France", Some("Paris")), Some(1.0));
+        assert_eq!(contains("x", None), None);
+        let think = regex::Regex::new(r"(?s)<think>.*</think>\s*\S.*").unwrap();
+        assert_eq!(whole_match("<think>hm</think> 42", &think), 1.0);
+        assert_eq!(whole_match("42 <think>hm</think> 42", &think), 0.0);
+        assert_eq!(regex_match("42 <think>hm</think> 42", &think), 1.0);
+    }
+
+    /// max_len 100, buffer 20: 80 tokens → 0; 90 → −10/20 = −0.5; 100 → −1; 120 → −1.
+    #[test]
+    fn overlong_penalty_by_hand() {
+        assert_eq!(overlong_penalty(80, 100, 20), 0.0);
+        assert_eq!(overlong_penalty(90, 100, 20), -0.5);
+        assert_eq!(overlong_penalty(100, 100, 20), -1.0);
+        assert_eq!(overlong_penalty(120, 100, 20), -1.0);
+    }
+
+    /// Tokens [1, 2, 1, 2, 1] with n = 2: bigrams 12, 21, 12, 21 → 2 distinct of 4 → −0.5.
+    #[test]
+    fn repetition_penalty_by_hand() {
+        assert_eq!(repetition_penalty(&[1, 2, 1, 2, 1], 2), -0.5);
+        assert_eq!(repetition_penalty(&[1, 2, 3, 4], 2), 0.0);
+        assert_eq!(repetition_penalty(&[1], 2), 0.0);
+    }
+}
