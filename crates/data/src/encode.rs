@@ -192,6 +192,18 @@ pub struct RankingSample {
     pub prompt_len: usize,
 }
 
+impl RankingSample {
+    /// Whether the ranking states a preference: at least one untied pair.
+    pub fn has_preference(&self) -> bool {
+        !ranking_pairs(&self.ranks, 0).is_empty()
+    }
+
+    /// The index of a best-ranked response (the first of them).
+    pub fn best_response(&self) -> usize {
+        (0..self.ranks.len()).min_by_key(|&i| self.ranks[i]).unwrap_or(0)
+    }
+}
+
 /// One preference a ranking states: response `better` (an index into a flat list of responses)
 /// beats `worse`; `weight` is 1/P for the P untied pairs of its prompt.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -120,7 +120,7 @@ fn reference_logps<B: AutodiffBackend>(
     let lora_base = cfg.lora.is_some();
     let load = |dir: &Path| -> anyhow::Result<CausalLm<B::InnerBackend>> { Ok(CausalLm::<B::InnerBackend>::from_hf_dir(dir, device)?.in_precision(cfg.precision)) };
     // The starting policy, or its base: the policy's own (shared) weights.
-    let starting = || if lora_base { policy.model.has_lora().then(|| CausalLm { model: policy.model.without_lora(), lm_head: policy.lm_head.clone() }.valid()) } else { None };
+    let starting = || lora_base.then(|| CausalLm { model: policy.model.without_lora(), lm_head: policy.lm_head.clone() }.valid());
     if cfg.dpo.reference == ReferenceMode::Online {
         let model = match &source {
             ReferenceSource::Folder(dir) => load(dir)?,
@@ -140,10 +140,13 @@ fn reference_logps<B: AutodiffBackend>(
     };
     let key = reference::cache_key(&dir, lora_base && source == ReferenceSource::StartingPolicy, cfg.precision, train, eval)?;
     if let Some(cache) = reference::load_cache(out, &key)? {
-        if cache.train.len() == train.len() && cache.eval.len() == eval.len() {
+        // One value per sequence of every example: a file edited by hand is computed again, not indexed out of bounds.
+        let fits = |values: &[Vec<f32>], examples: &[Example]| values.len() == examples.len() && values.iter().zip(examples).all(|(v, e)| v.len() == e.sequence_count());
+        if fits(&cache.train, train) && fits(&cache.eval, eval) {
             eprintln!("dpo: reference log-probs reused from {} (key {key})", out.join(REFERENCE_LOGPS_FILE).display());
             return Ok(ReferenceLogps::Precomputed { train: cache.train, eval: cache.eval });
         }
+        eprintln!("dpo: {} does not hold one value per sequence; computing it again", out.join(REFERENCE_LOGPS_FILE).display());
     }
     let clock = std::time::Instant::now();
     let model = match &source {

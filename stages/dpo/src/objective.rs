@@ -36,7 +36,7 @@ impl Example {
 
     /// Whether the ranking states a preference (at least one untied pair).
     pub fn has_pairs(&self) -> bool {
-        !ranking_pairs(&self.ranking.ranks, 0).is_empty()
+        self.ranking.has_preference()
     }
 
     /// KTO's responses and whether each is desirable: a record of one labelled completion (rank 0:
@@ -431,8 +431,7 @@ pub fn mismatched_sequences(rankings: &[RankingSample], seed: u64, max_len: usiz
     (0..n)
         .map(|i| {
             let donor = &rankings[next[i]];
-            let best = (0..donor.ranks.len()).min_by_key(|&j| donor.ranks[j]).unwrap_or(0);
-            let response = &donor.sequences[best][donor.prompt_len..];
+            let response = &donor.sequences[donor.best_response()][donor.prompt_len..];
             let prompt = &rankings[i].sequences[0][..rankings[i].prompt_len];
             let mut seq: Vec<u32> = prompt.iter().chain(response).copied().collect();
             seq.truncate(max_len.max(prompt.len() + 1));

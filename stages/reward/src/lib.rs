@@ -87,7 +87,7 @@ impl<B: AutodiffBackend> RewardObjective<B> {
     }
 
     fn has_pairs(s: &RankingSample) -> bool {
-        !ranking_pairs(&s.ranks, 0).is_empty()
+        s.has_preference()
     }
 }
 
@@ -172,8 +172,7 @@ fn reference_sequences(reference: Option<&Path>, max_len: usize, tok: &Tokenizer
             let seqs = train
                 .iter()
                 .map(|s| {
-                    let best = s.ranks.iter().enumerate().min_by_key(|(_, r)| **r).map_or(0, |(i, _)| i);
-                    s.sequences[best].clone()
+                    s.sequences[s.best_response()].clone()
                 })
                 .collect();
             Ok(("best-ranked training responses".into(), seqs))
@@ -225,7 +224,7 @@ pub fn run<B: AutodiffBackend>(cfg: &RewardConfig, out: &Path, resume: bool, dev
     let fmt = ChatFormat::resolve(&tok, cfg.data.template)?;
     let body = Transformer::<B>::from_hf_dir(&cfg.model.from, device)?;
     let (train, eval, max_len) = cfg.data.prepare_split::<RankingSample>(Kind::Ranking, body.config.max_position_embeddings, cfg.seed, &tok, &fmt)?;
-    if !train.iter().any(|s| !ranking_pairs(&s.ranks, 0).is_empty()) {
+    if !train.iter().any(RankingSample::has_preference) {
         bail!("{}: no rankings with a preference to train on (records of one labelled completion train only DPO's `loss = \"kto\"`)", cfg.data.train.display());
     }
     let model = RewardModel { head: ScalarHead::init(body.config.hidden_size, device), model: body };
