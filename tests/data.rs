@@ -40,7 +40,7 @@ fn colossalchat_files_load_unchanged() {
 
     // A ColossalChat SFT file used as a prompt set drops the trailing assistant answer.
     let prompts = load(&shared("colossalchat/lora_sft_data.jsonl"), opts(Kind::Prompt)).unwrap();
-    let Record::Prompt(p) = &prompts.records[0].1 else { panic!() };
+    let Record::Prompt(p, _) = &prompts.records[0].1 else { panic!() };
     assert_eq!(p.last().unwrap().role, "user");
 }
 
@@ -106,7 +106,7 @@ fn every_ranking_and_prompt_format_is_recognised() {
     }
     for (name, text) in [("p.jsonl", r#"{"prompt":"hello"}"#), ("i.jsonl", r#"{"instruction":"Translate","input":"猫"}"#), ("m.jsonl", r#"{"messages":[{"from":"user","content":"hi"}]}"#)] {
         let loaded = load(&write(tmp.path(), name, text), opts(Kind::Prompt)).unwrap();
-        assert!(matches!(&loaded.records[0].1, Record::Prompt(m) if m[0].role == "user"), "{name}");
+        assert!(matches!(&loaded.records[0].1, Record::Prompt(m, _) if m[0].role == "user"), "{name}");
     }
     let text = load(&write(tmp.path(), "t.jsonl", "{\"text\":\"one\"}\n{\"text\":\"two\"}\n"), opts(Kind::Pretrain)).unwrap();
     assert_eq!(text.records.len(), 2);

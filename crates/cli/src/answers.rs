@@ -42,7 +42,7 @@ fn load_prompts(path: &Path, format: Format, skip_invalid: bool, limit: Option<u
         .records
         .into_iter()
         .filter_map(|(line, r)| match r {
-            Record::Prompt(m) => Some((line, m)),
+            Record::Prompt(m, _) => Some((line, m)),
             _ => None,
         })
         .take(limit.unwrap_or(usize::MAX))

@@ -332,7 +332,7 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
                     let e = encode_sft(&tok, &fmt, m, args.max_len).with_context(at)?;
                     tally(s.ids.len(), !matches!(e, Encoded::Dropped), matches!(e, Encoded::Truncated(_)));
                 }
-                Record::Prompt(m) => {
+                Record::Prompt(m, _) => {
                     let Encoded::Kept(ids) = encode_prompt(&tok, &fmt, m, usize::MAX).with_context(at)? else { unreachable!() };
                     tally(ids.len(), ids.len() <= args.max_len, false);
                 }
@@ -380,7 +380,7 @@ fn convert(args: ConvertArgs) -> anyhow::Result<ExitCode> {
     let mut out = Vec::new();
     for (_, r) in &loaded.records {
         let row = match r {
-            Record::Sft(m) | Record::Prompt(m) => json!({ "messages": colossal_messages(m) }),
+            Record::Sft(m) | Record::Prompt(m, _) => json!({ "messages": colossal_messages(m) }),
             Record::Ranking(rk) if rk.responses.len() == 2 && rk.ranks[0] < rk.ranks[1] => json!({
                 "context": colossal_messages(&rk.prompt),
                 "chosen": [{ "from": "assistant", "content": rk.responses[0] }],

@@ -32,7 +32,7 @@ pub enum EvalCommand {
 
 #[derive(Debug, Clone, Args)]
 pub struct EvalArgs {
-    /// A pipeline run directory (with sft/, and dpo/ or ppo/; reward/ when it has one).
+    /// A pipeline run directory (with sft/, and dpo/, grpo/ or ppo/; reward/ when it has one).
     #[arg(long, required = true)]
     pub run: Option<PathBuf>,
     /// Held-out prompts (default: `[eval] prompts` of RUN/pipeline.toml).
@@ -78,7 +78,7 @@ pub fn evaluate_run<B: Backend>(run: &Path, cfg: &EvalConfig, device: &B::Device
     let (sft_dir, rm_dir) = (run.join("sft/final"), run.join("reward/final"));
     let aligned = aligned_policies(run);
     if aligned.is_empty() {
-        anyhow::bail!("{}: no aligned policy to evaluate (dpo/final or ppo/final)", run.display());
+        anyhow::bail!("{}: no aligned policy to evaluate (dpo/, grpo/ or ppo/final)", run.display());
     }
     let tok = Tokenizer::from_dir(&sft_dir)?;
     let fmt = ChatFormat::resolve(&tok, cfg.template)?;

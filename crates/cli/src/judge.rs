@@ -217,7 +217,7 @@ pub fn judge_run<B: rlhf_runtime::Backend>(run: &Path, eval: &EvalConfig, cfg: &
     let answer = |dir: &Path, prompts: &[Vec<Message>]| -> anyhow::Result<Vec<Option<String>>> {
         Ok(single(write_answers_on::<B>(dir, prompts, 1, cfg.temperature, None, &args, device)?))
     };
-    let policy = *rlhf_eval::aligned_policies(run).last().ok_or_else(|| anyhow::anyhow!("{}: no aligned policy to judge (dpo/final or ppo/final)", run.display()))?;
+    let policy = *rlhf_eval::aligned_policies(run).last().ok_or_else(|| anyhow::anyhow!("{}: no aligned policy to judge (dpo/, grpo/ or ppo/final)", run.display()))?;
     let mut verdict = judge(&run.join(policy).join("final"), &run.join("sft/final"), &questions, &client, cfg.judge_max_tokens, &run.join("judge"), &answer)?;
     verdict["policy"] = Value::String(policy.to_uppercase());
     Ok(verdict)

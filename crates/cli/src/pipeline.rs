@@ -5,7 +5,7 @@
 //! (the embedded demo set), `[eval]` and `[report]`. The string `{run}` anywhere in it stands for
 //! the output directory, which is how the stages are wired: `[sft] model.from = "{run}/pretrain/final"`.
 //!
-//! Layout: `DIR/{data,pretrain,sft,reward,dpo,ppo}/`, `DIR/eval.json`, `DIR/report.md`, and the resolved
+//! Layout: `DIR/{data,pretrain,sft,reward,dpo,grpo,ppo}/`, `DIR/eval.json`, `DIR/report.md`, and the resolved
 //! config `DIR/pipeline.toml`. A stage whose output is complete (its `final/`, written by an atomic
 //! rename) is skipped — unless its section of the config changed since it ran, or a stage before it
 //! was redone since (`DIR/pipeline_state.json` remembers both); a stage that runs makes every later
@@ -408,9 +408,9 @@ mod tests {
 
     #[test]
     fn stages_are_ordered_and_complete_by_their_marker() {
-        assert!(Stage::Sft < Stage::Reward && Stage::Reward < Stage::Dpo && Stage::Dpo < Stage::Ppo && Stage::Ppo < Stage::Eval);
+        assert!(Stage::Sft < Stage::Reward && Stage::Reward < Stage::Dpo && Stage::Dpo < Stage::Grpo && Stage::Grpo < Stage::Ppo && Stage::Ppo < Stage::Eval);
         let training: Vec<Stage> = Stage::all().filter(|s| s.is_training()).collect();
-        assert_eq!(training, vec![Stage::Pretrain, Stage::Sft, Stage::Reward, Stage::Dpo, Stage::Ppo]);
+        assert_eq!(training, vec![Stage::Pretrain, Stage::Sft, Stage::Reward, Stage::Dpo, Stage::Grpo, Stage::Ppo]);
         let out = Path::new("/r");
         assert_eq!(Stage::Ppo.output(out), (PathBuf::from("/r/ppo"), PathBuf::from("/r/ppo/final/config.json")));
         assert_eq!(Stage::Data.output(out).1, PathBuf::from("/r/data/manifest.json"));

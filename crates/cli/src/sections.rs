@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::ValueEnum;
 use rlhf_dpo::DpoConfig;
 use rlhf_eval::EvalConfig;
+use rlhf_grpo::GrpoConfig;
 use rlhf_ppo::PpoConfig;
 use rlhf_reward::RewardConfig;
 use rlhf_sft::SftConfig;
@@ -20,6 +21,7 @@ pub enum Stage {
     Sft,
     Reward,
     Dpo,
+    Grpo,
     Ppo,
     Eval,
     Report,
@@ -38,6 +40,7 @@ impl Stage {
             Stage::Sft => "sft",
             Stage::Reward => "reward",
             Stage::Dpo => "dpo",
+            Stage::Grpo => "grpo",
             Stage::Ppo => "ppo",
             Stage::Eval => "eval",
             Stage::Report => "report",
@@ -95,6 +98,8 @@ pub struct PipelineConfig {
     pub reward: Option<RewardConfig>,
     #[serde(default)]
     pub dpo: Option<DpoConfig>,
+    #[serde(default)]
+    pub grpo: Option<GrpoConfig>,
     #[serde(default)]
     pub ppo: Option<PpoConfig>,
     #[serde(default)]

@@ -39,6 +39,7 @@ impl Stage {
             Stage::Sft => visit.visit::<Sft>(),
             Stage::Reward => visit.visit::<Reward>(),
             Stage::Dpo => visit.visit::<Dpo>(),
+            Stage::Grpo => visit.visit::<Grpo>(),
             Stage::Ppo => visit.visit::<Ppo>(),
             Stage::Data | Stage::Eval | Stage::Report => return None,
         })
@@ -90,6 +91,7 @@ pub struct Pretrain;
 pub struct Sft;
 pub struct Reward;
 pub struct Dpo;
+pub struct Grpo;
 pub struct Ppo;
 
 /// Stages 0 and 1 are the SFT binary's code, each on its own section.
@@ -163,6 +165,26 @@ impl TrainingStage for Dpo {
             fmt_opt(last_metric(dir, "eval_rewards/accuracies")),
             fmt_opt(last_metric(dir, "eval_rewards/margins"))
         ))
+    }
+}
+
+impl TrainingStage for Grpo {
+    type Config = rlhf_grpo::GrpoConfig;
+    fn section(cfg: &PipelineConfig) -> Option<&Self::Config> {
+        cfg.grpo.as_ref()
+    }
+    fn precision(c: &Self::Config) -> Precision {
+        c.precision
+    }
+    fn memory_plan(c: &Self::Config, shape_of: ShapeOf) -> anyhow::Result<MemoryPlan> {
+        rlhf_grpo::memory_plan(c, shape_of)
+    }
+    fn output_shape(c: &Self::Config, shape_of: ShapeOf) -> anyhow::Result<TransformerConfig> {
+        shape_of(&c.model.policy)
+    }
+    fn run<B: AutodiffBackend>(c: &Self::Config, dir: &Path, resume: bool, device: &B::Device) -> anyhow::Result<String> {
+        rlhf_grpo::run::<B>(c, dir, resume, device)?;
+        Ok(format!("reward {} → {}, frac_reward_zero_std {}", fmt_opt(first_metric(dir, "reward")), fmt_opt(last_metric(dir, "reward")), fmt_opt(last_metric(dir, "frac_reward_zero_std"))))
     }
 }
 

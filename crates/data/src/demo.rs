@@ -96,6 +96,21 @@ impl DemoPrompt {
     pub fn ideal_answer(&self) -> String {
         self.answer(self.lang, self.answer_value())
     }
+
+    /// What a verifier checks a response against (the record's `answer` field): the number, or for
+    /// the word task the number word in the prompt's language.
+    pub fn answer_field(&self) -> String {
+        let value = self.answer_value();
+        match (self.task, self.lang) {
+            (Task::Word(_), Lang::En) => EN_WORDS[value as usize].to_string(),
+            (Task::Word(_), Lang::Zh) => ZH_WORDS[value as usize].to_string(),
+            _ => value.to_string(),
+        }
+    }
+
+    fn record(&self) -> serde_json::Value {
+        json!({ "prompt": self.text(), "answer": self.answer_field() })
+    }
 }
 
 fn has_cjk(s: &str) -> bool {
@@ -260,8 +275,8 @@ fn pretrain_doc(rng: &mut ChaCha8Rng) -> String {
 }
 
 /// Writes the demo set into `out`: `pretrain.jsonl`, `sft.jsonl` (ColossalChat messages),
-/// `rankings.jsonl` (K = 4, `completions` + `ranking`, 1 = best), `prompts.jsonl`,
-/// `heldout_prompts.jsonl` and `manifest.json`. Byte-identical for the same seed.
+/// `rankings.jsonl` (K = 4, `completions` + `ranking`, 1 = best), `prompts.jsonl` and
+/// `heldout_prompts.jsonl` (`prompt` + `answer`: verifiable), and `manifest.json`. Byte-identical for the same seed.
 pub fn write_demo(out: &Path, seed: u64, sizes: DemoSizes) -> Result<()> {
     std::fs::create_dir_all(out).map_err(|e| DataError::io(out, e))?;
     let (train, heldout) = split_space();
@@ -318,8 +333,8 @@ pub fn write_demo(out: &Path, seed: u64, sizes: DemoSizes) -> Result<()> {
         })
         .collect();
 
-    let prompts: Vec<_> = (0..sizes.prompts).map(|_| json!({ "prompt": pick(&mut rng).text() })).collect();
-    let held: Vec<_> = heldout.iter().map(|p| json!({ "prompt": p.text() })).collect();
+    let prompts: Vec<_> = (0..sizes.prompts).map(|_| pick(&mut rng).record()).collect();
+    let held: Vec<_> = heldout.iter().map(DemoPrompt::record).collect();
 
     let write = |name: &str, rows: &[serde_json::Value]| -> Result<()> {
         let path = out.join(name);

@@ -49,6 +49,9 @@ pub enum Format {
     Unpaired,
     /// `{"prompt": ..}` (prompt sets)
     Prompt,
+    /// `{"question": .., "answer": ..}` (GSM8K as it ships; the answer stays in the record for the
+    /// rewards that check it)
+    Question,
     /// `{"text": ..}` (pretraining JSONL)
     Text,
 }
@@ -66,7 +69,9 @@ pub struct Ranking {
 pub enum Record {
     Sft(Vec<Message>),
     Ranking(Ranking),
-    Prompt(Vec<Message>),
+    /// A prompt's messages and the whole record it came from (rewards read its other fields:
+    /// `answer`, `tests`, …).
+    Prompt(Vec<Message>, Value),
     Pretrain(String),
 }
 
@@ -204,13 +209,14 @@ pub fn detect(kind: Kind, v: &Value) -> FieldResult<Format> {
         Kind::Prompt if has("messages") => Format::Messages,
         Kind::Prompt if has("instruction") => Format::Alpaca,
         Kind::Prompt if has("prompt") => Format::Prompt,
+        Kind::Prompt if has("question") => Format::Question,
         Kind::Pretrain if has("text") => Format::Text,
         _ => {
             let keys: Vec<&str> = v.as_object().map(|o| o.keys().map(String::as_str).collect()).unwrap_or_default();
             let expected = match kind {
                 Kind::Sft => "`messages`, `instruction`+`output` or `prompt`+`completion`",
                 Kind::Ranking => "`context`+`chosen`+`rejected`, `prompt`+`chosen`+`rejected`, `prompt`+`responses`, `prompt`+`completions`+`ranking` or `prompt`+`completion`+`label`",
-                Kind::Prompt => "`messages`, `instruction` or `prompt`",
+                Kind::Prompt => "`messages`, `instruction`, `prompt` or `question`",
                 Kind::Pretrain => "`text`",
             };
             let found = if v.is_object() { format!("keys {keys:?}") } else { type_name(v).to_string() };
@@ -300,6 +306,7 @@ pub fn convert(kind: Kind, format: Format, v: &Value) -> FieldResult<Record> {
                 Format::MessageList => messages(v, "record")?,
                 Format::Alpaca => vec![Message::new("user", alpaca_prompt(v)?)],
                 Format::Prompt => prompt_messages(get(v, "prompt")?, "prompt")?,
+                Format::Question => prompt_messages(get(v, "question")?, "question")?,
                 other => return Err(field_err("record", format!("format {other:?} does not hold prompts"), "unknown format")),
             };
             // A trailing assistant turn is the answer, not part of the prompt.
@@ -309,7 +316,7 @@ pub fn convert(kind: Kind, format: Format, v: &Value) -> FieldResult<Record> {
             if !msgs.iter().any(|m| m.role == "user") {
                 return Err(field_err("messages", "empty prompt: no user turn", "empty prompt"));
             }
-            Ok(Record::Prompt(msgs))
+            Ok(Record::Prompt(msgs, v.clone()))
         }
         Kind::Pretrain => match format {
             Format::Text => Ok(Record::Pretrain(string(get(v, "text")?, "text")?)),

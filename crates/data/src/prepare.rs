@@ -21,12 +21,16 @@ pub struct PrepareOptions {
     pub max_len: usize,
 }
 
-/// A prompt for generation: its last user message (what the demo oracle judges) and its encoding
-/// through the chat template with the generation prompt.
+/// A prompt for generation: its last user message (what the demo oracle judges), its encoding
+/// through the chat template with the generation prompt, and the record it came from (rewards check
+/// responses against its fields) with the record's line.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prompt {
     pub text: String,
     pub ids: Vec<u32>,
+    pub record: serde_json::Value,
+    /// 1-based line of the record in its file (0 when not read from a file).
+    pub line: usize,
 }
 
 /// The examples of a file and what became of the rest of its records.
@@ -73,14 +77,20 @@ pub trait Example: Sized {
 
 /// Encodes records one by one; errors name the file and line.
 fn encode_each<T: Example>(records: &[(usize, Record)], opts: &PrepareOptions, path: &Path, tok: &Tokenizer, fmt: &ChatFormat) -> Result<(Vec<T>, usize, usize)> {
+    let (examples, truncated, dropped) = encode_each_at(records, opts, path, tok, fmt)?;
+    Ok((examples.into_iter().map(|(_, x)| x).collect(), truncated, dropped))
+}
+
+/// [`encode_each`], each example with its record's line.
+fn encode_each_at<T: Example>(records: &[(usize, Record)], opts: &PrepareOptions, path: &Path, tok: &Tokenizer, fmt: &ChatFormat) -> Result<(Vec<(usize, T)>, usize, usize)> {
     let (mut out, mut truncated, mut dropped) = (Vec::new(), 0, 0);
     for (line, record) in records {
         let at_line = |e: DataError| DataError::Record { path: path.to_path_buf(), line: *line, message: e.to_string() };
         match T::encode(record, tok, fmt, opts.max_len).map_err(at_line)? {
-            Some(Encoded::Kept(x)) => out.push(x),
+            Some(Encoded::Kept(x)) => out.push((*line, x)),
             Some(Encoded::Truncated(x)) => {
                 truncated += 1;
-                out.push(x)
+                out.push((*line, x))
             }
             Some(Encoded::Dropped) => dropped += 1,
             None => {}
@@ -126,13 +136,20 @@ impl Example for RankingSample {
 
 impl Example for Prompt {
     fn encode(record: &Record, tok: &Tokenizer, fmt: &ChatFormat, max_len: usize) -> Result<Option<Encoded<Self>>> {
-        let Record::Prompt(msgs) = record else { return Ok(None) };
+        let Record::Prompt(msgs, fields) = record else { return Ok(None) };
         let text = msgs.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone()).unwrap_or_default();
+        let prompt = |ids| Prompt { text: text.clone(), ids, record: fields.clone(), line: 0 };
         Ok(Some(match encode_prompt(tok, fmt, msgs, max_len)? {
-            Encoded::Kept(ids) => Encoded::Kept(Prompt { text, ids }),
-            Encoded::Truncated(ids) => Encoded::Truncated(Prompt { text, ids }),
+            Encoded::Kept(ids) => Encoded::Kept(prompt(ids)),
+            Encoded::Truncated(ids) => Encoded::Truncated(prompt(ids)),
             Encoded::Dropped => Encoded::Dropped,
         }))
+    }
+
+    /// As every example, with each prompt's line kept (errors about a response name its prompt's).
+    fn encode_records(records: &[(usize, Record)], opts: &PrepareOptions, path: &Path, tok: &Tokenizer, fmt: &ChatFormat) -> Result<(Vec<Self>, usize, usize)> {
+        let (examples, truncated, dropped) = encode_each_at::<Prompt>(records, opts, path, tok, fmt)?;
+        Ok((examples.into_iter().map(|(line, p)| Prompt { line, ..p }).collect(), truncated, dropped))
     }
 }
 

@@ -254,7 +254,7 @@ pub fn win_rate(a: &[Scored], b: &[Scored]) -> f64 {
 
 /// The aligned policies a pipeline run can hold beside its SFT model, in pipeline order (each the
 /// folder of its stage).
-pub const ALIGNED: [&str; 2] = ["dpo", "ppo"];
+pub const ALIGNED: [&str; 3] = ["dpo", "grpo", "ppo"];
 
 /// The aligned policies `run` holds (those whose `final/` is complete).
 pub fn aligned_policies(run: &Path) -> Vec<&'static str> {

@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::bail;
-use rlhf_data::{BuiltinTemplate, Format};
-use rlhf_model::{LoraConfig, Sampler};
+use rlhf_data::Format;
+use rlhf_model::LoraConfig;
+pub use rlhf_rl::config::{GenerationConfig, PromptData};
 use rlhf_train::optim::OptimConfig;
 use rlhf_train::schedule::LrSchedule;
 use serde::{Deserialize, Serialize};
@@ -49,23 +50,6 @@ pub struct PpoModels {
     pub critic: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PromptData {
-    /// Prompts (`prompt`, `instruction` or `messages` records: InstructionWild, ColossalChat…).
-    pub prompts: PathBuf,
-    #[serde(default)]
-    pub format: Format,
-    /// Skip malformed records (counted and reported with their lines).
-    #[serde(default)]
-    pub skip_invalid: bool,
-    /// Prompts longer than this (in tokens, after the chat template) are dropped.
-    #[serde(default = "default_prompt_len")]
-    pub max_prompt_len: usize,
-    #[serde(default)]
-    pub template: Option<BuiltinTemplate>,
-}
-
 /// What the pretraining loss is computed on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -95,28 +79,6 @@ pub struct PtxConfig {
     pub batch_size: usize,
     #[serde(default = "default_ptx_len")]
     pub max_len: usize,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GenerationConfig {
-    pub max_new_tokens: usize,
-    #[serde(default = "one_f")]
-    pub temperature: f64,
-    #[serde(default)]
-    pub top_k: Option<usize>,
-    #[serde(default)]
-    pub top_p: Option<f64>,
-    /// Responses generated together (default: the whole rollout batch). Smaller batches bound the
-    /// KV cache's memory; each stops as soon as its own rows have.
-    #[serde(default)]
-    pub batch_size: Option<usize>,
-}
-
-impl GenerationConfig {
-    pub fn sampler(&self) -> Sampler {
-        Sampler::Sample { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -206,9 +168,6 @@ impl PpoTrainConfig {
     }
 }
 
-fn default_prompt_len() -> usize {
-    256
-}
 fn default_ptx_len() -> usize {
     512
 }
@@ -266,12 +225,7 @@ impl PpoConfig {
                 bail!("{name} must be a positive number, found {lr}");
             }
         }
-        if self.generate.batch_size == Some(0) {
-            bail!("generate.batch_size must be at least 1");
-        }
-        if self.generate.temperature.is_nan() || self.generate.temperature <= 0.0 {
-            bail!("generate.temperature must be > 0");
-        }
+        self.generate.validate()?;
         if p.kl_coef < 0.0 || !(0.0..=1.0).contains(&p.gamma) || !(0.0..=1.0).contains(&p.lam) || p.clip_eps <= 0.0 {
             bail!("ppo: kl_coef ≥ 0, gamma and lam in [0, 1], clip_eps > 0 are required");
         }

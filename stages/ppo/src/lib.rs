@@ -13,7 +13,6 @@ pub mod config;
 pub mod objective;
 pub mod plan;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -25,10 +24,11 @@ use rlhf_data::batch::{shuffled, EpochOrder};
 use rlhf_data::encode::SftSample;
 use rlhf_data::{prepare, ChatFormat, Kind, PrepareOptions, Prompt, Tokenizer};
 use rlhf_model::ops::{action_log_probs, action_values};
-use rlhf_model::{generate, CausalLm, Export, GenerateConfig, GenerationBatch, LoraSpec, RewardInfo, RewardModel, TrainingSetup};
+use rlhf_model::{CausalLm, Export, GenerateConfig, LoraSpec, RewardInfo, RewardModel, TrainingSetup};
+use rlhf_rl::rollout::{self, device_rows, host_rows};
+use rlhf_rl::{run_iterations, Ended, Iteration, Iterative, Schedule};
 use rlhf_train::batch::lm_loss;
-use rlhf_train::checkpoint::{latest_checkpoint, load_checkpoint, save_checkpoint};
-use rlhf_train::metrics::MetricsLog;
+use rlhf_train::checkpoint::{load_checkpoint, save_checkpoint};
 use rlhf_train::schedule::get_lr;
 use rlhf_train::Trainable;
 use serde::{Deserialize, Serialize};
@@ -78,6 +78,8 @@ pub struct Rollout<B: Backend> {
     pub returns: Tensor<B, 2>,
     /// Response tokens of each row (host).
     pub lengths: Vec<usize>,
+    /// Each row's response tokens (host).
+    pub responses: Vec<Vec<u32>>,
 }
 
 /// Per-iteration rollout statistics (means over responses).
@@ -116,17 +118,6 @@ pub struct UpdateStats {
     pub ratio_max: f64,
     pub actor_grad_norm: f64,
     pub critic_grad_norm: f64,
-}
-
-fn host_rows(t: Tensor<impl Backend, 2>) -> Vec<Vec<f32>> {
-    let [rows, cols] = t.dims();
-    let v = t.into_data().convert::<f32>().to_vec::<f32>().expect("f32");
-    (0..rows).map(|r| v[r * cols..(r + 1) * cols].to_vec()).collect()
-}
-
-fn device_rows<B: Backend>(rows: &[Vec<f32>], device: &B::Device) -> Tensor<B, 2> {
-    let cols = rows.first().map_or(0, Vec::len);
-    Tensor::from_data(TensorData::new(rows.concat(), [rows.len(), cols]), device)
 }
 
 fn index<B: Backend>(rows: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
@@ -199,26 +190,6 @@ impl<B: AutodiffBackend> Trainer<B> {
         (iteration * n..(iteration + 1) * n).map(|p| self.prompts[self.prompt_order.at(p)].clone()).collect()
     }
 
-    /// Rows of `[rows, cols]` tensors in chunks of `micro_batch_size`, concatenated back.
-    fn in_chunks<I: Backend>(&self, rows: usize, mut f: impl FnMut(std::ops::Range<usize>) -> anyhow::Result<Tensor<I, 2>>) -> anyhow::Result<Tensor<I, 2>> {
-        let step = self.cfg.ppo.micro_batch_size.max(1);
-        let parts = (0..rows).step_by(step).map(|s| f(s..(s + step).min(rows))).collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(Tensor::cat(parts, 0))
-    }
-
-    /// The actor's responses to `prompts`, `generate.batch_size` at a time. The backend RNG is
-    /// seeded once per iteration; later batches continue its stream.
-    fn generate_rollouts(&self, actor: &CausalLm<B::InnerBackend>, prompts: &[Vec<u32>], iteration: usize) -> anyhow::Result<GenerationBatch<B::InnerBackend>> {
-        let seed = self.cfg.seed.wrapping_mul(1_000_003).wrapping_add(iteration as u64);
-        let per_batch = self.cfg.generate.batch_size.unwrap_or(prompts.len()).max(1);
-        let parts = prompts
-            .chunks(per_batch)
-            .enumerate()
-            .map(|(i, chunk)| generate(actor, chunk, &GenerateConfig { seed: (i == 0).then_some(seed), ..self.gen.clone() }, &self.device))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(GenerationBatch::concat(parts, self.pad_id))
-    }
-
     /// Step 1: sample responses and turn them into advantages and returns.
     pub fn make_experience(&self, prompts: &[Vec<u32>], iteration: usize, timing: &mut Timing) -> anyhow::Result<(Rollout<B::InnerBackend>, RolloutStats)> {
         let device = &self.device;
@@ -227,36 +198,37 @@ impl<B: AutodiffBackend> Trainer<B> {
         // Generation and the old log-probs read one inference copy, in bf16 under mixed precision
         // (the same rounding the training forward applies per matmul).
         let actor = self.actor.module.valid().for_inference(self.cfg.precision);
-        let out = self.generate_rollouts(&actor, prompts, iteration)?;
-        let prompt_len = out.prompt_ids.dims()[1];
-        let steps = out.new_ids.dims()[1];
-        let rows = prompts.len();
-        let ids = Tensor::cat(vec![out.prompt_ids, out.new_ids], 1);
-        let attention = Tensor::cat(vec![out.prompt_mask, out.new_mask.clone()], 1);
-        let action_mask = out.new_mask.float();
-        let mask_host: Vec<Vec<bool>> = host_rows(action_mask.clone()).into_iter().map(|r| r.into_iter().map(|m| m > 0.5).collect()).collect();
-        let lengths: Vec<usize> = mask_host.iter().map(|r| r.iter().filter(|&&m| m).count()).collect();
+        let seed = self.cfg.seed.wrapping_mul(1_000_003).wrapping_add(iteration as u64);
+        let sampled = rollout::sample(&actor, prompts, 1, &self.gen, self.cfg.generate.batch_size, seed, device)?;
+        let rows = sampled.rows();
+        let lengths = sampled.lengths();
         timing.generate_s = clock.elapsed().as_secs_f64();
         timing.generated_tokens = lengths.iter().sum();
 
         let clock = Instant::now();
         let critic = self.critic.module.valid();
-        let slice = |t: &Tensor<B::InnerBackend, 2, Int>, r: &std::ops::Range<usize>| t.clone().slice([r.clone(), 0..prompt_len + steps]);
-        let old_logp = self.in_chunks(rows, |r| Ok(action_log_probs(&actor, slice(&ids, &r), slice(&attention, &r), prompt_len, false)?.0))?;
-        let ref_logp = self.in_chunks(rows, |r| Ok(action_log_probs(&self.reference, slice(&ids, &r), slice(&attention, &r), prompt_len, false)?.0))?;
-        let old_values = self.in_chunks(rows, |r| Ok(action_values(&critic, slice(&ids, &r), slice(&attention, &r), prompt_len)?))?;
-        let raw_scores = self.in_chunks(rows, |r| {
-            Ok(self.reward_model.score(slice(&ids, &r), slice(&attention, &r))?.unsqueeze_dim::<2>(1))
+        let micro = ppo.micro_batch_size;
+        let old_logp = rollout::sequence_log_probs(&actor, &sampled, micro)?;
+        let ref_logp = rollout::sequence_log_probs(&self.reference, &sampled, micro)?;
+        let old_values = rollout::in_chunks(rows, micro, |r| {
+            let (ids, attention) = rollout::slice(&sampled, r);
+            Ok(action_values(&critic, ids, attention, sampled.prompt_len)?)
         })?;
+        let raw_scores = rollout::in_chunks(rows, micro, |r| {
+            let (ids, attention) = rollout::slice(&sampled, r);
+            Ok(self.reward_model.score(ids, attention)?.unsqueeze_dim::<2>(1))
+        })?;
+        let action_mask = sampled.action_mask.clone();
+        let mask_host = &sampled.mask;
         let kl = kl_per_token(old_logp.clone(), ref_logp, ppo.kl_estimator) * action_mask.clone();
         let kl_host = host_rows(kl);
         let values_host = host_rows(old_values.clone());
         let raw_host: Vec<f32> = host_rows(raw_scores).into_iter().map(|r| r[0]).collect();
         let scores: Vec<f32> = raw_host.iter().map(|&s| normalize_score(s, self.score_std, ppo.score_clip)).collect();
 
-        let rewards = shaped_rewards(&kl_host, &mask_host, &scores, self.state.kl_coef);
-        let (advantages, returns) = gae(&rewards, &values_host, &mask_host, ppo.gamma, ppo.lam);
-        let advantages = if ppo.whiten_advantages { whiten(&advantages, &mask_host) } else { advantages };
+        let rewards = shaped_rewards(&kl_host, mask_host, &scores, self.state.kl_coef);
+        let (advantages, returns) = gae(&rewards, &values_host, mask_host, ppo.gamma, ppo.lam);
+        let advantages = if ppo.whiten_advantages { whiten(&advantages, mask_host) } else { advantages };
         timing.score_s = clock.elapsed().as_secs_f64();
 
         let n = rows as f64;
@@ -270,15 +242,16 @@ impl<B: AutodiffBackend> Trainer<B> {
             kl_per_row,
         };
         let rollout = Rollout {
-            ids,
-            attention,
-            prompt_len,
+            ids: sampled.ids,
+            attention: sampled.attention,
+            prompt_len: sampled.prompt_len,
             action_mask,
             old_logp,
             old_values,
             advantages: device_rows(&advantages, device),
             returns: device_rows(&returns, device),
             lengths,
+            responses: sampled.responses,
         };
         Ok((rollout, stats))
     }
@@ -388,7 +361,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let prompts = self.iteration_prompts(iteration);
         let mut timing = Timing::default();
         let (rollout, roll) = self.make_experience(&prompts, iteration, &mut timing)?;
-        let responses = response_ids(&rollout);
+        let responses = rollout.responses.clone();
         let kl_coef = self.state.kl_coef;
         // The rollout is consumed (and its tensors dropped) by the update.
         let upd = self.update(rollout, iteration, &mut timing)?;
@@ -434,12 +407,40 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 }
 
-/// Each row's response tokens (host), cut at its length.
-fn response_ids<B: Backend>(r: &Rollout<B>) -> Vec<Vec<u32>> {
-    let [rows, total] = r.ids.dims();
-    let ids = r.ids.clone().slice([0..rows, r.prompt_len..total]).into_data().convert::<i64>().to_vec::<i64>().expect("ids");
-    let s = total - r.prompt_len;
-    (0..rows).map(|i| ids[i * s..i * s + r.lengths[i]].iter().map(|&t| t as u32).collect()).collect()
+/// The trainer as the shared iteration loop drives it: samples decoded with the run's tokenizer.
+struct PpoRun<'a, B: AutodiffBackend> {
+    t: &'a mut Trainer<B>,
+    tok: &'a Tokenizer,
+    samples_per_log: usize,
+}
+
+impl<B: AutodiffBackend> Iterative for PpoRun<'_, B> {
+    fn done(&self) -> usize {
+        self.t.state.iteration
+    }
+
+    fn iterate(&mut self, with_samples: bool) -> anyhow::Result<Iteration> {
+        let IterationReport { metrics, rollout: roll, prompts, responses } = self.t.iteration(self.t.state.iteration)?;
+        self.t.state.iteration += 1;
+        let mut samples = Vec::new();
+        for i in 0..if with_samples { self.samples_per_log.min(prompts.len()) } else { 0 } {
+            samples.push(serde_json::json!({
+                "prompt": self.tok.decode(&prompts[i], false)?,
+                "response": self.tok.decode(&responses[i], true)?,
+                "score": roll.scores[i],
+                "kl": roll.kl_per_row[i],
+            }));
+        }
+        Ok(Iteration { metrics, samples })
+    }
+
+    fn save(&mut self, out: &Path) -> anyhow::Result<PathBuf> {
+        self.t.save(out)
+    }
+
+    fn load(&mut self, dir: &Path) -> anyhow::Result<()> {
+        self.t.load(dir)
+    }
 }
 
 /// The four models of a run. With `[ppo.lora]` the reference is the actor's frozen base with the
@@ -530,67 +531,19 @@ pub fn run<B: AutodiffBackend>(cfg: &PpoConfig, out: &Path, resume: bool, device
     );
     let score_std = if cfg.ppo.normalize_score { RewardInfo::load(&m.reward_model)?.map(|i| i.normalization.std) } else { None };
     let mut t = Trainer::<B>::new(cfg.clone(), actor, critic, reference, reward_model, prompts, ptx, stop_ids, pad_id, score_std, device.clone());
-    if resume {
-        if let Some(dir) = latest_checkpoint(out) {
-            t.load(&dir)?;
-            eprintln!("resuming from {} (iteration {})", dir.display(), t.state.iteration);
-        }
-    }
-    let resumed_at = resume.then_some(t.state.iteration);
-    let mut metrics = MetricsLog::open(out, "iteration", resumed_at)?;
-    let samples_path = out.join("samples.jsonl");
-    rlhf_train::metrics::truncate_jsonl(&samples_path, "iteration", resumed_at)?;
-    let mut samples = std::fs::OpenOptions::new().create(true).append(true).open(&samples_path).with_context(|| format!("opening {}", samples_path.display()))?;
     let ppo = &cfg.ppo;
-    let started = Instant::now();
-    let first = t.state.iteration;
-    for iteration in t.state.iteration..ppo.iterations {
-        let IterationReport { metrics: values, rollout: roll, prompts, responses } = t.iteration(iteration)?;
-        t.state.iteration = iteration + 1;
-        let done = t.state.iteration;
-        if values.iter().any(|(_, v)| !v.is_finite()) {
-            bail!("iteration {done}: non-finite metrics {values:?}; the last good checkpoint is kept");
-        }
-        if done.is_multiple_of(ppo.log_every) || done == ppo.iterations {
-            metrics.log(done, &values)?;
-            let get = |k: &str| values.iter().find(|(n, _)| n == k).map_or(0.0, |(_, v)| *v);
-            let per = started.elapsed().as_secs_f64() / (done - first) as f64;
-            eprintln!(
-                "iter {done:>4}/{} rm_score {:.3} kl {:.3} reward {:.3} policy_loss {:.4} value_loss {:.4} ptx {:.3} len {:.1} gen/score/train {:.1}/{:.1}/{:.1}s eta {:.0}s",
-                ppo.iterations,
-                get("rm_score"),
-                get("kl"),
-                get("reward"),
-                get("policy_loss"),
-                get("value_loss"),
-                get("ptx_loss"),
-                get("response_len"),
-                get("generate_s"),
-                get("score_s"),
-                get("train_s"),
-                per * (ppo.iterations - done) as f64
-            );
-        }
-        if ppo.sample_every > 0 && (done.is_multiple_of(ppo.sample_every) || done == 1) {
-            for i in 0..ppo.samples_per_log.min(prompts.len()) {
-                let line = serde_json::json!({
-                    "iteration": done,
-                    "prompt": tok.decode(&prompts[i], false)?,
-                    "response": tok.decode(&responses[i], true)?,
-                    "score": roll.scores[i],
-                    "kl": roll.kl_per_row[i],
-                });
-                writeln!(samples, "{line}").with_context(|| format!("writing {}", samples_path.display()))?;
-            }
-        }
-        let last = done == ppo.iterations;
-        if (ppo.save_every > 0 && done.is_multiple_of(ppo.save_every)) || last {
-            t.save(out)?;
-        }
-        if ppo.halt_after == Some(done) && !last {
-            eprintln!("halting after iteration {done} (ppo.halt_after)");
-            return Ok(t.actor.module.valid());
-        }
+    let schedule = Schedule {
+        stage: "ppo",
+        iterations: ppo.iterations,
+        log_every: ppo.log_every,
+        save_every: ppo.save_every,
+        sample_every: ppo.sample_every,
+        halt_after: ppo.halt_after,
+        console: ["rm_score", "kl", "reward", "policy_loss", "value_loss", "ptx_loss", "response_len", "generate_s", "score_s", "train_s"].map(String::from).to_vec(),
+    };
+    let mut run = PpoRun { t: &mut t, tok: &tok, samples_per_log: ppo.samples_per_log };
+    if run_iterations(&mut run, out, resume, &schedule)? == Ended::Halted {
+        return Ok(t.actor.module.valid());
     }
     let actor = t.actor.module.valid();
     let dtype = rlhf_model::WeightDtype::for_export(cfg.export_dtype, Some(&m.actor))?;
