@@ -6,6 +6,7 @@ mod common;
 mod data;
 mod dpo;
 mod docs;
+mod grpo;
 mod layout;
 mod lora;
 mod memory;
