@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::bail;
-use rlhf_data::{BuiltinTemplate, Format};
+use rlhf_data::{prepare, BuiltinTemplate, ChatFormat, Format, Kind, PrepareOptions, Prompt, Tokenizer};
 use rlhf_model::Sampler;
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +23,23 @@ pub struct PromptData {
     pub max_prompt_len: usize,
     #[serde(default)]
     pub template: Option<BuiltinTemplate>,
+}
+
+impl PromptData {
+    /// The prompts, encoded through the chat template; refuses a prompt budget plus `max_new_tokens`
+    /// beyond the `model`'s `positions`, and a file with no prompts left.
+    pub fn load(&self, tok: &Tokenizer, fmt: &ChatFormat, max_new_tokens: usize, positions: usize, model: &str) -> anyhow::Result<Vec<Prompt>> {
+        if self.max_prompt_len + max_new_tokens > positions {
+            bail!("data.max_prompt_len ({}) + generate.max_new_tokens ({max_new_tokens}) exceeds the {model}'s {positions} positions", self.max_prompt_len);
+        }
+        let opts = PrepareOptions { kind: Kind::Prompt, format: self.format, skip_invalid: self.skip_invalid, max_len: self.max_prompt_len };
+        let prepared = prepare::<Prompt>(&self.prompts, &opts, tok, fmt)?;
+        eprintln!("{}", prepared.summary(self.max_prompt_len));
+        if prepared.examples.is_empty() {
+            bail!("{}: no prompts to train on", self.prompts.display());
+        }
+        Ok(prepared.examples)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

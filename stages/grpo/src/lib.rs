@@ -16,11 +16,11 @@ pub mod plan;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use burn::module::AutodiffModule;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use rlhf_data::batch::{shuffled, EpochOrder};
-use rlhf_data::{prepare, ChatFormat, Kind, PrepareOptions, Prompt, Tokenizer};
+use rlhf_data::{ChatFormat, Prompt, Tokenizer};
 use rlhf_model::ops::action_log_probs;
 use rlhf_model::{CausalLm, Export, GenerateConfig, LoraSpec, Sampler, TrainingSetup};
 use rlhf_rl::rollout::{self, device_rows, host_rows, Sampled};
@@ -446,21 +446,7 @@ pub fn run<B: AutodiffBackend>(cfg: &GrpoConfig, out: &Path, resume: bool, devic
     let tok = Tokenizer::from_dir(&m.policy)?;
     let fmt = ChatFormat::resolve(&tok, cfg.data.template)?;
     let (policy, reference, lora) = load_models::<B>(cfg, device)?;
-    let positions = policy.config().max_position_embeddings;
-    if cfg.data.max_prompt_len + cfg.generate.max_new_tokens > positions {
-        bail!(
-            "data.max_prompt_len ({}) + generate.max_new_tokens ({}) exceeds the policy's {positions} positions",
-            cfg.data.max_prompt_len,
-            cfg.generate.max_new_tokens
-        );
-    }
-    let d = &cfg.data;
-    let opts = PrepareOptions { kind: Kind::Prompt, format: d.format, skip_invalid: d.skip_invalid, max_len: d.max_prompt_len };
-    let prepared = prepare::<Prompt>(&d.prompts, &opts, &tok, &fmt)?;
-    eprintln!("{}", prepared.summary(d.max_prompt_len));
-    if prepared.examples.is_empty() {
-        bail!("{}: no prompts to train on", d.prompts.display());
-    }
+    let prompts = cfg.data.load(&tok, &fmt, cfg.generate.max_new_tokens, policy.config().max_position_embeddings, "policy")?;
     let rewards = RewardSources::<B::InnerBackend>::start(&cfg.rewards, cfg.precision, cfg.grpo.micro_batch_size, device)?;
     let pad_id = tok.pad_id_for(policy.config().pad_token_id);
     let stop_ids = fmt.stop_ids(&tok);
@@ -470,12 +456,12 @@ pub fn run<B: AutodiffBackend>(cfg: &GrpoConfig, out: &Path, resume: bool, devic
         g.estimator,
         policy.config().num_params() as f64 / 1e6,
         if reference.is_some() { "a frozen reference" } else { "no reference (β = 0)" },
-        prepared.examples.len(),
+        prompts.len(),
         g.iterations,
         g.prompts_per_iteration,
         g.samples_per_prompt
     );
-    let mut t = Trainer::<B>::new(cfg.clone(), policy, reference, rewards, prepared.examples, tok, stop_ids, pad_id, device.clone());
+    let mut t = Trainer::<B>::new(cfg.clone(), policy, reference, rewards, prompts, tok, stop_ids, pad_id, device.clone());
     let names = rlhf_rl::rewards::reward_names(&cfg.rewards);
     let mut console: Vec<String> = ["reward", "reward_std", "frac_reward_zero_std", "kl", "loss", "completions/mean_length"].map(String::from).to_vec();
     if names.len() > 1 {

@@ -22,7 +22,7 @@ use rlhf_runtime::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use rlhf_data::batch::{shuffled, EpochOrder};
 use rlhf_data::encode::SftSample;
-use rlhf_data::{prepare, ChatFormat, Kind, PrepareOptions, Prompt, Tokenizer};
+use rlhf_data::{prepare, ChatFormat, Kind, PrepareOptions, Tokenizer};
 use rlhf_model::ops::{action_log_probs, action_values};
 use rlhf_model::{CausalLm, Export, GenerateConfig, LoraSpec, RewardInfo, RewardModel, TrainingSetup};
 use rlhf_rl::rollout::{self, device_rows, host_rows};
@@ -489,21 +489,7 @@ pub fn run<B: AutodiffBackend>(cfg: &PpoConfig, out: &Path, resume: bool, device
     let fmt = ChatFormat::resolve(&tok, cfg.data.template)?;
     let Models { actor, critic, reference, reward_model, actor_lora } = load_models::<B>(cfg, device)?;
     let positions = actor.config().max_position_embeddings;
-    if cfg.data.max_prompt_len + cfg.generate.max_new_tokens > positions {
-        bail!(
-            "data.max_prompt_len ({}) + generate.max_new_tokens ({}) exceeds the actor's {positions} positions",
-            cfg.data.max_prompt_len,
-            cfg.generate.max_new_tokens
-        );
-    }
-    let d = &cfg.data;
-    let opts = PrepareOptions { kind: Kind::Prompt, format: d.format, skip_invalid: d.skip_invalid, max_len: d.max_prompt_len };
-    let prepared = prepare::<Prompt>(&d.prompts, &opts, &tok, &fmt)?;
-    eprintln!("{}", prepared.summary(d.max_prompt_len));
-    let prompts: Vec<Vec<u32>> = prepared.examples.into_iter().map(|p| p.ids).collect();
-    if prompts.is_empty() {
-        bail!("{}: no prompts to train on", cfg.data.prompts.display());
-    }
+    let prompts: Vec<Vec<u32>> = cfg.data.load(&tok, &fmt, cfg.generate.max_new_tokens, positions, "actor")?.into_iter().map(|p| p.ids).collect();
     let ptx = match &cfg.ptx {
         Some(p) => {
             let kind = if p.kind == PtxKind::Sft { Kind::Sft } else { Kind::Pretrain };
