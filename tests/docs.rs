@@ -271,6 +271,10 @@ fn every_stage_config_loads_and_validates() {
         let cfg: rlhf_dpo::DpoConfig = load_config(Some(&path), &[]).unwrap_or_else(|e| panic!("{e}"));
         cfg.validate().unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
     }
+    for path in configs("grpo") {
+        let cfg: rlhf_grpo::GrpoConfig = load_config(Some(&path), &[]).unwrap_or_else(|e| panic!("{e}"));
+        cfg.validate().unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+    }
     for path in configs("ppo") {
         let cfg: rlhf_ppo::PpoConfig = load_config(Some(&path), &[]).unwrap_or_else(|e| panic!("{e}"));
         cfg.validate().unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
@@ -296,6 +300,9 @@ fn every_pipeline_config_loads_validates_and_plans() {
         }
         if let Some(dpo) = &cfg.dpo {
             dpo.validate().unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        }
+        if let Some(grpo) = &cfg.grpo {
+            grpo.validate().unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
         }
         let plans = rlhf_cli::pipeline::memory_plans(&cfg, out).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
         assert!(!plans.is_empty(), "{}: no stage planned", path.display());

@@ -159,6 +159,41 @@ fn ci_pipeline_with_lora_on_every_stage() {
     assert_eq!(eval["kl_within_bound"], true, "{eval}");
 }
 
+/// `configs/pipeline/ci_grpo.toml`: SFT → GRPO rewarded by the oracle's verdict (no reward model, no
+/// critic). GRPO answers held-out prompts right more often than SFT, within the KL bound, and the
+/// training reward for right answers rises over the run.
+#[test]
+fn ci_grpo_pipeline_gives_more_right_answers_than_sft() {
+    let repo = std::env::var("RLHF_REPO").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    let config = format!("{repo}/configs/pipeline/ci_grpo.toml");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let log = check(&rlhf(&["pipeline", "run", &config, "--out", out.to_str().unwrap()]));
+    assert!(log.contains("grpo: done in"), "{log}");
+    for absent in ["reward", "ppo", "dpo"] {
+        assert!(!out.join(absent).exists(), "{absent}/ in a GRPO pipeline");
+    }
+    let eval: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
+    let g = |p: &str| eval.pointer(p).and_then(|v| v.as_f64()).unwrap_or_else(|| panic!("{p} missing: {eval}"));
+    // The reward is the oracle's verdict: GRPO answers right more often than SFT, sampled as trained.
+    assert!(g("/grpo/oracle_parts/correct") > g("/sft/oracle_parts/correct"), "{eval}");
+    assert!(g("/grpo/oracle_score") > g("/sft/oracle_score"), "{eval}");
+    assert_eq!(eval["kl_within_bound"], true, "{eval}");
+    assert!(eval.get("rm").is_none(), "no reward model, no RM scores: {eval}");
+
+    let rows = rlhf_train::metrics::read_metrics(&out.join("grpo/metrics.jsonl")).unwrap();
+    assert_eq!(rows.len(), 100);
+    let correct: Vec<f64> = rows.iter().map(|r| r["rewards/correct/mean"].as_f64().unwrap()).collect();
+    let (early, late) = (correct[..20].iter().sum::<f64>() / 20.0, correct[80..].iter().sum::<f64>() / 20.0);
+    assert!(late > early, "training reward for right answers did not rise: {correct:?}");
+    for key in ["rewards/language/mean", "rewards/format/mean", "kl", "train_tokens_per_s"] {
+        assert!(rows[0].get(key).is_some(), "{key} missing: {}", rows[0]);
+    }
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("## Critic-free RL") && report.contains("plots/grpo.png") && out.join("plots/grpo.png").exists(), "{report}");
+    assert!(report.contains("| prompt | SFT | GRPO |") && report.contains("| oracle: right answer (share) |"), "{report}");
+}
+
 /// `configs/pipeline/ci_dpo.toml`: SFT → DPO on the K = 4 demo rankings, no reward model. DPO beats
 /// SFT on held-out prompts by the oracle with all pairs, and again with Plackett-Luce (a changed [dpo]
 /// section reruns DPO, eval and report only), within the KL bound.

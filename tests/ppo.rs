@@ -234,7 +234,7 @@ fn non_finite_critic_loss_stops_naming_the_critic_and_keeps_the_checkpoint() {
 
 /// A trainer on eight short prompts (stop token 2), no ptx data.
 fn small_trainer(cfg: PpoConfig, models: rlhf_ppo::Models<CpuTrain>) -> rlhf_ppo::Trainer<CpuTrain> {
-    let prompts = [vec![1, 350, 289], vec![1, 9, 40, 41], vec![1, 7], vec![1, 5, 6, 7, 8]].iter().cycle().take(8).cloned().collect();
+    let prompts = [vec![1, 350, 289], vec![1, 9, 40, 41], vec![1, 7], vec![1, 5, 6, 7, 8]].iter().cycle().take(8).cloned().map(rlhf_data::Prompt::from_ids).collect();
     rlhf_ppo::Trainer::new(cfg, models.actor, models.critic, models.reference, models.reward_model, prompts, vec![], vec![2], 0, None, Default::default())
 }
 

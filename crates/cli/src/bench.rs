@@ -347,7 +347,7 @@ impl rlhf_runtime::Task for PpoBench {
         let reference = reference.unwrap_or_else(|| actor.without_lora().valid());
         let reward_model = reward_model.unwrap_or_else(|| rlhf_model::RewardModel { model: critic.model.without_lora(), head: critic.head.clone() }.valid());
         let ids = |b: usize, len: usize| -> Vec<u32> { (0..len).map(|i| ((b * 7919 + i * 104_729) % (cfg.vocab_size - 1) + 1) as u32).collect() };
-        let prompts: Vec<Vec<u32>> = (0..self.batch).map(|b| ids(b, self.prompt_len)).collect();
+        let prompts: Vec<rlhf_data::Prompt> = (0..self.batch).map(|b| rlhf_data::Prompt::from_ids(ids(b, self.prompt_len))).collect();
         let ptx: Vec<rlhf_data::encode::SftSample> =
             (0..self.batch).map(|b| rlhf_data::encode::SftSample { ids: ids(b + 1000, max_pos), loss_mask: vec![true; max_pos] }).collect();
         let ppo_cfg: rlhf_ppo::PpoConfig = toml::from_str(&format!(

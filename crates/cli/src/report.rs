@@ -184,6 +184,36 @@ fn judge_section(md: &mut String, j: &Value) {
     md.push('\n');
 }
 
+/// The reward sources a critic-free run logged (`rewards/<name>/mean`), in the order of the metric keys.
+fn reward_sources(rows: &[Value]) -> Vec<String> {
+    let mut names = Vec::new();
+    for row in rows {
+        let Some(map) = row.as_object() else { continue };
+        for key in map.keys() {
+            if let Some(name) = key.strip_prefix("rewards/").and_then(|k| k.strip_suffix("/mean")) {
+                if !names.iter().any(|n| n == name) {
+                    names.push(name.to_string());
+                }
+            }
+        }
+    }
+    names
+}
+
+/// A stage-3 run's mean time per iteration, split into generation, scoring and training.
+fn iteration_times(md: &mut String, rows: &[Value]) {
+    let t = |k: &str| rows.iter().filter_map(|r| r.get(k)?.as_f64()).sum::<f64>() / rows.len().max(1) as f64;
+    let _ = writeln!(
+        md,
+        "Time per iteration: generation {:.2}s, scoring {:.2}s, training {:.2}s ({:.0} generated tokens/s, {:.0} trained tokens/s).\n",
+        t("generate_s"),
+        t("score_s"),
+        t("train_s"),
+        t("gen_tokens_per_s"),
+        t("train_tokens_per_s")
+    );
+}
+
 pub fn write_report(run: &Path, samples: usize) -> anyhow::Result<()> {
     let plots = run.join("plots");
     std::fs::create_dir_all(&plots).with_context(|| format!("creating {}", plots.display()))?;
@@ -191,6 +221,7 @@ pub fn write_report(run: &Path, samples: usize) -> anyhow::Result<()> {
     let sft = read_rows(&run.join("sft/metrics.jsonl"));
     let rm = read_rows(&run.join("reward/metrics.jsonl"));
     let dpo = read_rows(&run.join("dpo/metrics.jsonl"));
+    let grpo = read_rows(&run.join("grpo/metrics.jsonl"));
     let ppo = read_rows(&run.join("ppo/metrics.jsonl"));
     let eval: Option<Value> = std::fs::read_to_string(run.join("eval.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
     use rlhf_train::metrics::{first_value as first, last_value as last};
@@ -321,6 +352,42 @@ pub fn write_report(run: &Path, samples: usize) -> anyhow::Result<()> {
         md.push_str("\n![DPO](plots/dpo.png)\n\n");
     }
 
+    if !grpo.is_empty() {
+        md.push_str("## Critic-free RL (GRPO and relatives)\n\n");
+        let sources = reward_sources(&grpo);
+        let per_source: Vec<String> = sources.iter().map(|n| format!("{n} {} → {}", f(first(&grpo, &format!("rewards/{n}/mean"))), f(last(&grpo, &format!("rewards/{n}/mean"))))).collect();
+        let kl = match first(&grpo, "kl") {
+            Some(_) => format!("; KL to the reference per token {} → {}", f(first(&grpo, "kl")), f(last(&grpo, "kl"))),
+            None => String::new(),
+        };
+        let _ = writeln!(
+            md,
+            "Reward {} → {} ({}); groups with equal rewards {} → {}; response length {} → {} tokens{kl}.",
+            f(first(&grpo, "reward")),
+            f(last(&grpo, "reward")),
+            per_source.join(", "),
+            f(first(&grpo, "frac_reward_zero_std")),
+            f(last(&grpo, "frac_reward_zero_std")),
+            f(first(&grpo, "completions/mean_length")),
+            f(last(&grpo, "completions/mean_length")),
+        );
+        let one = |k: &str| vec![(k.to_string(), series(&grpo, "iteration", k))];
+        let mut panels = vec![
+            ("reward (weighted sum)", "iteration", one("reward")),
+            ("reward per source (mean)", "iteration", sources.iter().map(|n| (n.clone(), series(&grpo, "iteration", &format!("rewards/{n}/mean")))).collect()),
+            ("response length", "iteration", one("completions/mean_length")),
+            ("groups with equal rewards (share)", "iteration", one("frac_reward_zero_std")),
+            ("entropy", "iteration", one("entropy")),
+            ("clipped share", "iteration", vec![("low".into(), series(&grpo, "iteration", "clip_ratio/low_mean")), ("high".into(), series(&grpo, "iteration", "clip_ratio/high_mean"))]),
+        ];
+        if !kl.is_empty() {
+            panels.push(("KL to the reference (per token)", "iteration", one("kl")));
+        }
+        line_chart(&plots.join("grpo.png"), 2, &panels)?;
+        md.push_str("\n![GRPO](plots/grpo.png)\n\n");
+        iteration_times(&mut md, &grpo);
+    }
+
     if !ppo.is_empty() {
         md.push_str("## Stage 3: PPO-ptx\n\n");
         let _ = writeln!(
@@ -346,16 +413,7 @@ pub fn write_report(run: &Path, samples: usize) -> anyhow::Result<()> {
         ];
         line_chart(&plots.join("ppo.png"), 2, &panels)?;
         md.push_str("\n![PPO](plots/ppo.png)\n\n");
-        let t = |k: &str| ppo.iter().filter_map(|r| r.get(k)?.as_f64()).sum::<f64>() / ppo.len() as f64;
-        let _ = writeln!(
-            md,
-            "Time per iteration: generation {:.2}s, scoring {:.2}s, training {:.2}s ({:.0} generated tokens/s, {:.0} trained tokens/s).\n",
-            t("generate_s"),
-            t("score_s"),
-            t("train_s"),
-            t("gen_tokens_per_s"),
-            t("train_tokens_per_s")
-        );
+        iteration_times(&mut md, &ppo);
     }
 
     if let Ok(text) = std::fs::read_to_string(run.join("eval_samples.jsonl")) {

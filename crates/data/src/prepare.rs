@@ -33,6 +33,13 @@ pub struct Prompt {
     pub line: usize,
 }
 
+impl Prompt {
+    /// A prompt known only by its token ids (benchmarks, tests): no text, no record.
+    pub fn from_ids(ids: Vec<u32>) -> Self {
+        Self { text: String::new(), ids, record: serde_json::Value::Null, line: 0 }
+    }
+}
+
 /// The examples of a file and what became of the rest of its records.
 #[derive(Debug, Clone)]
 pub struct Prepared<T> {

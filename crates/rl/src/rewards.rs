@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use rlhf_data::Prompt;
+use rlhf_data::{Prompt, Tokenizer};
 use rlhf_model::{RewardInfo, RewardModel};
 use rlhf_runtime::{Backend, Precision};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -359,6 +359,15 @@ impl<B: Backend> RewardSources<B> {
 
     pub fn is_empty(&self) -> bool {
         self.scorers.is_empty()
+    }
+
+    /// Decodes every response of `sampled` (row `i` answers `prompts[i]`) and scores it; returns
+    /// the decoded responses with the scores.
+    pub fn score_responses(&mut self, tok: &Tokenizer, sampled: &Sampled<B>, prompts: &[Prompt]) -> anyhow::Result<(Vec<String>, RewardTable)> {
+        let texts = sampled.responses.iter().map(|r| tok.decode(r, true)).collect::<Result<Vec<_>, _>>()?;
+        let inputs: Vec<RewardInput> = prompts.iter().zip(&texts).zip(&sampled.responses).map(|((prompt, response), tokens)| RewardInput { prompt, response, tokens }).collect();
+        let table = self.score(&inputs, sampled)?;
+        Ok((texts, table))
     }
 
     /// Scores every row of `sampled` (`inputs[i]` is row `i`).

@@ -18,13 +18,13 @@ use std::time::Instant;
 
 use anyhow::Context;
 use burn::module::AutodiffModule;
-use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use rlhf_data::batch::{shuffled, EpochOrder};
 use rlhf_data::{ChatFormat, Prompt, Tokenizer};
 use rlhf_model::ops::action_log_probs;
 use rlhf_model::{CausalLm, Export, GenerateConfig, LoraSpec, Sampler, TrainingSetup};
 use rlhf_rl::rollout::{self, device_rows, host_rows, Sampled};
-use rlhf_rl::{aggregate, clipped_policy_loss, kl_per_token, run_iterations, Clip, Ended, Iteration, Iterative, KlEstimator, RewardInput, RewardSources, RewardTable, Schedule, StepCounts};
+use rlhf_rl::{aggregate, clipped_policy_loss, kl_per_token, run_iterations, Clip, Ended, Iteration, Iterative, KlEstimator, RewardSources, RewardTable, Schedule, StepCounts};
 use rlhf_runtime::{AutodiffBackend, Backend};
 use rlhf_train::checkpoint::{load_checkpoint, save_checkpoint};
 use rlhf_train::schedule::get_lr;
@@ -79,6 +79,8 @@ pub struct Timing {
     pub score_s: f64,
     pub train_s: f64,
     pub generated_tokens: usize,
+    /// Tokens (prompt and response, padding included) through the policy's training forwards.
+    pub trained_tokens: usize,
 }
 
 /// Everything a run holds: the policy and its optimizer, the frozen reference (when the KL term is
@@ -140,13 +142,6 @@ impl<B: AutodiffBackend> Trainer<B> {
         (first..first + n).map(|p| self.prompts[self.order.at(p)].clone()).collect()
     }
 
-    /// Scores every row of `sampled` (row i answers `prompts[i]`); returns the decoded responses too.
-    fn score(&mut self, sampled: &Sampled<B::InnerBackend>, prompts: &[Prompt]) -> anyhow::Result<(Vec<String>, RewardTable)> {
-        let texts = sampled.responses.iter().map(|r| self.tok.decode(r, true)).collect::<Result<Vec<_>, _>>()?;
-        let inputs: Vec<RewardInput> = prompts.iter().zip(&texts).zip(&sampled.responses).map(|((prompt, response), tokens)| RewardInput { prompt, response, tokens }).collect();
-        let table = self.rewards.score(&inputs, sampled)?;
-        Ok((texts, table))
-    }
 
     /// Step 1: sample `n` responses per prompt and score them; with dynamic sampling, keep only
     /// groups whose rewards differ and sample more prompts (up to `max_sampling_rounds` rounds)
@@ -168,7 +163,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             timing.generate_s += clock.elapsed().as_secs_f64();
             let clock = Instant::now();
             let row_prompts: Vec<Prompt> = sampled.groups.iter().map(|&gi| prompts[gi].clone()).collect();
-            let (texts, table) = self.score(&sampled, &row_prompts)?;
+            let (texts, table) = self.rewards.score_responses(&self.tok, &sampled, &row_prompts)?;
             timing.score_s += clock.elapsed().as_secs_f64();
             let total = table.total();
             let flat = zero_std_groups(&total, &sampled.groups);
@@ -227,7 +222,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
         let greedy = GenerateConfig { sampler: Sampler::Greedy, ..self.gen.clone() };
         let sampled = rollout::sample(policy, &ids, 1, &greedy, self.cfg.generate.batch_size, self.cfg.seed, &self.device)?;
-        Ok(self.score(&sampled, &prompts)?.1.total())
+        Ok(self.rewards.score_responses(&self.tok, &sampled, &prompts)?.1.total())
     }
 
     /// Step 2: log-probs where the loss or the reward needs them, then advantages.
@@ -317,23 +312,28 @@ impl<B: AutodiffBackend> Trainer<B> {
                     let old = x.old_logp.as_ref().map_or_else(|| logp.clone().detach(), f);
                     let (objective, clip_low, clip_high) = clipped_policy_loss(logp.clone(), old.clone(), f(&x.advantages), clip);
                     let mut per_tok = objective;
+                    let mut kl_sum = None;
                     if let Some(reference) = &x.ref_logp {
                         let reference = f(reference);
                         if kl_in_loss {
                             per_tok = per_tok + kl_loss(logp.clone(), reference.clone(), old.clone(), g.kl_estimator, g.kl_coef, g.kl_importance_weighted);
                         }
-                        kl += (kl_per_token(logp.clone().detach(), reference, kl_metric) * mask.clone()).sum().into_scalar().elem::<f64>();
+                        kl_sum = Some((kl_per_token(logp.clone().detach(), reference, kl_metric) * mask.clone()).sum());
                     }
                     if g.entropy_coef > 0.0 {
                         per_tok = per_tok - ent.clone() * g.entropy_coef;
                     }
                     let loss = aggregate(per_tok, mask.clone(), aggregation, counts);
-                    let stats = Tensor::cat(vec![(clip_low * mask.clone()).sum(), (clip_high * mask.clone()).sum(), (ent.detach() * mask).sum(), loss.clone().detach()], 0);
-                    let host = stats.into_data().convert::<f64>().to_vec::<f64>().expect("f64");
+                    // One read of the step's statistics.
+                    let mut stats = vec![(clip_low * mask.clone()).sum(), (clip_high * mask.clone()).sum(), (ent.detach() * mask).sum(), loss.clone().detach()];
+                    stats.extend(kl_sum);
+                    let host = Tensor::cat(stats, 0).into_data().convert::<f64>().to_vec::<f64>().expect("f64");
                     low += host[0];
                     high += host[1];
                     entropy += host[2];
                     loss_sum += host[3];
+                    kl += host.get(4).copied().unwrap_or(0.0);
+                    timing.trained_tokens += micro.len() * x.sampled.ids.dims()[1];
                     self.policy.backward(loss, host[3]);
                 }
                 tokens_seen += counts.tokens;
@@ -385,6 +385,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             ("score_s".into(), timing.score_s),
             ("train_s".into(), timing.train_s),
             ("gen_tokens_per_s".into(), timing.generated_tokens as f64 / timing.generate_s.max(1e-9)),
+            ("train_tokens_per_s".into(), timing.trained_tokens as f64 / timing.train_s.max(1e-9)),
         ]);
         Ok((metrics, lines))
     }

@@ -32,6 +32,11 @@ pub struct PpoConfig {
     pub ptx: Option<PtxConfig>,
     pub generate: GenerationConfig,
     pub ppo: PpoTrainConfig,
+    /// Reward sources beside the reward model (`[[rewards]]`, as rlhf-grpo reads them: verifiers,
+    /// a user's program, another reward model): each response's final-token score is the reward
+    /// model's (normalised, clipped) plus Σ weight · score of the sources that apply.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rewards: Vec<rlhf_rl::RewardSpec>,
 }
 
 /// The four models. `reference` defaults to `actor` and `critic` to `reward_model`.
@@ -226,6 +231,7 @@ impl PpoConfig {
             }
         }
         self.generate.validate()?;
+        rlhf_rl::rewards::validate(&self.rewards, "rewards")?;
         if p.kl_coef < 0.0 || !(0.0..=1.0).contains(&p.gamma) || !(0.0..=1.0).contains(&p.lam) || p.clip_eps <= 0.0 {
             bail!("ppo: kl_coef ≥ 0, gamma and lam in [0, 1], clip_eps > 0 are required");
         }

@@ -22,11 +22,11 @@ use rlhf_runtime::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use rlhf_data::batch::{shuffled, EpochOrder};
 use rlhf_data::encode::SftSample;
-use rlhf_data::{prepare, ChatFormat, Kind, PrepareOptions, Tokenizer};
+use rlhf_data::{prepare, ChatFormat, Kind, PrepareOptions, Prompt, Tokenizer};
 use rlhf_model::ops::{action_log_probs, action_values};
 use rlhf_model::{CausalLm, Export, GenerateConfig, LoraSpec, RewardInfo, RewardModel, TrainingSetup};
 use rlhf_rl::rollout::{self, device_rows, host_rows};
-use rlhf_rl::{run_iterations, Ended, Iteration, Iterative, Schedule};
+use rlhf_rl::{run_iterations, Ended, Iteration, Iterative, RewardSources, Schedule};
 use rlhf_train::batch::lm_loss;
 use rlhf_train::checkpoint::{load_checkpoint, save_checkpoint};
 use rlhf_train::schedule::get_lr;
@@ -47,7 +47,7 @@ const CRITIC_STREAM: u64 = 0x0043_5254;
 pub struct IterationReport {
     pub metrics: Vec<(String, f64)>,
     pub rollout: RolloutStats,
-    pub prompts: Vec<Vec<u32>>,
+    pub prompts: Vec<Prompt>,
     pub responses: Vec<Vec<u32>>,
 }
 
@@ -91,9 +91,12 @@ pub struct RolloutStats {
     /// Σ_t r_t per response.
     pub reward: f64,
     pub response_len: f64,
-    /// Scores after normalisation and clipping, per row.
+    /// Final-token scores per row: the RM's after normalisation and clipping, plus the other
+    /// reward sources' weighted scores.
     pub scores: Vec<f32>,
     pub kl_per_row: Vec<f64>,
+    /// `rewards/<name>/mean` and `/std` of the other reward sources (empty without them).
+    pub source_metrics: Vec<(String, f64)>,
 }
 
 /// Wall-clock split of one iteration.
@@ -133,7 +136,7 @@ pub struct Trainer<B: AutodiffBackend> {
     pub critic: Trainable<B, RewardModel<B>>,
     pub reference: CausalLm<B::InnerBackend>,
     pub reward_model: RewardModel<B::InnerBackend>,
-    pub prompts: Vec<Vec<u32>>,
+    pub prompts: Vec<Prompt>,
     pub ptx: Vec<SftSample>,
     pub state: PpoState,
     pub gen: GenerateConfig,
@@ -142,6 +145,8 @@ pub struct Trainer<B: AutodiffBackend> {
     pub device: B::Device,
     prompt_order: EpochOrder,
     ptx_order: EpochOrder,
+    /// Reward sources beside the reward model, with the tokenizer their responses are decoded with.
+    sources: Option<(RewardSources<B::InnerBackend>, Tokenizer)>,
     /// Named in the error when a step is refused.
     last_checkpoint: String,
 }
@@ -155,7 +160,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         critic: RewardModel<B>,
         reference: CausalLm<B::InnerBackend>,
         reward_model: RewardModel<B::InnerBackend>,
-        prompts: Vec<Vec<u32>>,
+        prompts: Vec<Prompt>,
         ptx: Vec<SftSample>,
         stop_ids: Vec<u32>,
         pad_id: u32,
@@ -171,6 +176,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             last_checkpoint: "none".into(),
             prompt_order: EpochOrder::new(prompts.len(), cfg.seed),
             ptx_order: EpochOrder::new(ptx.len().max(1), cfg.seed ^ PTX_STREAM),
+            sources: None,
             cfg,
             reference,
             reward_model,
@@ -184,14 +190,20 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
     }
 
+    /// Adds reward sources beside the reward model; `tok` decodes the responses they read.
+    pub fn with_sources(mut self, sources: RewardSources<B::InnerBackend>, tok: Tokenizer) -> Self {
+        self.sources = (!sources.is_empty()).then_some((sources, tok));
+        self
+    }
+
     /// The prompts of iteration `iteration`: a pure function of (seed, iteration).
-    pub fn iteration_prompts(&self, iteration: usize) -> Vec<Vec<u32>> {
+    pub fn iteration_prompts(&self, iteration: usize) -> Vec<Prompt> {
         let n = self.cfg.ppo.rollout_batch_size;
         (iteration * n..(iteration + 1) * n).map(|p| self.prompts[self.prompt_order.at(p)].clone()).collect()
     }
 
     /// Step 1: sample responses and turn them into advantages and returns.
-    pub fn make_experience(&self, prompts: &[Vec<u32>], iteration: usize, timing: &mut Timing) -> anyhow::Result<(Rollout<B::InnerBackend>, RolloutStats)> {
+    pub fn make_experience(&mut self, prompts: &[Prompt], iteration: usize, timing: &mut Timing) -> anyhow::Result<(Rollout<B::InnerBackend>, RolloutStats)> {
         let device = &self.device;
         let ppo = &self.cfg.ppo;
         let clock = Instant::now();
@@ -199,7 +211,8 @@ impl<B: AutodiffBackend> Trainer<B> {
         // (the same rounding the training forward applies per matmul).
         let actor = self.actor.module.valid().for_inference(self.cfg.precision);
         let seed = self.cfg.seed.wrapping_mul(1_000_003).wrapping_add(iteration as u64);
-        let sampled = rollout::sample(&actor, prompts, 1, &self.gen, self.cfg.generate.batch_size, seed, device)?;
+        let ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
+        let sampled = rollout::sample(&actor, &ids, 1, &self.gen, self.cfg.generate.batch_size, seed, device)?;
         let rows = sampled.rows();
         let lengths = sampled.lengths();
         timing.generate_s = clock.elapsed().as_secs_f64();
@@ -224,7 +237,15 @@ impl<B: AutodiffBackend> Trainer<B> {
         let kl_host = host_rows(kl);
         let values_host = host_rows(old_values.clone());
         let raw_host: Vec<f32> = host_rows(raw_scores).into_iter().map(|r| r[0]).collect();
-        let scores: Vec<f32> = raw_host.iter().map(|&s| normalize_score(s, self.score_std, ppo.score_clip)).collect();
+        let mut scores: Vec<f32> = raw_host.iter().map(|&s| normalize_score(s, self.score_std, ppo.score_clip)).collect();
+        let mut source_metrics = Vec::new();
+        if let Some((sources, tok)) = &mut self.sources {
+            let (_, table) = sources.score_responses(tok, &sampled, prompts)?;
+            for (s, extra) in scores.iter_mut().zip(table.total()) {
+                *s += extra as f32;
+            }
+            source_metrics = table.metrics();
+        }
 
         let rewards = shaped_rewards(&kl_host, mask_host, &scores, self.state.kl_coef);
         let (advantages, returns) = gae(&rewards, &values_host, mask_host, ppo.gamma, ppo.lam);
@@ -240,6 +261,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             response_len: lengths.iter().sum::<usize>() as f64 / n,
             scores,
             kl_per_row,
+            source_metrics,
         };
         let rollout = Rollout {
             ids: sampled.ids,
@@ -370,7 +392,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             c.update(roll.kl, prompts.len());
             self.state.kl_coef = c.value;
         }
-        let metrics = vec![
+        let mut metrics: Vec<(String, f64)> = [
             ("rm_score", roll.rm_score),
             ("kl", roll.kl),
             ("reward", roll.reward),
@@ -390,8 +412,12 @@ impl<B: AutodiffBackend> Trainer<B> {
             ("generate_s", timing.generate_s),
             ("score_s", timing.score_s),
             ("train_s", timing.train_s),
-        ];
-        Ok(IterationReport { metrics: metrics.into_iter().map(|(k, v)| (k.to_string(), v)).collect(), rollout: roll, prompts, responses })
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        metrics.extend(roll.source_metrics.iter().cloned());
+        Ok(IterationReport { metrics, rollout: roll, prompts, responses })
     }
 
     fn save(&mut self, out: &Path) -> anyhow::Result<PathBuf> {
@@ -425,7 +451,7 @@ impl<B: AutodiffBackend> Iterative for PpoRun<'_, B> {
         let mut samples = Vec::new();
         for i in 0..if with_samples { self.samples_per_log.min(prompts.len()) } else { 0 } {
             samples.push(serde_json::json!({
-                "prompt": self.tok.decode(&prompts[i], false)?,
+                "prompt": self.tok.decode(&prompts[i].ids, false)?,
                 "response": self.tok.decode(&responses[i], true)?,
                 "score": roll.scores[i],
                 "kl": roll.kl_per_row[i],
@@ -489,7 +515,7 @@ pub fn run<B: AutodiffBackend>(cfg: &PpoConfig, out: &Path, resume: bool, device
     let fmt = ChatFormat::resolve(&tok, cfg.data.template)?;
     let Models { actor, critic, reference, reward_model, actor_lora } = load_models::<B>(cfg, device)?;
     let positions = actor.config().max_position_embeddings;
-    let prompts: Vec<Vec<u32>> = cfg.data.load(&tok, &fmt, cfg.generate.max_new_tokens, positions, "actor")?.into_iter().map(|p| p.ids).collect();
+    let prompts = cfg.data.load(&tok, &fmt, cfg.generate.max_new_tokens, positions, "actor")?;
     let ptx = match &cfg.ptx {
         Some(p) => {
             let kind = if p.kind == PtxKind::Sft { Kind::Sft } else { Kind::Pretrain };
@@ -516,7 +542,8 @@ pub fn run<B: AutodiffBackend>(cfg: &PpoConfig, out: &Path, resume: bool, device
         cfg.ppo.rollout_batch_size
     );
     let score_std = if cfg.ppo.normalize_score { RewardInfo::load(&m.reward_model)?.map(|i| i.normalization.std) } else { None };
-    let mut t = Trainer::<B>::new(cfg.clone(), actor, critic, reference, reward_model, prompts, ptx, stop_ids, pad_id, score_std, device.clone());
+    let sources = RewardSources::start(&cfg.rewards, cfg.precision, cfg.ppo.micro_batch_size, device)?;
+    let mut t = Trainer::<B>::new(cfg.clone(), actor, critic, reference, reward_model, prompts, ptx, stop_ids, pad_id, score_std, device.clone()).with_sources(sources, tok.clone());
     let ppo = &cfg.ppo;
     let schedule = Schedule {
         stage: "ppo",

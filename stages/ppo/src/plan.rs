@@ -48,11 +48,17 @@ pub fn memory_plan(cfg: &PpoConfig, shape_of: ShapeOf) -> anyhow::Result<MemoryP
             inference_bytes(&actor_shape, gen_batch, cfg.data.max_prompt_len, false) + (gen_batch * actor_shape.vocab_size * 2 * 4) as u64,
         ),
     ];
-    let scoring = vec![Row::new(
-        "reference / RM / critic forward",
-        format!("{micro} seq × {len} tokens, no autodiff"),
-        inference_bytes(&reference_shape, micro, len, true).max(inference_bytes(&rm_shape, micro, len, false)),
-    )];
+    // Reward models among the other reward sources are frozen models of their own.
+    let mut scoring_bytes = inference_bytes(&reference_shape, micro, len, true).max(inference_bytes(&rm_shape, micro, len, false));
+    let mut source_models = Vec::new();
+    for (i, r) in cfg.rewards.iter().enumerate() {
+        if let rlhf_rl::RewardKind::RewardModel { path, .. } = &r.kind {
+            let shape = shape_of(path)?;
+            scoring_bytes = scoring_bytes.max(inference_bytes(&shape, micro, len, false));
+            source_models.push((planned(&format!("reward source {}", i + 1), shape, false, Training::Frozen), None));
+        }
+    }
+    let scoring = vec![Row::new("reference / RM / critic forward", format!("{micro} seq × {len} tokens, no autodiff"), scoring_bytes)];
     let mut phases = vec![
         ("generation".to_string(), generation),
         ("scoring".to_string(), scoring),
@@ -76,7 +82,7 @@ pub fn memory_plan(cfg: &PpoConfig, shape_of: ShapeOf) -> anyhow::Result<MemoryP
     knobs.push(lora_knob(cfg.ppo.critic_lora.as_ref(), "ppo.critic_lora"));
     Ok(MemoryPlan {
         stage: "ppo".into(),
-        resident: resident_rows(&[(actor, None), (reference, reference_shares), (critic, None), (reward_model, rm_shares)]),
+        resident: resident_rows(&[vec![(actor, None), (reference, reference_shares), (critic, None), (reward_model, rm_shares)], source_models].concat()),
         phases,
         knobs,
     })
