@@ -90,6 +90,24 @@ fn ppo_plan_shares_the_actors_base_with_lora() {
     assert!(plan.peak_bytes() < rlhf_ppo::memory_plan(&full, &shape_from_dir).unwrap().peak_bytes());
 }
 
+/// GRPO's generation batches hold whole groups, each prompt prefilled once: `generate.batch_size`
+/// 10 with 4 samples per prompt is 2 prompts = 8 rows, plus the 2 prefilled rows before their copy.
+#[test]
+fn grpo_plan_counts_whole_groups_and_one_prefill_per_prompt() {
+    let text = format!(
+        "[model]\npolicy = {a:?}\n[data]\nprompts = \"-\"\nmax_prompt_len = 8\n[generate]\nmax_new_tokens = 8\nbatch_size = 10\n\
+         [grpo]\niterations = 1\nprompts_per_iteration = 3\nsamples_per_prompt = 4\nmicro_batch_size = 4\nlr = 1e-5\nkl_coef = 0.0\n\
+         [[rewards]]\ntype = \"length\"\nmax_len = 8\nbuffer = 4\n",
+        a = fixture("hf-tiny-llama")
+    );
+    let cfg: rlhf_grpo::GrpoConfig = toml::from_str(&text).unwrap();
+    let plan = rlhf_grpo::memory_plan(&cfg, &shape_from_dir).unwrap();
+    // k and v of 2 blocks × (2 kv heads × 16) for 8 + 2 sequences × 16 positions, f32.
+    assert_eq!(row(&plan, "KV cache"), 2 * 2 * 32 * 10 * 16 * 4);
+    assert!(plan.table().contains("2 × 8 tokens"), "{}", plan.table());
+    assert!(!plan.table().contains("reference weights"), "{}", plan.table());
+}
+
 fn shapes(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/shapes").join(name).display().to_string()
 }

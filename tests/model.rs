@@ -242,6 +242,35 @@ fn seeded_sampling_is_reproducible() {
     assert_ne!(run(1), run(2));
 }
 
+/// One prefill per prompt for its `n` rows gives what `n` copies of the prompt give: the same tokens
+/// (sampled, same seed: the draws have the same shape) and the same log-probs to rounding, with
+/// prompts of different lengths (left padding) and a stop token.
+#[test]
+fn n_samples_from_one_prefill_match_n_copies_of_the_prompt() {
+    let model = CausalLm::<Cpu>::from_hf_dir(&fixture("hf-tiny-llama"), &device()).unwrap();
+    let prompts = vec![vec![10u32, 20, 30], vec![44u32, 55]];
+    let copies: Vec<Vec<u32>> = prompts.iter().flat_map(|p| std::iter::repeat_n(p.clone(), 3)).collect();
+    let stop = greedy(&model, &prompts, 6)[1].new_ids[3];
+    for sampler in [Sampler::Greedy, Sampler::Sample { temperature: 1.0, top_k: None, top_p: None }] {
+        let cfg = GenerateConfig { max_new_tokens: 6, sampler, stop_ids: vec![stop], pad_id: 0, seed: Some(7) };
+        let shared = rlhf_model::generate_n(&model, &prompts, 3, &cfg, &device()).unwrap();
+        let independent = generate(&model, &copies, &cfg, &device()).unwrap();
+        let ints = |t: &burn::tensor::Tensor<Cpu, 2, burn::tensor::Int>| t.to_data().convert::<i64>().to_vec::<i64>().unwrap();
+        assert_eq!(ints(&shared.prompt_ids), ints(&independent.prompt_ids));
+        assert_eq!(ints(&shared.prompt_mask), ints(&independent.prompt_mask));
+        let (a, b) = (shared.to_host(), independent.to_host());
+        assert_eq!(a.len(), 6);
+        for (row, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert_eq!(x.new_ids, y.new_ids, "row {row}");
+            for (p, q) in x.logprobs.iter().zip(&y.logprobs) {
+                assert!((p - q).abs() < 1e-5, "row {row}: {p} vs {q}");
+            }
+        }
+    }
+    let cfg = GenerateConfig { max_new_tokens: 2, sampler: Sampler::Greedy, stop_ids: vec![], pad_id: 0, seed: None };
+    assert!(rlhf_model::generate_n(&model, &prompts, 0, &cfg, &device()).is_err());
+}
+
 #[test]
 fn export_then_load_gives_identical_logits() {
     for name in PARITY_FIXTURES {

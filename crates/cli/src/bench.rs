@@ -409,26 +409,183 @@ kl_coef = 0.1
         for it in 0..=self.iterations {
             let start = Instant::now();
             let m = trainer.iteration(it)?.metrics;
-            let secs = start.elapsed().as_secs_f64();
-            let get = |k: &str| m.iter().find(|(n, _)| n == k).map_or(0.0, |(_, v)| *v);
-            let label = if it == 0 { "warm-up".to_string() } else { format!("iteration {it}") };
-            println!(
-                "  {label}: {secs:.2}s = generation {:.2}s ({:.0} tok/s) + scoring {:.2}s + training {:.2}s ({:.0} tok/s)",
-                get("generate_s"),
-                get("gen_tokens_per_s"),
-                get("score_s"),
-                get("train_s"),
-                get("train_tokens_per_s")
-            );
+            print_iteration(it, start.elapsed().as_secs_f64(), &m);
         }
-        let measured = rlhf_train::memory::peak_resident_bytes().filter(|_| self.device == DeviceSpec::Cpu).map_or("not measured".into(), rlhf_train::memory::gib);
-        print!("{}", plan.table());
-        println!("memory: predicted peak {} (plan), measured {measured} ({})", rlhf_train::memory::gib(plan.peak_bytes()), self.device);
+        print_plan(&plan, self.device);
         Ok(())
     }
 }
 
+/// One RL iteration's line: its time and the split the stage measured.
+fn print_iteration(it: usize, secs: f64, m: &[(String, f64)]) {
+    let get = |k: &str| m.iter().find(|(n, _)| n == k).map_or(0.0, |(_, v)| *v);
+    let label = if it == 0 { "warm-up".to_string() } else { format!("iteration {it}") };
+    println!(
+        "  {label}: {secs:.2}s = generation {:.2}s ({:.0} tok/s) + scoring {:.2}s + training {:.2}s ({:.0} tok/s)",
+        get("generate_s"),
+        get("gen_tokens_per_s"),
+        get("score_s"),
+        get("train_s"),
+        get("train_tokens_per_s")
+    );
+}
+
+/// The memory plan beside the measured peak (on the CPU; a GPU's is not read here).
+fn print_plan(plan: &rlhf_train::memory::MemoryPlan, device: DeviceSpec) {
+    let measured = rlhf_train::memory::peak_resident_bytes().filter(|_| device == DeviceSpec::Cpu).map_or("not measured".into(), rlhf_train::memory::gib);
+    print!("{}", plan.table());
+    println!("memory: predicted peak {} (plan), measured {measured} ({device})", rlhf_train::memory::gib(plan.peak_bytes()));
+}
+
 pub fn run_ppo(args: PpoBench) -> anyhow::Result<()> {
+    dispatch(rlhf_runtime::Runtime { device: args.device, precision: args.size.precision }, args.clone())?
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GrpoBench {
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
+    /// Prompts per iteration.
+    #[arg(long, default_value_t = 8)]
+    prompts: usize,
+    /// Responses per prompt (one group).
+    #[arg(long, default_value_t = 8)]
+    n: usize,
+    #[arg(long, default_value_t = 128)]
+    prompt_len: usize,
+    /// Response length (a random model never stops early).
+    #[arg(long, default_value_t = 32)]
+    new_tokens: usize,
+    /// Responses per forward/backward.
+    #[arg(long, default_value_t = 16)]
+    micro_batch: usize,
+    #[command(flatten)]
+    size: BenchModel,
+    /// Timed iterations (and generations) after one warm-up.
+    #[arg(long, default_value_t = 2)]
+    iterations: usize,
+    /// LoRA adapters of this rank on the policy (alpha = 2·rank, every projection); the reference is
+    /// then its frozen base.
+    #[arg(long)]
+    lora: Option<usize>,
+}
+
+impl rlhf_runtime::Task for GrpoBench {
+    type Output = anyhow::Result<()>;
+
+    /// Generation of `n` responses per prompt with one prefill per prompt against `n` independent
+    /// rows, then GRPO iterations (k3 KL to a reference, a repetition reward on the sampled tokens)
+    /// with their time split into generation / scoring / training.
+    fn run<B: rlhf_runtime::AutodiffBackend>(self, device: B::Device) -> Self::Output {
+        use burn::module::AutodiffModule;
+        anyhow::ensure!(self.n >= 2 && self.prompts >= 1, "--n must be at least 2 (a group) and --prompts at least 1");
+        let max_pos = self.prompt_len + self.new_tokens;
+        let (cfg, policy) = self.size.random_model::<B>(max_pos, &device)?;
+        let p = self.size.precision;
+        let ids = |b: usize, len: usize| -> Vec<u32> { (0..len).map(|i| ((b * 7919 + i * 104_729) % (cfg.vocab_size - 1) + 1) as u32).collect() };
+        // Prompts of different lengths (left padding exercised).
+        let prompt_ids: Vec<Vec<u32>> = (0..self.prompts).map(|b| ids(b, self.prompt_len - (b % 4).min(self.prompt_len - 1))).collect();
+        let rows = self.prompts * self.n;
+        println!(
+            "grpo: {}, {} prompts × {} responses, prompt ≤{} + {} new tokens, micro-batch {}, {}, {}{}",
+            self.size.describe(&cfg),
+            self.prompts,
+            self.n,
+            self.prompt_len,
+            self.new_tokens,
+            self.micro_batch,
+            self.device,
+            self.size.settings(),
+            self.lora.map_or(String::new(), |r| format!(", LoRA r={r}"))
+        );
+
+        // 1. The same rows, sampled with one prefill per prompt and with one per row.
+        let sampler = Sampler::Sample { temperature: 1.0, top_k: None, top_p: None };
+        let gen_cfg = GenerateConfig { max_new_tokens: self.new_tokens, sampler, stop_ids: vec![], pad_id: 0, seed: Some(0) };
+        let inference = policy.valid().for_inference(p);
+        let copies: Vec<Vec<u32>> = prompt_ids.iter().flat_map(|q| std::iter::repeat_n(q.clone(), self.n)).collect();
+        let mut best = [f64::INFINITY; 2];
+        for rep in 0..=self.iterations {
+            for (i, shared) in [false, true].into_iter().enumerate() {
+                let start = Instant::now();
+                let out = if shared { rlhf_model::generate_n(&inference, &prompt_ids, self.n, &gen_cfg, &device)? } else { generate(&inference, &copies, &gen_cfg, &device)? };
+                let _ = out.to_host(); // syncs the device
+                if rep > 0 {
+                    best[i] = best[i].min(start.elapsed().as_secs_f64());
+                }
+            }
+        }
+        drop(inference);
+        let tokens = (rows * self.new_tokens) as f64;
+        println!(
+            "  generation of {rows} rows (best of {}): {} independent rows {:.3}s ({:.0} tok/s); one prefill per prompt {:.3}s ({:.0} tok/s): {:.2}× faster",
+            self.iterations,
+            rows,
+            best[0],
+            tokens / best[0],
+            best[1],
+            tokens / best[1],
+            best[0] / best[1]
+        );
+
+        // 2. Whole iterations.
+        let tmp = tempfile::tempdir()?;
+        let texts: Vec<String> = (0..200).map(|i| format!("response {i}: the answer is {} and {}", i * 7 % 13, i % 5)).collect();
+        let tok = rlhf_data::bpe::train_bpe(&texts, 300, tmp.path())?;
+        let lora_cfg = self.lora.map(|r| bench_lora(r, None));
+        let reference = self.lora.is_none().then(|| policy.valid().in_precision(p));
+        let (policy, _) = self.size.setup(lora_cfg.as_ref()).apply(policy, 0, "bench grpo policy", &device)?;
+        let reference = reference.unwrap_or_else(|| policy.without_lora().valid());
+        let grpo_cfg: rlhf_grpo::GrpoConfig = toml::from_str(&format!(
+            r#"
+precision = "{p}"
+[model]
+policy = "-"
+[data]
+prompts = "-"
+max_prompt_len = {prompt_len}
+[generate]
+max_new_tokens = {new}
+[grpo]
+gradient_checkpointing = {ckpt}
+iterations = {its}
+prompts_per_iteration = {prompts}
+samples_per_prompt = {n}
+minibatch_size = {mini}
+micro_batch_size = {micro}
+lr = 1e-5
+kl = "loss"
+kl_coef = 0.04
+[[rewards]]
+type = "repetition"
+n = 2
+"#,
+            prompt_len = self.prompt_len,
+            new = self.new_tokens,
+            ckpt = self.size.gradient_checkpointing,
+            its = self.iterations + 1,
+            prompts = self.prompts,
+            n = self.n,
+            mini = rows.div_ceil(2),
+            micro = self.micro_batch
+        ))?;
+        let mut plan_cfg = grpo_cfg.clone();
+        plan_cfg.grpo.lora = lora_cfg.clone();
+        let plan = rlhf_grpo::memory_plan(&plan_cfg, &|_| Ok(cfg.clone()))?;
+        let rewards = rlhf_rl::RewardSources::<B::InnerBackend>::start(&grpo_cfg.rewards, p, self.micro_batch, &device)?;
+        let prompts: Vec<rlhf_data::Prompt> = prompt_ids.into_iter().map(rlhf_data::Prompt::from_ids).collect();
+        let mut trainer = rlhf_grpo::Trainer::<B>::new(grpo_cfg, policy, Some(reference), rewards, prompts, tok, vec![], 0, device.clone());
+        for it in 0..=self.iterations {
+            let start = Instant::now();
+            let (m, _) = trainer.iteration(it, 0)?;
+            print_iteration(it, start.elapsed().as_secs_f64(), &m);
+        }
+        print_plan(&plan, self.device);
+        Ok(())
+    }
+}
+
+pub fn run_grpo(args: GrpoBench) -> anyhow::Result<()> {
     dispatch(rlhf_runtime::Runtime { device: args.device, precision: args.size.precision }, args.clone())?
 }
 

@@ -132,6 +132,9 @@ enum BenchCommand {
     Sft(bench::SftBench),
     /// One PPO-ptx iteration's time split into generation / scoring / training.
     Ppo(bench::PpoBench),
+    /// Generation of n responses per prompt (one prefill per prompt vs n independent rows), then GRPO
+    /// iterations split into generation / scoring / training.
+    Grpo(bench::GrpoBench),
     /// `rlhf serve` under concurrent clients: requests/s and generated tokens/s.
     Serve(bench_serve::ServeBench),
 }
@@ -156,6 +159,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench { command: BenchCommand::Generate(args) } => done(bench::run_generate(args)),
         Command::Bench { command: BenchCommand::Sft(args) } => done(bench::run_sft(args)),
         Command::Bench { command: BenchCommand::Ppo(args) } => done(bench::run_ppo(args)),
+        Command::Bench { command: BenchCommand::Grpo(args) } => done(bench::run_grpo(args)),
         Command::Bench { command: BenchCommand::Serve(args) } => done(bench_serve::run(args)),
     }
 }

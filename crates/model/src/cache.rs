@@ -37,6 +37,12 @@ impl<B: Backend> KvCache<B> {
         self.keys.dims()[2]
     }
 
+    /// Keeps the rows `rows` (in that order; a row may repeat): [len(rows), kv_heads, capacity, head_dim].
+    pub fn select_rows(&mut self, rows: Tensor<B, 1, burn::tensor::Int>) {
+        self.keys = self.keys.clone().select(0, rows.clone());
+        self.values = self.values.clone().select(0, rows);
+    }
+
     /// Appends the new tokens' keys and values and returns everything cached so far.
     /// A full cache is an error, never a silent slide.
     ///

@@ -141,15 +141,40 @@ pub fn generate<B: Backend>(
     cfg: &GenerateConfig,
     device: &B::Device,
 ) -> Result<GenerationBatch<B>> {
+    generate_n(model, prompts, 1, cfg, device)
+}
+
+/// `n` responses to every prompt: row `i` of the result answers prompt `i / n`. Each prompt is
+/// prefilled once and its KV cache copied to its `n` rows before the first token is drawn, so the
+/// rows decode exactly as `n` copies of the prompt would (same shapes, same random draws) for the
+/// price of one prefill.
+pub fn generate_n<B: Backend>(
+    model: &CausalLm<B>,
+    prompts: &[Vec<u32>],
+    n: usize,
+    cfg: &GenerateConfig,
+    device: &B::Device,
+) -> Result<GenerationBatch<B>> {
+    if n == 0 {
+        return Err(ModelError::Invalid("0 responses per prompt asked for".into()));
+    }
     if let Some(seed) = cfg.seed {
         B::seed(device, seed);
     }
     let mut decoding = Decoding::start(model, prompts, cfg.max_new_tokens, &cfg.stop_ids, cfg.pad_id, device)?;
     for step in 0..cfg.max_new_tokens {
-        decoding.step(|logits| cfg.sampler.select(logits))?;
+        let mut logits = decoding.next_logits()?;
+        if step == 0 && n > 1 {
+            let rows = decoding.repeat_rows(n);
+            logits = logits.select(0, rows);
+        }
+        decoding.emit(logits, |logits| cfg.sampler.select(logits));
         if (step + 1) % STOP_CHECK_EVERY == 0 && decoding.running.clone().max().into_scalar().elem::<i64>() == 0 {
             break;
         }
+    }
+    if cfg.max_new_tokens == 0 && n > 1 {
+        decoding.repeat_rows(n);
     }
     Ok(decoding.finish())
 }
@@ -299,13 +324,43 @@ impl<'m, B: Backend> Decoding<'m, B> {
 
     /// One token for every row, chosen by `select` from [batch, vocab] logits.
     fn step(&mut self, select: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 1, Int>) -> Result<()> {
-        let batch = self.running.dims()[0];
+        let logits = self.next_logits()?;
+        self.emit(logits, select);
+        Ok(())
+    }
+
+    /// Feeds the pending input through the model (the prompts at first, then the last token) and
+    /// returns the next token's logits: [batch, vocab].
+    fn next_logits(&mut self) -> Result<Tensor<B, 2>> {
+        let batch = self.input.dims()[0];
         let vocab = self.model.config().vocab_size;
-        let input = self.input.clone();
-        let hidden = self.model.model.forward(input, self.mask.clone(), Some(&mut self.cache))?;
+        let hidden = self.model.model.forward(self.input.clone(), self.mask.clone(), Some(&mut self.cache))?;
         let [_, seq, d] = hidden.dims();
         let last = hidden.slice([0..batch, seq - 1..seq, 0..d]);
-        let logits = self.model.logits(last).reshape([batch, vocab]); // [batch, vocab]
+        Ok(self.model.logits(last).reshape([batch, vocab]))
+    }
+
+    /// Every row repeated `n` times in place (row `i` becomes rows `i·n .. i·n + n`): the KV cache,
+    /// the prompts, the masks and the running flags. Returns the row index used, [batch · n].
+    fn repeat_rows(&mut self, n: usize) -> Tensor<B, 1, Int> {
+        let batch = self.running.dims()[0];
+        let device = self.mask.device();
+        let rows: Vec<i64> = (0..batch as i64).flat_map(|r| std::iter::repeat_n(r, n)).collect();
+        let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [batch * n]), &device);
+        for layer in &mut self.cache {
+            layer.select_rows(rows.clone());
+        }
+        let pick = |t: &Tensor<B, 2, Int>| t.clone().select(0, rows.clone());
+        self.prompt_ids = pick(&self.prompt_ids);
+        self.prompt_mask = pick(&self.prompt_mask);
+        self.mask = pick(&self.mask);
+        self.running = pick(&self.running);
+        rows
+    }
+
+    /// Appends the token `select` picks from `logits` ([batch, vocab]) to every running row.
+    fn emit(&mut self, logits: Tensor<B, 2>, select: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 1, Int>) {
+        let batch = self.running.dims()[0];
         let next = select(logits.clone()).reshape([batch, 1]);
         // One fused pass per row (log Σ exp, then the chosen logit), not a [batch, vocab] log-softmax.
         self.logprobs.push(target_log_probs(logits, next.clone().reshape([batch])).reshape([batch, 1]));
@@ -322,7 +377,6 @@ impl<'m, B: Backend> Decoding<'m, B> {
         let device = self.mask.device();
         self.mask = Tensor::cat(vec![self.mask.clone(), Tensor::ones([batch, 1], &device)], 1);
         self.input = next;
-        Ok(())
     }
 
     /// Reads the tokens produced since column `reported` and which rows still run (one sync), tells

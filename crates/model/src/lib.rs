@@ -25,7 +25,7 @@ pub mod transformer;
 pub use cache::KvCache;
 pub use config::{Arch, HfConfig, TransformerConfig};
 pub use error::{ModelError, Result};
-pub use generate::{generate, generate_rows, GenerateConfig, Generation, GenerationBatch, Progress, RowSampling, RowsConfig};
+pub use generate::{generate, generate_n, generate_rows, GenerateConfig, Generation, GenerationBatch, Progress, RowSampling, RowsConfig};
 pub use heads::{at_last_token, CausalLm, RewardModel, ScalarHead};
 pub use hf::WeightDtype;
 pub use adapters::Adapted;

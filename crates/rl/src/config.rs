@@ -52,8 +52,9 @@ pub struct GenerationConfig {
     pub top_k: Option<usize>,
     #[serde(default)]
     pub top_p: Option<f64>,
-    /// Responses generated together (default: the whole rollout batch). Smaller batches bound the
-    /// KV cache's memory; each stops as soon as its own rows have.
+    /// Responses generated together (default: the whole rollout batch; with `n` samples per prompt,
+    /// rounded down to whole groups, at least one). Smaller batches bound the KV cache's memory;
+    /// each stops as soon as its own rows have.
     #[serde(default)]
     pub batch_size: Option<usize>,
 }

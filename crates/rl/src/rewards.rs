@@ -16,6 +16,9 @@
 //! [[rewards]]
 //! type = "reward_model"
 //! path = "runs/demo/reward/final"
+//! [[rewards]]
+//! type = "judge"                # an OpenAI-compatible endpoint asked for a 0–10 score
+//! client = { base_url = "http://127.0.0.1:8000/v1", model = "judge", cache_dir = "runs/judge-cache" }
 //! ```
 
 use std::path::PathBuf;
@@ -96,6 +99,34 @@ pub enum RewardKind {
         #[serde(default = "five")]
         clip: f64,
     },
+    /// An OpenAI-compatible chat endpoint (the teacher client: bounded concurrency, retries, an
+    /// on-disk cache) sent `template` with `{prompt}`, `{response}` and `{answer}` (the record's
+    /// `answer`, empty without one) filled in, at temperature 0; the first number of the reply
+    /// divided by `max_score` is the score (None when the reply has no number in 0..=max_score).
+    Judge {
+        client: rlhf_teacher::ClientConfig,
+        #[serde(default = "judge_template")]
+        template: String,
+        #[serde(default = "ten")]
+        max_score: f64,
+        #[serde(default = "sixteen")]
+        max_tokens: u32,
+    },
+}
+
+/// The judge's default question (MT-Bench's single-answer grading, shortened to a bare number).
+pub const JUDGE_TEMPLATE: &str = "Please act as an impartial judge and rate the response of an AI assistant to the user's \
+question below for helpfulness, correctness and clarity, on a scale of 0 to 10.\n\n[Question]\n{prompt}\n\n\
+[The Assistant's Answer]\n{response}\n\nReply with the rating only, a number from 0 to 10.";
+
+fn judge_template() -> String {
+    JUDGE_TEMPLATE.into()
+}
+fn ten() -> f64 {
+    10.0
+}
+fn sixteen() -> u32 {
+    16
 }
 
 fn answer_field() -> String {
@@ -128,6 +159,7 @@ impl RewardKind {
             RewardKind::Oracle { .. } => "oracle",
             RewardKind::Program { .. } => "program",
             RewardKind::RewardModel { .. } => "reward_model",
+            RewardKind::Judge { .. } => "judge",
         }
     }
 }
@@ -205,6 +237,11 @@ pub fn validate(specs: &[RewardSpec], section: &str) -> anyhow::Result<()> {
                 anyhow::bail!("{}: command must name a program and timeout_s be > 0", at())
             }
             RewardKind::RewardModel { clip, .. } if *clip < 0.0 => anyhow::bail!("{}: clip must be ≥ 0", at()),
+            RewardKind::Judge { template, max_score, client, .. } => {
+                anyhow::ensure!(template.contains("{response}"), "{}: template must contain {{response}}", at());
+                anyhow::ensure!(*max_score > 0.0 && max_score.is_finite(), "{}: max_score must be > 0", at());
+                anyhow::ensure!(client.concurrency >= 1 && !client.model.is_empty(), "{}: client needs a model and concurrency ≥ 1", at());
+            }
             _ => {}
         }
     }
@@ -230,6 +267,7 @@ enum Scorer<B: Backend> {
     Rule(Rule),
     Program(Program),
     RewardModel { model: RewardModel<B>, std: Option<f64>, clip: f64 },
+    Judge { client: rlhf_teacher::Client, template: String, max_score: f64, max_tokens: u32 },
 }
 
 /// A rule-based source, its patterns compiled.
@@ -351,6 +389,12 @@ impl<B: Backend> RewardSources<B> {
                         let std = if *normalize { RewardInfo::load(path)?.map(|i| i.normalization.std) } else { None };
                         Scorer::RewardModel { model, std, clip: *clip }
                     }
+                    RewardKind::Judge { client, template, max_score, max_tokens } => Scorer::Judge {
+                        client: rlhf_teacher::Client::new(client).context("the judge's client")?,
+                        template: template.clone(),
+                        max_score: *max_score,
+                        max_tokens: *max_tokens,
+                    },
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -390,10 +434,50 @@ impl<B: Backend> RewardSources<B> {
                     let raw = raw.into_data().convert::<f32>().to_vec::<f32>().expect("f32");
                     Ok(raw.into_iter().map(|s| Some(normalized_score(s, *std, *clip))).collect())
                 }
+                Scorer::Judge { client, template, max_score, max_tokens } => {
+                    let requests: Vec<rlhf_teacher::ChatRequest> = inputs
+                        .iter()
+                        .map(|x| rlhf_teacher::ChatRequest {
+                            messages: vec![rlhf_teacher::ChatMessage::user(judge_question(template, x))],
+                            temperature: Some(0.0),
+                            max_tokens: Some(*max_tokens),
+                            ..Default::default()
+                        })
+                        .collect();
+                    let answers = client.chat_many(&requests, None);
+                    let scores = answers
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, a)| a.map(|r| judge_score(r.text(), *max_score)).with_context(|| format!("the judge {:?}, asked about {}", client.model(), describe(inputs[i].prompt))))
+                        .collect::<anyhow::Result<Vec<_>>>()?;
+                    let unscored = scores.iter().filter(|s| s.is_none()).count();
+                    if unscored > 0 {
+                        eprintln!("judge {:?}: {unscored} of {} replies had no score in 0..={max_score} (those responses get none from it)", client.model(), scores.len());
+                    }
+                    Ok(scores)
+                }
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(RewardTable { names: self.names.clone(), weights: self.weights.clone(), scores })
     }
+}
+
+/// The judge's question about one response: `template` with `{prompt}`, `{response}` and `{answer}`.
+pub fn judge_question(template: &str, x: &RewardInput) -> String {
+    let answer = match x.prompt.record.get("answer") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => String::new(),
+    };
+    template.replace("{prompt}", &x.prompt.text).replace("{answer}", &answer).replace("{response}", x.response)
+}
+
+/// The judge's score: the first number of its reply ("8", "Rating: 7.5/10") over `max_score`, or
+/// None when there is none or it is out of 0..=max_score.
+pub fn judge_score(reply: &str, max_score: f64) -> Option<f64> {
+    let first = regex::Regex::new(r"-?\d+(?:\.\d+)?").expect("a valid pattern").find(reply)?;
+    let x: f64 = first.as_str().parse().ok()?;
+    (0.0..=max_score).contains(&x).then_some(x / max_score)
 }
 
 /// A reward model's score as a reward: divided by the reference std when given (its mean was moved
@@ -469,5 +553,51 @@ mod tests {
         assert_eq!(normalized_score(3.0, Some(2.0), 0.0), 1.5);
         assert_eq!(normalized_score(30.0, Some(2.0), 5.0), 5.0);
         assert_eq!(normalized_score(-30.0, None, 5.0), -5.0);
+    }
+
+    #[test]
+    fn judge_replies_are_read_as_the_first_number_over_the_maximum() {
+        assert_eq!(judge_score("8", 10.0), Some(0.8));
+        assert_eq!(judge_score("Rating: 7.5/10", 10.0), Some(0.75));
+        assert_eq!(judge_score("no idea", 10.0), None);
+        assert_eq!(judge_score("11", 10.0), None);
+        assert_eq!(judge_score("-1", 10.0), None);
+        let p = prompt("What is 3 plus 5?", json!({ "answer": 8 }));
+        let x = RewardInput { prompt: &p, response: "9", tokens: &[] };
+        assert_eq!(judge_question("Q: {prompt} A: {response} (right: {answer})", &x), "Q: What is 3 plus 5? A: 9 (right: 8)");
+    }
+
+    /// The judge source asks the endpoint once per response (the question filled in, temperature 0)
+    /// and scores what it answers; a reply without a number gives no score; a refusing endpoint
+    /// stops scoring with an error naming the judge and the prompt record's line.
+    #[test]
+    fn the_judge_source_scores_through_an_openai_compatible_endpoint() {
+        type B = rlhf_runtime::Cpu;
+        let (url, seen) = rlhf_teacher::testing::scripted_server(|_, body| {
+            let question = body["messages"][0]["content"].as_str().unwrap_or("").to_string();
+            let reply = if question.contains("A: 8") { "Rating: 9" } else { "I cannot rate this." };
+            (200, json!({ "choices": [{ "message": { "role": "assistant", "content": reply } }] }).to_string())
+        });
+        let spec = |url: &str| -> Vec<RewardSpec> {
+            serde_json::from_value(json!([{ "type": "judge", "client": { "base_url": url, "model": "judge", "max_retries": 0 }, "template": "Q: {prompt} A: {response}" }])).unwrap()
+        };
+        let device = Default::default();
+        let mut sources = RewardSources::<B>::start(&spec(&url), Precision::F32, 4, &device).unwrap();
+        let p = prompt("What is 3 plus 5?", json!({}));
+        let inputs = [RewardInput { prompt: &p, response: "8", tokens: &[1] }, RewardInput { prompt: &p, response: "7", tokens: &[2] }];
+        let sampled = crate::rollout::from_host::<B>(vec![vec![5], vec![5]], vec![vec![1], vec![2]], vec![0, 0], vec![false, false], 0, &device);
+        let table = sources.score(&inputs, &sampled).unwrap();
+        assert_eq!(table.scores, vec![vec![Some(0.9), None]]);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0].1["temperature"], json!(0.0));
+        assert_eq!(seen[0].1["model"], json!("judge"));
+
+        let (refusing, _) = rlhf_teacher::testing::scripted_server(|_, _| (400, json!({ "error": { "message": "bad model" } }).to_string()));
+        let mut sources = RewardSources::<B>::start(&spec(&refusing), Precision::F32, 4, &device).unwrap();
+        let err = format!("{:#}", sources.score(&inputs, &sampled).unwrap_err());
+        assert!(err.contains("judge") && err.contains("line 3") && err.contains("bad model"), "{err}");
+        let bad: Vec<RewardSpec> = serde_json::from_value(json!([{ "type": "judge", "client": { "model": "j" }, "template": "no placeholder" }])).unwrap();
+        assert!(validate(&bad, "rewards").is_err());
     }
 }

@@ -8,7 +8,7 @@ use std::ops::Range;
 
 use burn::tensor::{Int, Tensor, TensorData};
 use rlhf_model::ops::action_log_probs;
-use rlhf_model::{generate, CausalLm, GenerateConfig, GenerationBatch};
+use rlhf_model::{generate_n, CausalLm, GenerateConfig, GenerationBatch};
 use rlhf_runtime::Backend;
 
 /// Sampled sequences on the device, and their tokens on the host.
@@ -123,8 +123,9 @@ pub fn device_rows<B: Backend>(rows: &[Vec<f32>], device: &B::Device) -> Tensor<
     Tensor::from_data(TensorData::new(rows.concat(), [rows.len(), cols]), device)
 }
 
-/// `n` responses to each prompt from `policy`, `batch_size` rows generated together (default: all).
-/// The backend RNG is seeded with `seed` once; later batches continue its stream.
+/// `n` responses to each prompt from `policy`, about `batch_size` rows generated together (default:
+/// all; whole groups, at least one). Each prompt is prefilled once for its `n` rows. The backend RNG
+/// is seeded with `seed` once; later batches continue its stream.
 pub fn sample<B: Backend>(
     policy: &CausalLm<B>,
     prompts: &[Vec<u32>],
@@ -134,13 +135,14 @@ pub fn sample<B: Backend>(
     seed: u64,
     device: &B::Device,
 ) -> anyhow::Result<Sampled<B>> {
+    let n = n.max(1);
     let rows: Vec<Vec<u32>> = prompts.iter().flat_map(|p| std::iter::repeat_n(p.clone(), n)).collect();
-    let groups: Vec<usize> = (0..rows.len()).map(|r| r / n.max(1)).collect();
-    let per_batch = batch_size.unwrap_or(rows.len()).max(1);
-    let parts = rows
-        .chunks(per_batch)
+    let groups: Vec<usize> = (0..rows.len()).map(|r| r / n).collect();
+    let prompts_per_batch = (batch_size.unwrap_or(rows.len()) / n).max(1);
+    let parts = prompts
+        .chunks(prompts_per_batch)
         .enumerate()
-        .map(|(i, chunk)| generate(policy, chunk, &GenerateConfig { seed: (i == 0).then_some(seed), ..gen.clone() }, device))
+        .map(|(i, chunk)| generate_n(policy, chunk, n, &GenerateConfig { seed: (i == 0).then_some(seed), ..gen.clone() }, device))
         .collect::<Result<Vec<_>, _>>()?;
     let out = GenerationBatch::concat(parts, gen.pad_id);
     let prompt_len = out.prompt_ids.dims()[1];

@@ -36,14 +36,21 @@ pub fn memory_plan(cfg: &GrpoConfig, shape_of: ShapeOf) -> anyhow::Result<Memory
             models.push((planned(&format!("reward model {}", i + 1), shape, false, Training::Frozen), None));
         }
     }
-    let rows = g.rollout_rows();
-    let gen_batch = cfg.generate.batch_size.unwrap_or(rows).min(rows);
+    let (rows, n) = (g.rollout_rows(), g.samples_per_prompt.max(1));
+    // Generation batches hold whole groups (rollout::sample); each prompt is prefilled once, then its
+    // cache is copied to its n rows (both copies live for a moment).
+    let prompts_per_batch = (cfg.generate.batch_size.unwrap_or(rows).min(rows) / n).max(1);
+    let gen_batch = prompts_per_batch * n;
     let generation = vec![
-        Row::new("KV cache", format!("{gen_batch} seq ({} per prompt) × {len} positions × {} blocks", g.samples_per_prompt, policy_shape.num_layers), kv_cache_bytes(&policy_shape, gen_batch, len, precision)),
+        Row::new(
+            "KV cache",
+            format!("{gen_batch} seq ({n} per prompt) + {prompts_per_batch} prefilled × {len} positions × {} blocks", policy_shape.num_layers),
+            kv_cache_bytes(&policy_shape, gen_batch + prompts_per_batch, len, precision),
+        ),
         Row::new(
             "prompt prefill",
-            format!("{gen_batch} × {} tokens, one block at a time", cfg.data.max_prompt_len),
-            inference_bytes(&policy_shape, gen_batch, cfg.data.max_prompt_len, false) + (gen_batch * policy_shape.vocab_size * 2 * 4) as u64,
+            format!("{prompts_per_batch} × {} tokens, one block at a time", cfg.data.max_prompt_len),
+            inference_bytes(&policy_shape, prompts_per_batch, cfg.data.max_prompt_len, false) + (gen_batch * policy_shape.vocab_size * 2 * 4) as u64,
         ),
     ];
     // π_old's pass (when needed) is the policy's inference forward; the reference's and reward
