@@ -154,19 +154,23 @@ impl BenchModel {
     }
 }
 
+/// Row `row`'s `len` token ids, spread over the vocabulary (never 0, the padding id).
+fn bench_ids(row: usize, len: usize, vocab: usize) -> Vec<u32> {
+    (0..len).map(|i| ((row * 7919 + i * 104_729) % (vocab - 1) + 1) as u32).collect()
+}
+
+/// `count` prompts of up to `max_len` tokens, of different lengths (left padding exercised).
+fn uneven_prompts(count: usize, max_len: usize, vocab: usize) -> Vec<Vec<u32>> {
+    (0..count).map(|b| bench_ids(b, max_len - (b % 4).min(max_len - 1), vocab)).collect()
+}
+
 impl InferenceTask for GenerateBench {
     type Output = anyhow::Result<()>;
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
         let (cfg, model) = self.size.random_model::<B>(self.prompt_len + self.new_tokens, &device)?;
         let model = model.for_inference(self.size.precision);
-        // Prompts of different lengths (left padding exercised), ids spread over the vocabulary.
-        let prompts: Vec<Vec<u32>> = (0..self.batch)
-            .map(|b| {
-                let len = self.prompt_len - (b % 4).min(self.prompt_len - 1);
-                (0..len).map(|i| ((b * 7919 + i * 104_729) % (cfg.vocab_size - 1) + 1) as u32).collect()
-            })
-            .collect();
+        let prompts = uneven_prompts(self.batch, self.prompt_len, cfg.vocab_size);
         let sampler = if self.sample {
             Sampler::Sample { temperature: 1.0, top_k: Some(50), top_p: None }
         } else {
@@ -246,7 +250,7 @@ impl rlhf_runtime::Task for SftBench {
         let lora = spec.map_or(String::new(), |spec| format!(", {}", spec.describe(&model, cfg.arch)));
         let samples: Vec<rlhf_data::encode::SftSample> = (0..self.batch)
             .map(|b| rlhf_data::encode::SftSample {
-                ids: (0..self.seq).map(|i| ((b * 7919 + i * 104_729) % (cfg.vocab_size - 1) + 1) as u32).collect(),
+                ids: bench_ids(b, self.seq, cfg.vocab_size),
                 loss_mask: vec![true; self.seq],
             })
             .collect();
@@ -346,7 +350,7 @@ impl rlhf_runtime::Task for PpoBench {
         let (critic, _) = setup.apply(critic, 1, "bench ppo critic", &device)?;
         let reference = reference.unwrap_or_else(|| actor.without_lora().valid());
         let reward_model = reward_model.unwrap_or_else(|| rlhf_model::RewardModel { model: critic.model.without_lora(), head: critic.head.clone() }.valid());
-        let ids = |b: usize, len: usize| -> Vec<u32> { (0..len).map(|i| ((b * 7919 + i * 104_729) % (cfg.vocab_size - 1) + 1) as u32).collect() };
+        let ids = |b: usize, len: usize| bench_ids(b, len, cfg.vocab_size);
         let prompts: Vec<rlhf_data::Prompt> = (0..self.batch).map(|b| rlhf_data::Prompt::from_ids(ids(b, self.prompt_len))).collect();
         let ptx: Vec<rlhf_data::encode::SftSample> =
             (0..self.batch).map(|b| rlhf_data::encode::SftSample { ids: ids(b + 1000, max_pos), loss_mask: vec![true; max_pos] }).collect();
@@ -482,9 +486,7 @@ impl rlhf_runtime::Task for GrpoBench {
         let max_pos = self.prompt_len + self.new_tokens;
         let (cfg, policy) = self.size.random_model::<B>(max_pos, &device)?;
         let p = self.size.precision;
-        let ids = |b: usize, len: usize| -> Vec<u32> { (0..len).map(|i| ((b * 7919 + i * 104_729) % (cfg.vocab_size - 1) + 1) as u32).collect() };
-        // Prompts of different lengths (left padding exercised).
-        let prompt_ids: Vec<Vec<u32>> = (0..self.prompts).map(|b| ids(b, self.prompt_len - (b % 4).min(self.prompt_len - 1))).collect();
+        let prompt_ids = uneven_prompts(self.prompts, self.prompt_len, cfg.vocab_size);
         let rows = self.prompts * self.n;
         println!(
             "grpo: {}, {} prompts × {} responses, prompt ≤{} + {} new tokens, micro-batch {}, {}, {}{}",

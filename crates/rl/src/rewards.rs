@@ -284,11 +284,7 @@ enum Rule {
 
 impl Rule {
     fn score(&self, x: &RewardInput) -> Option<f64> {
-        let field = |name: &str| match x.prompt.record.get(name) {
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(Value::Number(n)) => Some(n.to_string()),
-            _ => None,
-        };
+        let field = |name: &str| record_field(x.prompt, name);
         match self {
             Rule::MathAnswer(f) => verifiers::math_answer(x.response, field(f).as_deref()),
             Rule::Exact(f) => verifiers::exact(x.response, field(f).as_deref()),
@@ -464,18 +460,26 @@ impl<B: Backend> RewardSources<B> {
 
 /// The judge's question about one response: `template` with `{prompt}`, `{response}` and `{answer}`.
 pub fn judge_question(template: &str, x: &RewardInput) -> String {
-    let answer = match x.prompt.record.get("answer") {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Number(n)) => n.to_string(),
-        _ => String::new(),
-    };
+    let answer = record_field(x.prompt, "answer").unwrap_or_default();
     template.replace("{prompt}", &x.prompt.text).replace("{answer}", &answer).replace("{response}", x.response)
 }
+
+/// A field of the prompt's record as text: strings as they are, numbers written out; None otherwise.
+fn record_field(p: &Prompt, name: &str) -> Option<String> {
+    match p.record.get(name) {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// A number as a judge writes one.
+static JUDGE_NUMBER: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| regex::Regex::new(r"-?\d+(?:\.\d+)?").expect("a valid pattern"));
 
 /// The judge's score: the first number of its reply ("8", "Rating: 7.5/10") over `max_score`, or
 /// None when there is none or it is out of 0..=max_score.
 pub fn judge_score(reply: &str, max_score: f64) -> Option<f64> {
-    let first = regex::Regex::new(r"-?\d+(?:\.\d+)?").expect("a valid pattern").find(reply)?;
+    let first = JUDGE_NUMBER.find(reply)?;
     let x: f64 = first.as_str().parse().ok()?;
     (0.0..=max_score).contains(&x).then_some(x / max_score)
 }

@@ -142,7 +142,6 @@ impl<B: AutodiffBackend> Trainer<B> {
         (first..first + n).map(|p| self.prompts[self.order.at(p)].clone()).collect()
     }
 
-
     /// Step 1: sample `n` responses per prompt and score them; with dynamic sampling, keep only
     /// groups whose rewards differ and sample more prompts (up to `max_sampling_rounds` rounds)
     /// until `prompts_per_iteration` groups are kept.
