@@ -180,6 +180,12 @@ fn ci_grpo_pipeline_gives_more_right_answers_than_sft() {
     assert!(g("/grpo/oracle_score") > g("/sft/oracle_score"), "{eval}");
     assert_eq!(eval["kl_within_bound"], true, "{eval}");
     assert!(eval.get("rm").is_none(), "no reward model, no RM scores: {eval}");
+    // Eval scores by the stage's own [[grpo.rewards]] too: its `correct` source is the oracle's
+    // right-answer part, so its mean is the same share, sampled and greedy, for both policies.
+    for p in ["sft", "grpo", "greedy/sft", "greedy/grpo"] {
+        assert_eq!(g(&format!("/{p}/rewards/correct")), g(&format!("/{p}/oracle_parts/correct")), "{p}: {eval}");
+        assert_eq!(g(&format!("/{p}/rewards/language")), g(&format!("/{p}/oracle_parts/language")), "{p}: {eval}");
+    }
 
     let rows = rlhf_train::metrics::read_metrics(&out.join("grpo/metrics.jsonl")).unwrap();
     assert_eq!(rows.len(), 100);
@@ -192,6 +198,7 @@ fn ci_grpo_pipeline_gives_more_right_answers_than_sft() {
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("## Critic-free RL") && report.contains("plots/grpo.png") && out.join("plots/grpo.png").exists(), "{report}");
     assert!(report.contains("| prompt | SFT | GRPO |") && report.contains("| oracle: right answer (share) |"), "{report}");
+    assert!(report.contains("| reward `correct` (mean) |") && report.contains("| greedy: reward `correct` (mean) |"), "{report}");
 }
 
 /// `configs/pipeline/ci_dpo.toml`: SFT → DPO on the K = 4 demo rankings, no reward model. DPO beats
@@ -235,4 +242,76 @@ fn ci_dpo_pipeline_beats_sft_with_all_pairs_and_plackett_luce() {
     assert!(report.contains("## Direct preference optimization") && report.contains("plots/dpo.png"), "{report}");
     assert!(report.contains("| prompt | SFT | DPO |"), "{report}");
     assert!(report.contains("| oracle: right answer (share) |") && report.contains("| greedy: right answer (share) |"), "{report}");
+}
+
+/// A pipeline with no SFT stage: word problems → GRPO straight from a Hugging Face folder (the
+/// tiny fixture) with the `math_answer` verifier → eval against the folder it started from, scored
+/// by `[[eval.rewards]]` (strict and last-number) → report. A `[data] set` it does not know is named.
+#[test]
+fn word_problems_grpo_pipeline_evaluates_against_the_starting_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let policy = crate::common::fixture("hf-tiny-llama");
+    let config = tmp.path().join("wp.toml");
+    let text = format!(
+        r#"
+[data]
+set = "word_problems"
+prompts = 16
+heldout = 6
+[grpo]
+seed = 1
+[grpo.model]
+policy = "{policy}"
+[grpo.data]
+prompts = "{{run}}/data/prompts.jsonl"
+max_prompt_len = 96
+[grpo.generate]
+max_new_tokens = 4
+[grpo.grpo]
+iterations = 1
+prompts_per_iteration = 2
+samples_per_prompt = 2
+micro_batch_size = 4
+lr = 1e-3
+[[grpo.rewards]]
+name = "correct"
+type = "math_answer"
+[eval]
+prompts = "{{run}}/data/heldout_prompts.jsonl"
+max_new_tokens = 4
+max_prompt_len = 96
+[[eval.rewards]]
+name = "strict"
+type = "math_answer"
+[[eval.rewards]]
+name = "lenient"
+type = "math_answer"
+extract = "last_number"
+"#,
+        policy = policy.display()
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = tmp.path().join("run");
+    let log = check(&rlhf(&["pipeline", "run", config.to_str().unwrap(), "--out", out.to_str().unwrap()]));
+    assert!(log.contains("word problems: 16 prompts, 6 held-out"), "{log}");
+    assert!(!out.join("sft").exists());
+    let eval: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(eval["baseline_model"].as_str(), Some(policy.to_str().unwrap()), "{eval}");
+    assert_eq!(eval["prompts"], 6);
+    for p in ["sft", "grpo", "greedy/sft", "greedy/grpo"] {
+        for source in ["strict", "lenient"] {
+            let v = eval.pointer(&format!("/{p}/rewards/{source}")).and_then(|v| v.as_f64()).unwrap_or_else(|| panic!("{p} {source}: {eval}"));
+            assert!((0.0..=1.0).contains(&v), "{p} {source} {v}");
+        }
+        assert!(eval.pointer(&format!("/{p}/rewards/correct")).is_none(), "[[eval.rewards]] replaces the stage's: {eval}");
+    }
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("| reward `strict` (mean) |") && report.contains("No SFT stage in this run"), "{report}");
+    assert!(!report.contains("oracle score"), "no demo prompts, no oracle rows: {report}");
+
+    std::fs::write(&config, "[data]\nset = \"gsm9k\"\nprompts = 1\nheldout = 1\n").unwrap();
+    let o = rlhf(&["pipeline", "run", config.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("\"gsm9k\"") && err.contains("word_problems"), "{err}");
 }

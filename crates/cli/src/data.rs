@@ -1,4 +1,4 @@
-//! `rlhf data check | convert | self-instruct | demo`.
+//! `rlhf data check | convert | self-instruct | distill | rank | word-problems | demo`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -24,6 +24,20 @@ pub enum DataCommand {
     /// Sample K responses per prompt from a model folder and have a judge model rank them (RLAIF):
     /// a K-way ranking file for stage 2.
     Rank(RankArgs),
+    /// Write arithmetic word problems with answers (prompts.jsonl, heldout_prompts.jsonl) for
+    /// critic-free RL with the `math_answer` verifier (deterministic for a seed).
+    WordProblems {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Training prompts.
+        #[arg(long, default_value_t = 2000)]
+        prompts: usize,
+        /// Distinct held-out problems (arithmetic never in the training prompts).
+        #[arg(long, default_value_t = 200)]
+        heldout: usize,
+    },
     /// Write the embedded bilingual demo set (deterministic for a seed).
     Demo {
         #[arg(long)]
@@ -82,6 +96,11 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
         DataCommand::SelfInstruct(args) => self_instruct(args),
         DataCommand::Distill(args) => distill(args),
         DataCommand::Rank(args) => rank(args),
+        DataCommand::WordProblems { out, seed, prompts, heldout } => {
+            rlhf_data::word_problems::write_word_problems(&out, seed, prompts, heldout)?;
+            println!("wrote {prompts} word problems and {heldout} held-out ones (seed {seed}) to {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
         DataCommand::Demo { out, seed } => {
             write_demo(&out, seed, DemoSizes::default())?;
             println!("wrote the demo set (seed {seed}) to {}", out.display());

@@ -11,6 +11,7 @@ use clap::{Args, Subcommand};
 use rlhf_data::{ChatFormat, Tokenizer};
 use rlhf_runtime::{dispatch, DeviceSpec, Inference, InferenceTask};
 use rlhf_model::{CausalLm, RewardInfo, RewardModel};
+use rlhf_rl::rewards::{reward_names, RewardSources, RewardSpec};
 use rlhf_eval::{aligned_policies, read_eval_prompts, rm_pairwise_acc, sample_and_score, summarize, win_rate, EvalConfig};
 use serde_json::json;
 
@@ -71,11 +72,48 @@ pub fn eval_config(run: &Path, prompts: Option<&Path>, sets: &[String]) -> anyho
     toml::Value::Table(table).try_into().context("[eval]")
 }
 
-/// Evaluates the run's SFT model and each aligned policy (DPO, PPO) on the held-out prompts,
-/// scored by the demo oracle and by the reward model when the run has one; writes and returns
-/// `eval.json`'s content.
+/// The model the aligned policies are compared with: the run's SFT model, or — in a run without
+/// an SFT stage — the model its first aligned stage started from (`[grpo.model] policy`,
+/// `[dpo.model] from`, `[ppo.model] actor` of RUN/pipeline.toml).
+pub fn baseline_dir(run: &Path) -> anyhow::Result<PathBuf> {
+    let sft = run.join("sft/final");
+    if sft.join("config.json").exists() {
+        return Ok(sft);
+    }
+    let table = pipeline_table(run)?;
+    let start = [("dpo", "from"), ("grpo", "policy"), ("ppo", "actor")]
+        .into_iter()
+        .filter(|(stage, _)| run.join(stage).join("final/config.json").exists())
+        .find_map(|(stage, key)| table.get(stage)?.get("model")?.get(key)?.as_str().map(PathBuf::from));
+    start.with_context(|| format!("{}: no sft/final and no aligned stage's starting model in pipeline.toml to compare with", run.display()))
+}
+
+fn pipeline_table(run: &Path) -> anyhow::Result<toml::Table> {
+    let path = run.join("pipeline.toml");
+    if !path.exists() {
+        return Ok(toml::Table::new());
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("{}", path.display()))
+}
+
+/// The reward sources eval scores by: `[[eval.rewards]]`, else the run's `[[grpo.rewards]]`.
+fn eval_rewards(run: &Path, cfg: &EvalConfig) -> anyhow::Result<Vec<RewardSpec>> {
+    if !cfg.rewards.is_empty() {
+        return Ok(cfg.rewards.clone());
+    }
+    match pipeline_table(run)?.get("grpo").and_then(|g| g.get("rewards")) {
+        Some(r) => r.clone().try_into().with_context(|| format!("{}: [[grpo.rewards]]", run.join("pipeline.toml").display())),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Evaluates the run's SFT model (or the model its aligned stage started from: [`baseline_dir`])
+/// and each aligned policy (DPO, GRPO, PPO) on the held-out prompts, scored by the demo oracle,
+/// by the reward model when the run has one, and by the reward sources ([`eval_rewards`]); writes
+/// and returns `eval.json`'s content.
 pub fn evaluate_run<B: Backend>(run: &Path, cfg: &EvalConfig, device: &B::Device) -> anyhow::Result<serde_json::Value> {
-    let (sft_dir, rm_dir) = (run.join("sft/final"), run.join("reward/final"));
+    let (sft_dir, rm_dir) = (baseline_dir(run)?, run.join("reward/final"));
     let aligned = aligned_policies(run);
     if aligned.is_empty() {
         anyhow::bail!("{}: no aligned policy to evaluate (dpo/, grpo/ or ppo/final)", run.display());
@@ -87,6 +125,12 @@ pub fn evaluate_run<B: Backend>(run: &Path, cfg: &EvalConfig, device: &B::Device
         true => Some((RewardModel::<B>::from_dir(&rm_dir, device)?.for_inference(cfg.precision), RewardInfo::load(&rm_dir)?.map(|i| i.normalization.std))),
         false => None,
     };
+    let specs = eval_rewards(run, cfg)?;
+    let names = reward_names(&specs);
+    let mut sources = match specs.is_empty() {
+        true => None,
+        false => Some(RewardSources::<B>::start(&specs, cfg.precision, cfg.batch_size, device)?),
+    };
     let prompts = read_eval_prompts(cfg, &tok, &fmt)?;
     if prompts.is_empty() {
         anyhow::bail!("{}: no usable held-out prompts", cfg.prompts.display());
@@ -94,36 +138,37 @@ pub fn evaluate_run<B: Backend>(run: &Path, cfg: &EvalConfig, device: &B::Device
     let pad = tok.pad_id_for(sft.config().pad_token_id);
     let stop = fmt.stop_ids(&tok);
     let scorer = rm.as_ref().map(|(model, std)| (model, *std));
-    let sft_scored = sample_and_score(&sft, None, scorer, &prompts, cfg, &tok, &stop, pad, device)?;
+    let sft_scored = sample_and_score(&sft, None, scorer, sources.as_mut(), &prompts, cfg, &tok, &stop, pad, device)?;
     // One greedy answer per prompt and policy, beside the sampled ones.
     let greedy_cfg = EvalConfig { temperature: 0.0, samples_per_prompt: 1, ..cfg.clone() };
-    let greedy = |policy: &CausalLm<B>| -> anyhow::Result<serde_json::Value> {
-        Ok(serde_json::to_value(summarize(&sample_and_score(policy, None, scorer, &prompts, &greedy_cfg, &tok, &stop, pad, device)?, false))?)
+    let greedy = |policy: &CausalLm<B>, sources: Option<&mut RewardSources<B>>| -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::to_value(summarize(&sample_and_score(policy, None, scorer, sources, &prompts, &greedy_cfg, &tok, &stop, pad, device)?, false, &names))?)
     };
     let mut result = json!({
         "prompts": prompts.len(),
         "samples_per_prompt": cfg.samples_per_prompt,
         "temperature": cfg.temperature,
         "policies": aligned,
-        "sft": summarize(&sft_scored, false),
+        "baseline_model": sft_dir.display().to_string(),
+        "sft": summarize(&sft_scored, false, &names),
         "kl_bound": cfg.max_kl,
     });
     if rm.is_some() {
         result["rm"] = json!({ "pairwise_acc": rm_pairwise_acc(&run.join("reward")) });
     }
     if cfg.greedy {
-        result["greedy"] = json!({ "sft": greedy(&sft)? });
+        result["greedy"] = json!({ "sft": greedy(&sft, sources.as_mut())? });
     }
     let mut within_bound = true;
     let mut rows: Vec<serde_json::Value> = sft_scored.iter().map(|a| json!({ "prompt": a.prompt, "sft": a.response, "sft_rm": a.rm_score, "sft_oracle": a.oracle })).collect();
     for name in &aligned {
         let policy = CausalLm::<B>::from_hf_dir(&run.join(name).join("final"), device)?.for_inference(cfg.precision);
-        let scored = sample_and_score(&policy, Some(&sft), scorer, &prompts, cfg, &tok, &stop, pad, device)?;
-        let summary = summarize(&scored, true);
+        let scored = sample_and_score(&policy, Some(&sft), scorer, sources.as_mut(), &prompts, cfg, &tok, &stop, pad, device)?;
+        let summary = summarize(&scored, true, &names);
         within_bound &= cfg.max_kl.is_none_or(|b| summary.kl.unwrap_or(0.0) <= b);
         result[*name] = serde_json::to_value(&summary)?;
         if cfg.greedy {
-            result["greedy"][*name] = greedy(&policy)?;
+            result["greedy"][*name] = greedy(&policy, sources.as_mut())?;
         }
         if rm.is_some() {
             result[format!("win_rate_{name}_vs_sft")] = json!(win_rate(&scored, &sft_scored));
@@ -149,7 +194,16 @@ pub fn summary_line(v: &serde_json::Value) -> String {
         .iter()
         .map(|p| {
             let name = p.to_uppercase();
-            let mut line = format!("oracle SFT {} → {name} {}", f("/sft/oracle_score"), f(&format!("/{p}/oracle_score")));
+            let mut parts = Vec::new();
+            if v.pointer("/sft/oracle_score").is_some_and(|x| !x.is_null()) {
+                parts.push(format!("oracle SFT {} → {name} {}", f("/sft/oracle_score"), f(&format!("/{p}/oracle_score"))));
+            }
+            if let Some(rewards) = v.pointer("/sft/rewards").and_then(|r| r.as_object()) {
+                for source in rewards.keys() {
+                    parts.push(format!("{source} SFT {} → {name} {}", f(&format!("/sft/rewards/{source}")), f(&format!("/{p}/rewards/{source}"))));
+                }
+            }
+            let mut line = parts.join("; ");
             if v.get("rm").is_some() {
                 line.push_str(&format!(
                     "; RM score SFT {} → {name} {}; RM win rate {name} vs SFT {}",

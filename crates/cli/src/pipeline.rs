@@ -24,7 +24,7 @@ use rlhf_runtime::AutodiffBackend;
 use rlhf_runtime::{dispatch, DeviceSpec, Precision, Runtime, Task};
 use serde::{Deserialize, Serialize};
 
-pub use crate::sections::{DemoData, PipelineConfig, ReportConfig, Stage};
+pub use crate::sections::{DataSection, DemoData, PipelineConfig, ReportConfig, Stage, WordProblemsData};
 use crate::stages::{OutputShape, PlanOf, PrecisionOf, RunStage};
 
 #[derive(Debug, Clone, Args)]
@@ -172,10 +172,7 @@ impl Pipeline {
         let cfg = &self.cfg;
         Ok(match stage {
             Stage::Data => {
-                let d = cfg.data.as_ref().expect("checked in load");
-                let sizes = rlhf_data::demo::DemoSizes { pretrain_docs: d.pretrain_docs, sft: d.sft, rankings: d.rankings, prompts: d.prompts };
-                rlhf_data::demo::write_demo(&dir, d.seed, sizes)?;
-                format!("demo set: {} pretraining documents, {} demonstrations, {} K=4 rankings, {} prompts", d.pretrain_docs, d.sft, d.rankings, d.prompts)
+                cfg.data.as_ref().expect("checked in load").write(&dir)?
             }
             Stage::Eval => {
                 let eval = cfg.eval.as_ref().expect("checked in load");
@@ -366,6 +363,21 @@ mod tests {
         let p = write(tmp.path(), "[reprot]\nsamples = 2\n");
         let e = load(&p, &[], None, Path::new("/out")).unwrap_err();
         assert!(format!("{e:#}").contains("reprot"), "{e:#}");
+    }
+
+    /// `[data]` is the demo set unless `set` names another; each set refuses the other's keys.
+    #[test]
+    fn the_data_section_names_its_set() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = |text: &str| load(&write(tmp.path(), text), &[], None, Path::new("/out")).map(|(cfg, _, _)| cfg.data);
+        let demo = data("[data]\npretrain_docs = 1\nsft = 2\nrankings = 3\nprompts = 4\n").unwrap();
+        assert_eq!(demo, Some(DataSection::Demo(DemoData { seed: 0, pretrain_docs: 1, sft: 2, rankings: 3, prompts: 4 })));
+        let wp = data("[data]\nset = \"word_problems\"\nseed = 5\nprompts = 10\nheldout = 3\n").unwrap();
+        assert_eq!(wp, Some(DataSection::WordProblems(WordProblemsData { seed: 5, prompts: 10, heldout: 3 })));
+        let e = format!("{:#}", data("[data]\nset = \"word_problems\"\nprompts = 10\nheldout = 3\nsft = 2\n").unwrap_err());
+        assert!(e.contains("sft"), "{e}");
+        let e = format!("{:#}", data("[data]\nset = \"gsm9k\"\n").unwrap_err());
+        assert!(e.contains("\"gsm9k\"") && e.contains("word_problems"), "{e}");
     }
 
     #[test]

@@ -244,7 +244,14 @@ pub fn write_report(run: &Path, samples: usize) -> anyhow::Result<()> {
             let cells: Vec<String> = policies.iter().map(|p| f(g(&path(p)))).collect();
             let _ = writeln!(md, "| {label} | {} | {} |", sft.unwrap_or_else(|| f(g(&path("sft")))), cells.join(" | "));
         };
-        row(&mut md, "oracle score (max 2.0)", &|p| format!("/{p}/oracle_score"), None);
+        let has_oracle = g("/sft/oracle_score").is_some();
+        if has_oracle {
+            row(&mut md, "oracle score (max 2.0)", &|p| format!("/{p}/oracle_score"), None);
+        }
+        let sources: Vec<String> = e.pointer("/sft/rewards").and_then(Value::as_object).map(|m| m.keys().cloned().collect()).unwrap_or_default();
+        for source in &sources {
+            row(&mut md, &format!("reward `{source}` (mean)"), &|p| format!("/{p}/rewards/{source}"), None);
+        }
         for (label, part) in [("right answer", "correct"), ("in the prompt's language", "language"), ("in the asked-for form", "format")] {
             if g(&format!("/sft/oracle_parts/{part}")).is_some() {
                 row(&mut md, &format!("oracle: {label} (share)"), &|p| format!("/{p}/oracle_parts/{part}"), None);
@@ -257,8 +264,13 @@ pub fn write_report(run: &Path, samples: usize) -> anyhow::Result<()> {
         row(&mut md, "response length (tokens)", &|p| format!("/{p}/response_len"), None);
         row(&mut md, "KL to the SFT model (per response)", &|p| format!("/{p}/kl"), Some("0".into()));
         if e.get("greedy").is_some() {
-            row(&mut md, "greedy: oracle score", &|p| format!("/greedy/{p}/oracle_score"), None);
-            row(&mut md, "greedy: right answer (share)", &|p| format!("/greedy/{p}/oracle_parts/correct"), None);
+            if has_oracle {
+                row(&mut md, "greedy: oracle score", &|p| format!("/greedy/{p}/oracle_score"), None);
+                row(&mut md, "greedy: right answer (share)", &|p| format!("/greedy/{p}/oracle_parts/correct"), None);
+            }
+            for source in &sources {
+                row(&mut md, &format!("greedy: reward `{source}` (mean)"), &|p| format!("/greedy/{p}/rewards/{source}"), None);
+            }
             if has_rm {
                 row(&mut md, "greedy: RM score", &|p| format!("/greedy/{p}/rm_score"), None);
             }
@@ -266,8 +278,11 @@ pub fn write_report(run: &Path, samples: usize) -> anyhow::Result<()> {
         if has_rm {
             let wins: Vec<String> = policies.iter().map(|p| format!("{} **{}**", p.to_uppercase(), f(g(&format!("/win_rate_{p}_vs_sft"))))).collect();
             let _ = writeln!(md, "\nRM win rate over SFT: {}. Reward model held-out pairwise accuracy: **{}**.", wins.join(", "), f(g("/rm/pairwise_acc")));
-        } else {
+        } else if has_oracle {
             md.push_str("\nNo reward model in this run: the oracle (where the prompts are the demo's) is the judge.\n");
+        }
+        if let Some(base) = e["baseline_model"].as_str().filter(|b| !b.ends_with("sft/final")) {
+            let _ = writeln!(md, "No SFT stage in this run: the SFT column is the model the aligned stage started from, `{base}`.");
         }
         if let Some(b) = g("/kl_bound") {
             let _ = writeln!(md, "KL bound {b}: {}.", if e["kl_within_bound"].as_bool() == Some(true) { "respected" } else { "**exceeded**" });
@@ -280,6 +295,8 @@ pub fn write_report(run: &Path, samples: usize) -> anyhow::Result<()> {
         if let Some(v) = column("rm_score") {
             bars.push(("RM score", v));
         }
+        let named: Vec<(String, Vec<f64>)> = sources.iter().filter_map(|s| Some((format!("reward {s}"), column(&format!("rewards/{s}"))?))).collect();
+        bars.extend(named.iter().map(|(n, v)| (n.as_str(), v.clone())));
         if !bars.is_empty() {
             let labels: Vec<String> = std::iter::once("SFT".to_string()).chain(upper.iter().cloned()).collect();
             bar_chart(&plots.join("eval.png"), &labels, &bars)?;

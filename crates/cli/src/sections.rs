@@ -70,6 +70,75 @@ pub struct DemoData {
     pub prompts: usize,
 }
 
+/// Arithmetic word problems with answers (`rlhf_data::word_problems`): `prompts` to train on,
+/// `heldout` distinct held-out ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WordProblemsData {
+    #[serde(default)]
+    pub seed: u64,
+    pub prompts: usize,
+    pub heldout: usize,
+}
+
+/// `[data]`: what the data stage writes into `DIR/data/` — the embedded demo set (the default),
+/// or `set = "word_problems"`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DataSection {
+    Demo(DemoData),
+    WordProblems(WordProblemsData),
+}
+
+impl<'de> Deserialize<'de> for DataSection {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(d)?;
+        let set = match table.remove("set") {
+            None => "demo".to_string(),
+            Some(toml::Value::String(s)) => s,
+            Some(other) => return Err(D::Error::custom(format!("[data] set must be \"demo\" or \"word_problems\", found {other}"))),
+        };
+        let value = toml::Value::Table(table);
+        match set.as_str() {
+            "demo" => value.try_into().map(DataSection::Demo).map_err(D::Error::custom),
+            "word_problems" => value.try_into().map(DataSection::WordProblems).map_err(D::Error::custom),
+            other => Err(D::Error::custom(format!("[data] set = {other:?}: expected \"demo\" or \"word_problems\""))),
+        }
+    }
+}
+
+impl Serialize for DataSection {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error;
+        let (set, value) = match self {
+            DataSection::Demo(d) => ("demo", toml::Value::try_from(d)),
+            DataSection::WordProblems(w) => ("word_problems", toml::Value::try_from(w)),
+        };
+        let mut value = value.map_err(S::Error::custom)?;
+        if let Some(t) = value.as_table_mut() {
+            t.insert("set".into(), toml::Value::String(set.into()));
+        }
+        value.serialize(s)
+    }
+}
+
+impl DataSection {
+    /// Writes the set into `dir`; returns a one-line summary.
+    pub fn write(&self, dir: &Path) -> anyhow::Result<String> {
+        Ok(match self {
+            DataSection::Demo(d) => {
+                let sizes = rlhf_data::demo::DemoSizes { pretrain_docs: d.pretrain_docs, sft: d.sft, rankings: d.rankings, prompts: d.prompts };
+                rlhf_data::demo::write_demo(dir, d.seed, sizes)?;
+                format!("demo set: {} pretraining documents, {} demonstrations, {} K=4 rankings, {} prompts", d.pretrain_docs, d.sft, d.rankings, d.prompts)
+            }
+            DataSection::WordProblems(w) => {
+                rlhf_data::word_problems::write_word_problems(dir, w.seed, w.prompts, w.heldout)?;
+                format!("word problems: {} prompts, {} held-out", w.prompts, w.heldout)
+            }
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReportConfig {
@@ -89,7 +158,7 @@ pub struct PipelineConfig {
     #[serde(default)]
     pub stages: Option<Vec<Stage>>,
     #[serde(default)]
-    pub data: Option<DemoData>,
+    pub data: Option<DataSection>,
     #[serde(default)]
     pub pretrain: Option<SftConfig>,
     #[serde(default)]

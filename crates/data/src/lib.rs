@@ -10,6 +10,7 @@ pub mod formats;
 pub mod prepare;
 pub mod reader;
 pub mod tokenizer;
+pub mod word_problems;
 
 pub use error::{DataError, Result};
 pub use tokenizer::{Message, Tokenizer};

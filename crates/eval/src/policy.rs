@@ -11,6 +11,7 @@ use rlhf_data::{ChatFormat, Format, Kind, Tokenizer};
 use rlhf_model::ops::action_log_probs;
 use rlhf_model::reward_info::scaled_score;
 use rlhf_model::{CausalLm, GenerateConfig, RewardModel, Sampler};
+use rlhf_rl::rewards::{RewardInput, RewardSources};
 use serde::{Deserialize, Serialize};
 
 /// The `[eval]` settings.
@@ -50,6 +51,11 @@ pub struct EvalConfig {
     /// and the reward model: `eval.json`'s `greedy` section.
     #[serde(default = "yes")]
     pub greedy: bool,
+    /// Reward sources every policy's responses are also scored by (`[[eval.rewards]]`, as a
+    /// stage's `[[rewards]]`): their mean per policy, sampled and greedy, in `eval.json`'s
+    /// `rewards`. Default: the critic-free stage's own `[[grpo.rewards]]` when the run has one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rewards: Vec<rlhf_rl::rewards::RewardSpec>,
 }
 
 fn yes() -> bool {
@@ -128,6 +134,9 @@ pub struct Scored {
     pub baseline_logp: f64,
     /// Response tokens (up to and including the stop token).
     pub tokens: usize,
+    /// Each `[[eval.rewards]]` source's score (None where it does not apply), in their order.
+    #[serde(skip)]
+    pub rewards: Vec<Option<f64>>,
 }
 
 /// Means over a policy's responses.
@@ -145,6 +154,9 @@ pub struct PolicyScores {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kl: Option<f64>,
     pub response_len: f64,
+    /// Each reward source's mean over the responses it applies to (absent where it applies to none).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub rewards: std::collections::BTreeMap<String, f64>,
 }
 
 /// Shares of responses that get each of the oracle's parts.
@@ -156,13 +168,14 @@ pub struct OracleParts {
 }
 
 /// Samples `samples_per_prompt` responses per prompt from `policy` and scores them (by the reward
-/// model with its score std, when given). With a `baseline` policy, the log-probs of the responses
-/// under both are recorded (for the KL).
+/// model with its score std, when given, and by the reward `sources`). With a `baseline` policy,
+/// the log-probs of the responses under both are recorded (for the KL).
 #[allow(clippy::too_many_arguments)]
 pub fn sample_and_score<B: Backend>(
     policy: &CausalLm<B>,
     baseline: Option<&CausalLm<B>>,
     rm: Option<(&RewardModel<B>, Option<f64>)>,
+    sources: Option<&mut RewardSources<B>>,
     prompts: &[Prompt],
     cfg: &EvalConfig,
     tok: &Tokenizer,
@@ -180,6 +193,7 @@ pub fn sample_and_score<B: Backend>(
         seed: None,
     };
     let mut out = Vec::with_capacity(expanded.len());
+    let mut sources = sources;
     crate::answers::generate_in_chunks(policy, &rows, cfg.batch_size, &gen_cfg, cfg.seed, device, |range, g| {
         let chunk = &expanded[range];
         let prompt_len = g.prompt_ids.dims()[1];
@@ -201,8 +215,16 @@ pub fn sample_and_score<B: Backend>(
             Some(b) => (sums(policy)?, sums(b)?),
             None => (vec![0.0; chunk.len()], vec![0.0; chunk.len()]),
         };
-        for (i, (p, gen)) in chunk.iter().zip(g.to_host()).enumerate() {
-            let response = tok.decode(&gen.new_ids, true)?;
+        let generated = g.to_host();
+        let texts = generated.iter().map(|gen| tok.decode(&gen.new_ids, true)).collect::<Result<Vec<_>, _>>()?;
+        let table = match sources.as_deref_mut() {
+            Some(src) => {
+                let inputs: Vec<RewardInput> = chunk.iter().zip(&texts).zip(&generated).map(|((prompt, response), gen)| RewardInput { prompt, response, tokens: &gen.new_ids }).collect();
+                Some(src.score(&inputs, (&seq, &attention))?)
+            }
+            None => None,
+        };
+        for (i, ((p, gen), response)) in chunk.iter().zip(&generated).zip(texts).enumerate() {
             let tokens = gen.new_ids.len();
             let parts = rlhf_data::demo::oracle(&p.text, &response);
             out.push(Scored {
@@ -214,6 +236,7 @@ pub fn sample_and_score<B: Backend>(
                 logp: logp[i],
                 baseline_logp: base[i],
                 tokens,
+                rewards: table.as_ref().map_or_else(Vec::new, |t| t.scores.iter().map(|s| s[i]).collect()),
             });
         }
         Ok(())
@@ -221,8 +244,9 @@ pub fn sample_and_score<B: Backend>(
     Ok(out)
 }
 
-/// Means of scored responses; `with_kl` adds the mean log-ratio to the baseline.
-pub fn summarize(scored: &[Scored], with_kl: bool) -> PolicyScores {
+/// Means of scored responses; `with_kl` adds the mean log-ratio to the baseline; `reward_names`
+/// name the sources of [`Scored::rewards`].
+pub fn summarize(scored: &[Scored], with_kl: bool, reward_names: &[String]) -> PolicyScores {
     let n = scored.len().max(1) as f64;
     let oracle: Vec<f64> = scored.iter().filter_map(|s| s.oracle).collect();
     let rm: Vec<f64> = scored.iter().filter_map(|s| s.rm_score.map(f64::from)).collect();
@@ -234,7 +258,20 @@ pub fn summarize(scored: &[Scored], with_kl: bool) -> PolicyScores {
         oracle_score: (!oracle.is_empty()).then(|| oracle.iter().sum::<f64>() / oracle.len() as f64),
         kl: with_kl.then(|| scored.iter().map(|s| s.logp - s.baseline_logp).sum::<f64>() / n),
         response_len: scored.iter().map(|s| s.tokens as f64).sum::<f64>() / n,
+        rewards: reward_means(scored, reward_names),
     }
+}
+
+/// Each source's mean over the responses it scored (sources that scored none are left out).
+fn reward_means(scored: &[Scored], names: &[String]) -> std::collections::BTreeMap<String, f64> {
+    names
+        .iter()
+        .enumerate()
+        .filter_map(|(k, name)| {
+            let applied: Vec<f64> = scored.iter().filter_map(|s| s.rewards.get(k).copied().flatten()).collect();
+            (!applied.is_empty()).then(|| (name.clone(), applied.iter().sum::<f64>() / applied.len() as f64))
+        })
+        .collect()
 }
 
 /// Share of paired responses (same prompt, same sample slot) where the RM prefers `a` (ties ½;
@@ -272,7 +309,20 @@ mod tests {
     use super::*;
 
     fn s(rm: f32) -> Scored {
-        Scored { prompt: String::new(), response: String::new(), rm_score: Some(rm), oracle: None, oracle_parts: None, logp: 0.0, baseline_logp: 0.0, tokens: 0 }
+        Scored { prompt: String::new(), response: String::new(), rm_score: Some(rm), oracle: None, oracle_parts: None, logp: 0.0, baseline_logp: 0.0, tokens: 0, rewards: Vec::new() }
+    }
+
+    /// Two sources over three responses: "right" scored 1, 0, 1 → 2/3; "judged" applies to the
+    /// second only (0.5) → 0.5; a source that applies to none is left out.
+    #[test]
+    fn reward_means_skip_responses_a_source_does_not_apply_to() {
+        let with = |r: Vec<Option<f64>>| Scored { rewards: r, ..s(0.0) };
+        let scored = [with(vec![Some(1.0), None, None]), with(vec![Some(0.0), Some(0.5), None]), with(vec![Some(1.0), None, None])];
+        let names = ["right".to_string(), "judged".to_string(), "never".to_string()];
+        let means = summarize(&scored, false, &names).rewards;
+        assert_eq!(means.len(), 2);
+        assert!((means["right"] - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(means["judged"], 0.5);
     }
 
     #[test]

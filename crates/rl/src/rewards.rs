@@ -27,12 +27,13 @@ use std::time::Duration;
 use anyhow::Context;
 use rlhf_data::{Prompt, Tokenizer};
 use rlhf_model::{RewardInfo, RewardModel};
+use burn::tensor::{Int, Tensor};
 use rlhf_runtime::{Backend, Precision};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{json, Value};
 
 use crate::program::Program;
-use crate::rollout::{in_chunks, slice, Sampled};
+use crate::rollout::{in_chunks, slice_rows, Sampled};
 use crate::verifiers;
 
 /// Which part of the demo oracle's verdict a reward reads.
@@ -51,10 +52,13 @@ pub enum OraclePart {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RewardKind {
-    /// 1 when the final answer (`\boxed{}` or `####`) equals the record's `field` as a number.
+    /// 1 when the final answer (`\boxed{}` or `####`; with `extract = "last_number"`, the
+    /// response's last number) equals the record's `field` as a number.
     MathAnswer {
         #[serde(default = "answer_field")]
         field: String,
+        #[serde(default)]
+        extract: verifiers::Extract,
     },
     /// 1 when the trimmed response equals the record's `field`.
     Exact {
@@ -272,7 +276,7 @@ enum Scorer<B: Backend> {
 
 /// A rule-based source, its patterns compiled.
 enum Rule {
-    MathAnswer(String),
+    MathAnswer(String, verifiers::Extract),
     Exact(String),
     Contains(String),
     Regex(regex::Regex),
@@ -286,7 +290,7 @@ impl Rule {
     fn score(&self, x: &RewardInput) -> Option<f64> {
         let field = |name: &str| record_field(x.prompt, name);
         match self {
-            Rule::MathAnswer(f) => verifiers::math_answer(x.response, field(f).as_deref()),
+            Rule::MathAnswer(f, extract) => verifiers::math_answer(x.response, field(f).as_deref(), *extract),
             Rule::Exact(f) => verifiers::exact(x.response, field(f).as_deref()),
             Rule::Contains(f) => verifiers::contains(x.response, field(f).as_deref()),
             Rule::Regex(p) => Some(verifiers::regex_match(x.response, p)),
@@ -371,7 +375,7 @@ impl<B: Backend> RewardSources<B> {
             .iter()
             .map(|s| {
                 Ok(match &s.kind {
-                    RewardKind::MathAnswer { field } => Scorer::Rule(Rule::MathAnswer(field.clone())),
+                    RewardKind::MathAnswer { field, extract } => Scorer::Rule(Rule::MathAnswer(field.clone(), *extract)),
                     RewardKind::Exact { field } => Scorer::Rule(Rule::Exact(field.clone())),
                     RewardKind::Contains { field } => Scorer::Rule(Rule::Contains(field.clone())),
                     RewardKind::Regex { pattern } => Scorer::Rule(Rule::Regex(regex::Regex::new(pattern)?)),
@@ -406,12 +410,13 @@ impl<B: Backend> RewardSources<B> {
     pub fn score_responses(&mut self, tok: &Tokenizer, sampled: &Sampled<B>, prompts: &[Prompt]) -> anyhow::Result<(Vec<String>, RewardTable)> {
         let texts = sampled.responses.iter().map(|r| tok.decode(r, true)).collect::<Result<Vec<_>, _>>()?;
         let inputs: Vec<RewardInput> = prompts.iter().zip(&texts).zip(&sampled.responses).map(|((prompt, response), tokens)| RewardInput { prompt, response, tokens }).collect();
-        let table = self.score(&inputs, sampled)?;
+        let table = self.score(&inputs, (&sampled.ids, &sampled.attention))?;
         Ok((texts, table))
     }
 
-    /// Scores every row of `sampled` (`inputs[i]` is row `i`).
-    pub fn score(&mut self, inputs: &[RewardInput], sampled: &Sampled<B>) -> anyhow::Result<RewardTable> {
+    /// Scores every response (`inputs[i]` is row `i` of `sequences`: the prompt-and-response ids
+    /// and attention mask that reward models read).
+    pub fn score(&mut self, inputs: &[RewardInput], sequences: (&Tensor<B, 2, Int>, &Tensor<B, 2, Int>)) -> anyhow::Result<RewardTable> {
         let micro = self.micro_batch_size;
         let scores = self
             .scorers
@@ -423,8 +428,8 @@ impl<B: Backend> RewardSources<B> {
                     p.score(&requests, |i| describe(inputs[i].prompt))
                 }
                 Scorer::RewardModel { model, std, clip } => {
-                    let raw = in_chunks(sampled.rows(), micro, |r| {
-                        let (ids, attention) = slice(sampled, r);
+                    let raw = in_chunks(inputs.len(), micro, |r| {
+                        let (ids, attention) = slice_rows(sequences.0, sequences.1, r);
                         Ok(model.score(ids, attention)?.unsqueeze_dim::<2>(1))
                     })?;
                     let raw = raw.into_data().convert::<f32>().to_vec::<f32>().expect("f32");
@@ -521,7 +526,7 @@ mod tests {
             { "type": "math_answer", "field": "solution" },
         ]))
         .unwrap();
-        assert_eq!(specs[0], RewardSpec { name: None, weight: 1.0, kind: RewardKind::MathAnswer { field: "answer".into() } });
+        assert_eq!(specs[0], RewardSpec { name: None, weight: 1.0, kind: RewardKind::MathAnswer { field: "answer".into(), extract: verifiers::Extract::Final } });
         assert_eq!(specs[1].weight, 0.5);
         assert_eq!(reward_names(&specs), vec!["math_answer", "form", "math_answer_2"]);
         let round_trip: Vec<RewardSpec> = serde_json::from_value(serde_json::to_value(&specs).unwrap()).unwrap();
@@ -538,8 +543,8 @@ mod tests {
         let q = prompt("Something else", json!({ "prompt": "Something else" }));
         let x = |prompt, response| RewardInput { prompt, response, tokens: &[] };
         assert_eq!(Rule::Contains("answer".into()).score(&x(&p, "3 plus 5 is 8.")), Some(1.0));
-        assert_eq!(Rule::MathAnswer("answer".into()).score(&x(&p, "so #### 8")), Some(1.0));
-        assert_eq!(Rule::MathAnswer("answer".into()).score(&x(&q, "#### 8")), None); // no answer field
+        assert_eq!(Rule::MathAnswer("answer".into(), verifiers::Extract::Final).score(&x(&p, "so #### 8")), Some(1.0));
+        assert_eq!(Rule::MathAnswer("answer".into(), verifiers::Extract::Final).score(&x(&q, "#### 8")), None); // no answer field
         assert_eq!(Rule::Oracle(OraclePart::Total).score(&x(&p, "3 plus 5 is 8.")), Some(2.0));
         assert_eq!(Rule::Oracle(OraclePart::Correct).score(&x(&p, "3 plus 5 is 9.")), Some(0.0));
         assert_eq!(Rule::Oracle(OraclePart::Total).score(&x(&q, "hi")), None); // not a demo prompt
@@ -590,7 +595,7 @@ mod tests {
         let p = prompt("What is 3 plus 5?", json!({}));
         let inputs = [RewardInput { prompt: &p, response: "8", tokens: &[1] }, RewardInput { prompt: &p, response: "7", tokens: &[2] }];
         let sampled = crate::rollout::from_host::<B>(vec![vec![5], vec![5]], vec![vec![1], vec![2]], vec![0, 0], vec![false, false], 0, &device);
-        let table = sources.score(&inputs, &sampled).unwrap();
+        let table = sources.score(&inputs, (&sampled.ids, &sampled.attention)).unwrap();
         assert_eq!(table.scores, vec![vec![Some(0.9), None]]);
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 2);
@@ -599,7 +604,7 @@ mod tests {
 
         let (refusing, _) = rlhf_teacher::testing::scripted_server(|_, _| (400, json!({ "error": { "message": "bad model" } }).to_string()));
         let mut sources = RewardSources::<B>::start(&spec(&refusing), Precision::F32, 4, &device).unwrap();
-        let err = format!("{:#}", sources.score(&inputs, &sampled).unwrap_err());
+        let err = format!("{:#}", sources.score(&inputs, (&sampled.ids, &sampled.attention)).unwrap_err());
         assert!(err.contains("judge") && err.contains("line 3") && err.contains("bad model"), "{err}");
         let bad: Vec<RewardSpec> = serde_json::from_value(json!([{ "type": "judge", "client": { "model": "j" }, "template": "no placeholder" }])).unwrap();
         assert!(validate(&bad, "rewards").is_err());

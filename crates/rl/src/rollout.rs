@@ -178,8 +178,13 @@ pub fn in_chunks<B: Backend>(rows: usize, micro: usize, mut f: impl FnMut(Range<
 
 /// The rows `r` of the sequences (ids, attention).
 pub fn slice<B: Backend>(s: &Sampled<B>, r: Range<usize>) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>) {
-    let cols = s.ids.dims()[1];
-    (s.ids.clone().slice([r.clone(), 0..cols]), s.attention.clone().slice([r, 0..cols]))
+    slice_rows(&s.ids, &s.attention, r)
+}
+
+/// The rows `r` of `ids` and `attention` ([rows, T] each).
+pub fn slice_rows<B: Backend>(ids: &Tensor<B, 2, Int>, attention: &Tensor<B, 2, Int>, r: Range<usize>) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>) {
+    let cols = ids.dims()[1];
+    (ids.clone().slice([r.clone(), 0..cols]), attention.clone().slice([r, 0..cols]))
 }
 
 /// log π(a_t | s_t) of every response token under `model`, `micro` rows per forward: [rows, S].

@@ -4,7 +4,7 @@
 //!
 //! | verifier | score |
 //! |---|---|
-//! | `math_answer` | 1 when the response's final answer — its last `\boxed{…}`, else what follows its last `####` — equals the record's answer as a number (GSM8K's `"… #### 42"` is read the same way); 0 otherwise, an answer-less response included |
+//! | `math_answer` | 1 when the response's final answer — its last `\boxed{…}`, else what follows its last `####` (`extract = "final"`, the default); or its last number (`extract = "last_number"`) — equals the record's answer as a number (GSM8K's `"… #### 42"` is read the same way); 0 otherwise, an answer-less response included |
 //! | `exact`, `contains` | 1 when the trimmed response equals / contains the record's field |
 //! | `regex` | 1 when the pattern matches somewhere in the response |
 //! | `format` | 1 when the pattern matches the whole response |
@@ -32,6 +32,36 @@ pub fn final_answer(text: &str) -> Option<String> {
     (!rest.is_empty()).then(|| rest.to_string())
 }
 
+/// How `math_answer` finds a response's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Extract {
+    /// The last `\boxed{…}`, else what follows the last `####` ([`final_answer`]): the strict
+    /// form, which a response must be asked for.
+    #[default]
+    Final,
+    /// The last number written anywhere in the response ([`last_number`]): lenient, for models
+    /// that answer in prose ("… so she has 12 apples left.").
+    LastNumber,
+}
+
+impl Extract {
+    pub fn answer(self, text: &str) -> Option<String> {
+        match self {
+            Extract::Final => final_answer(text),
+            Extract::LastNumber => last_number(text),
+        }
+    }
+}
+
+/// The last number in `text`: digits with an optional minus sign, thousands commas and decimals
+/// (`-1,234.5`); a sentence's full stop is not a decimal point.
+pub fn last_number(text: &str) -> Option<String> {
+    static NUMBER: std::sync::LazyLock<regex::Regex> =
+        std::sync::LazyLock::new(|| regex::Regex::new(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?").expect("a valid pattern"));
+    NUMBER.find_iter(text).last().map(|m| m.as_str().replace(',', ""))
+}
+
 /// A number as people write answers: `42`, `-3.5`, `1,234`, `$12`, `12.` , `3/4`, `50%` (= 50).
 pub fn parse_number(s: &str) -> Option<f64> {
     let cleaned: String = s.trim().trim_end_matches('.').chars().filter(|c| !matches!(c, ',' | '$' | ' ' | '%')).collect();
@@ -51,11 +81,11 @@ fn same_answer(got: &str, want: &str) -> bool {
 }
 
 /// `math_answer`: None when the record has no answer.
-pub fn math_answer(response: &str, record_answer: Option<&str>) -> Option<f64> {
+pub fn math_answer(response: &str, record_answer: Option<&str>, extract: Extract) -> Option<f64> {
     let answer = record_answer?;
     // GSM8K ships the worked solution with the number after `####`.
     let want = final_answer(answer).unwrap_or_else(|| answer.trim().to_string());
-    Some(match final_answer(response) {
+    Some(match extract.answer(response) {
         Some(got) if same_answer(&got, &want) => 1.0,
         _ => 0.0,
     })
@@ -128,13 +158,31 @@ mod tests {
     #[test]
     fn math_answer_against_a_gsm8k_record() {
         let record = Some("She sold 48 + 24 = 72 clips.\n#### 72");
-        assert_eq!(math_answer("so #### 72.0", record), Some(1.0));
-        assert_eq!(math_answer(r"The answer is \boxed{72}.", record), Some(1.0));
-        assert_eq!(math_answer("#### 71", record), Some(0.0));
-        assert_eq!(math_answer("72", record), Some(0.0));
-        assert_eq!(math_answer("#### 72", None), None);
+        let strict = |r: &str, a: Option<&str>| math_answer(r, a, Extract::Final);
+        assert_eq!(strict("so #### 72.0", record), Some(1.0));
+        assert_eq!(strict(r"The answer is \boxed{72}.", record), Some(1.0));
+        assert_eq!(strict("#### 71", record), Some(0.0));
+        assert_eq!(strict("72", record), Some(0.0));
+        assert_eq!(strict("#### 72", None), None);
         // A plain answer field, and 1,000 against 1000.
-        assert_eq!(math_answer(r"\boxed{1,000}", Some("1000")), Some(1.0));
+        assert_eq!(strict(r"\boxed{1,000}", Some("1000")), Some(1.0));
+    }
+
+    /// The last number, wherever it is: "16 - 10 = 6 apples left." → 6 (the full stop is not a
+    /// decimal point); "1,234" → 1234; "-3 degrees" → −3; "剩下12个。" → 12; no number → wrong.
+    #[test]
+    fn math_answer_by_the_last_number() {
+        assert_eq!(last_number("So, Sara has 16 - 10 = 6 apples left.").as_deref(), Some("6"));
+        assert_eq!(last_number("They paid $1,234.50 in all").as_deref(), Some("1234.50"));
+        assert_eq!(last_number("It is -3 degrees.").as_deref(), Some("-3"));
+        assert_eq!(last_number("小明还剩下12个苹果。").as_deref(), Some("12"));
+        assert_eq!(last_number("none at all"), None);
+        let lenient = |r: &str| math_answer(r, Some("6"), Extract::LastNumber);
+        assert_eq!(lenient("So, Sara has 16 - 10 = 6 apples left."), Some(1.0));
+        assert_eq!(lenient("6 apples, or maybe 7"), Some(0.0));
+        assert_eq!(lenient("I do not know"), Some(0.0));
+        // The record's answer is read as before: GSM8K's "#### 6" too.
+        assert_eq!(math_answer("she has 6", Some("… #### 6"), Extract::LastNumber), Some(1.0));
     }
 
     #[test]
