@@ -1,4 +1,4 @@
-//! `rlhf data check | convert | self-instruct | distill | rank | word-problems | demo`.
+//! `rlhf data check | convert | self-instruct | distill | rank | self-improve | word-problems | demo`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -24,6 +24,9 @@ pub enum DataCommand {
     /// Sample K responses per prompt from a model folder and have a judge model rank them (RLAIF):
     /// a K-way ranking file for stage 2.
     Rank(RankArgs),
+    /// Sample K answers per unlabeled question from a model folder, take the majority answer, and
+    /// write the reasoning paths that reach it as SFT data for the same model (LMSI); resumable.
+    SelfImprove(SelfImproveArgs),
     /// Write arithmetic word problems with answers (prompts.jsonl, heldout_prompts.jsonl) for
     /// critic-free RL with the `math_answer` verifier (deterministic for a seed).
     WordProblems {
@@ -96,6 +99,7 @@ pub fn run(cmd: DataCommand) -> anyhow::Result<ExitCode> {
         DataCommand::SelfInstruct(args) => self_instruct(args),
         DataCommand::Distill(args) => distill(args),
         DataCommand::Rank(args) => rank(args),
+        DataCommand::SelfImprove(args) => self_improve(args),
         DataCommand::WordProblems { out, seed, prompts, heldout } => {
             rlhf_data::word_problems::write_word_problems(&out, seed, prompts, heldout)?;
             println!("wrote {prompts} word problems and {heldout} held-out ones (seed {seed}) to {}", out.display());
@@ -300,6 +304,105 @@ fn rank(args: RankArgs) -> anyhow::Result<ExitCode> {
         args.out.display()
     );
     print_client_stats(&client);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct SelfImproveArgs {
+    /// The model folder that answers (and is then trained on its own voted answers).
+    #[arg(long)]
+    model: PathBuf,
+    /// Unlabeled questions (any format stage 3 reads); an answer field, when present, is used only
+    /// to report how often the vote is right.
+    #[arg(long)]
+    prompts: PathBuf,
+    #[arg(long, value_enum, default_value = "auto")]
+    format: Format,
+    #[arg(long)]
+    skip_invalid: bool,
+    /// At most this many questions, from the top.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// ColossalChat SFT JSONL to write (samples are saved in OUT.samples/, the summary in
+    /// OUT.summary.json).
+    #[arg(long)]
+    out: PathBuf,
+    /// Samples per question [default: 8].
+    #[arg(long, short = 'k')]
+    samples: Option<usize>,
+    /// [default: 0.7]
+    #[arg(long)]
+    temperature: Option<f64>,
+    #[arg(long)]
+    top_p: Option<f64>,
+    /// [default: 256]
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+    /// [default: 512]
+    #[arg(long)]
+    max_prompt_len: Option<usize>,
+    /// final, boxed, gsm8k, last_number, demo, or regex:PATTERN [default: final].
+    #[arg(long)]
+    extract: Option<rlhf_rl::Extractor>,
+    /// Keep a question when its majority answer has this share of the K samples [default: 0.6].
+    #[arg(long)]
+    min_agreement: Option<f64>,
+    /// Distinct reasoning paths written per kept question [default: 4].
+    #[arg(long)]
+    paths_per_question: Option<usize>,
+    /// The record field with the true answer, for the report only [default: answer].
+    #[arg(long)]
+    answer_field: Option<String>,
+    /// Rows (questions × samples) generated together [default: 64].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// A built-in chat format, for tokenizers without a chat template.
+    #[arg(long, value_enum)]
+    template: Option<BuiltinTemplate>,
+    #[command(flatten)]
+    runtime: crate::InferenceRuntime,
+}
+
+impl SelfImproveArgs {
+    fn config(&self) -> rlhf_eval::SelfImproveConfig {
+        let d = rlhf_eval::SelfImproveConfig::for_prompts(&self.prompts);
+        rlhf_eval::SelfImproveConfig {
+            format: self.format,
+            skip_invalid: self.skip_invalid,
+            limit: self.limit,
+            samples: self.samples.unwrap_or(d.samples),
+            temperature: self.temperature.unwrap_or(d.temperature),
+            top_p: self.top_p.or(d.top_p),
+            max_new_tokens: self.max_new_tokens.unwrap_or(d.max_new_tokens),
+            max_prompt_len: self.max_prompt_len.unwrap_or(d.max_prompt_len),
+            extract: self.extract.clone().unwrap_or(d.extract.clone()),
+            min_agreement: self.min_agreement.unwrap_or(d.min_agreement),
+            paths_per_question: self.paths_per_question.unwrap_or(d.paths_per_question),
+            answer_field: self.answer_field.clone().unwrap_or(d.answer_field.clone()),
+            batch_size: self.batch_size.unwrap_or(d.batch_size),
+            seed: self.seed,
+            template: self.template,
+            ..d
+        }
+    }
+}
+
+struct SelfImproving<'a>(&'a SelfImproveArgs);
+
+impl rlhf_runtime::InferenceTask for SelfImproving<'_> {
+    type Output = anyhow::Result<rlhf_eval::SelfImproveSummary>;
+
+    fn run<B: rlhf_runtime::Backend>(self, device: B::Device) -> Self::Output {
+        let a = self.0;
+        rlhf_eval::self_improve::<B>(&a.model, &a.config(), a.runtime.precision, &a.out, &device)
+    }
+}
+
+fn self_improve(args: SelfImproveArgs) -> anyhow::Result<ExitCode> {
+    let summary = rlhf_runtime::dispatch(args.runtime, rlhf_runtime::Inference(SelfImproving(&args)))??;
+    println!("self-improve: {} → {}", rlhf_eval::self_improve::summary_line(&summary), args.out.display());
     Ok(ExitCode::SUCCESS)
 }
 

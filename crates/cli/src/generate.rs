@@ -1,5 +1,6 @@
 //! `rlhf generate`: batched generation from text prompts (optionally through the chat template) or
-//! from token ids.
+//! from token ids; with `--vote K`, self-consistency: K samples per prompt (one prefill), each
+//! sample's final answer extracted, and the majority answer with its share and reasoning path.
 
 use std::path::PathBuf;
 
@@ -8,7 +9,7 @@ use rlhf_runtime::Backend;
 use clap::Args;
 use rlhf_data::{Message, Tokenizer};
 use rlhf_runtime::{dispatch, Inference, InferenceTask};
-use rlhf_model::{generate, CausalLm, GenerateConfig, Generation, Sampler};
+use rlhf_model::{generate_n, CausalLm, GenerateConfig, Generation, Sampler};
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
@@ -40,7 +41,17 @@ pub struct GenerateArgs {
     /// Extra stop token ids (EOS from the model config and the tokenizer are always included).
     #[arg(long, value_delimiter = ',')]
     stop_ids: Vec<u32>,
-    /// One JSON line per prompt: {"prompt_ids", "new_ids", "text"}.
+    /// Self-consistency: K samples per prompt (temperature 0.7 unless sampling options are given),
+    /// the majority of their final answers printed with its vote share and the first sample that
+    /// reached it.
+    #[arg(long, value_name = "K", conflicts_with = "greedy")]
+    vote: Option<usize>,
+    /// How `--vote` reads a sample's final answer: final (the last \boxed{…}, else after ####),
+    /// boxed, gsm8k, last_number, demo, or regex:PATTERN (its first group at the last match).
+    #[arg(long, default_value = "final", requires = "vote")]
+    extract: rlhf_rl::Extractor,
+    /// One JSON line per prompt: {"prompt_ids", "new_ids", "text"}; with --vote, {"prompt_ids",
+    /// "answer", "votes", "samples", "share", "no_answer", "tally", "text"} (text: the chosen path).
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -49,10 +60,16 @@ pub struct GenerateArgs {
 
 impl GenerateArgs {
     fn sampler(&self) -> anyhow::Result<Sampler> {
-        if self.greedy || (self.temperature.is_none() && self.top_k.is_none() && self.top_p.is_none()) {
+        let unset = self.temperature.is_none() && self.top_k.is_none() && self.top_p.is_none();
+        if self.vote == Some(0) {
+            bail!("--vote needs at least 1 sample");
+        }
+        if self.greedy || (unset && self.vote.is_none()) {
             return Ok(Sampler::Greedy);
         }
-        let temperature = self.temperature.unwrap_or(1.0);
+        // Self-consistency's usual temperature (Wang et al. sample at 0.5–0.7).
+        let default_temperature = if self.vote.is_some() && unset { 0.7 } else { 1.0 };
+        let temperature = self.temperature.unwrap_or(default_temperature);
         if temperature <= 0.0 {
             bail!("--temperature must be > 0 (use --greedy for argmax)");
         }
@@ -76,7 +93,8 @@ impl InferenceTask for GenerateTask<'_> {
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
         let model = CausalLm::<B>::from_hf_dir(&self.args.model, &device)?.for_inference(self.args.runtime.precision);
-        Ok(generate(&model, &self.prompts, &self.cfg, &device)?.to_host())
+        // K samples of a prompt share its prefill.
+        Ok(generate_n(&model, &self.prompts, self.args.vote.unwrap_or(1), &self.cfg, &device)?.to_host())
     }
 }
 
@@ -114,16 +132,47 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         seed: Some(args.seed),
     };
     let outputs = dispatch(args.runtime, Inference(GenerateTask { args: &args, prompts: prompts.clone(), cfg }))??;
-    for (prompt, out) in prompts.iter().zip(outputs) {
-        let text = match &tokenizer {
-            Some(tok) => tok.decode(&out.new_ids, true)?,
+    let decode = |ids: &[u32]| -> anyhow::Result<String> {
+        Ok(match &tokenizer {
+            Some(tok) => tok.decode(ids, true)?,
             None => String::new(),
-        };
+        })
+    };
+    let Some(k) = args.vote else {
+        for (prompt, out) in prompts.iter().zip(outputs) {
+            let text = decode(&out.new_ids)?;
+            if args.json {
+                println!("{}", serde_json::json!({ "prompt_ids": prompt, "new_ids": out.new_ids, "text": text }));
+            } else {
+                println!("{text}");
+            }
+        }
+        return Ok(());
+    };
+    if tokenizer.is_none() {
+        bail!("{}: --vote reads answers from text; the folder has no tokenizer.json", args.model.display());
+    }
+    for ((i, prompt), samples) in prompts.iter().enumerate().zip(outputs.chunks(k)) {
+        let texts = samples.iter().map(|s| Ok(decode(&s.new_ids)?.trim().to_string())).collect::<anyhow::Result<Vec<_>>>()?;
+        // The demo extractor reads the question; --prompt-ids has no text of it.
+        let question = args.prompt.get(i).map_or("", String::as_str);
+        let answers: Vec<Option<String>> = texts.iter().map(|t| args.extract.answer(question, t)).collect();
+        let vote = rlhf_rl::majority(&answers);
+        let path = vote.path.map_or("", |p| texts[p].as_str());
         if args.json {
-            let line = serde_json::json!({ "prompt_ids": prompt, "new_ids": out.new_ids, "text": text });
+            // [answer, votes] pairs, most voted first.
+            let tally: Vec<serde_json::Value> = vote.tally.iter().map(|(a, n)| serde_json::json!([a, n])).collect();
+            let line = serde_json::json!({
+                "prompt_ids": prompt, "answer": vote.answer, "votes": vote.votes, "samples": vote.samples,
+                "share": vote.share(), "no_answer": vote.no_answer, "tally": tally, "text": path,
+            });
             println!("{line}");
         } else {
-            println!("{text}");
+            match &vote.answer {
+                Some(a) => println!("answer: {a} ({} of {} samples, share {:.2}; {} without an answer)", vote.votes, vote.samples, vote.share(), vote.no_answer),
+                None => println!("answer: none ({} samples, none with an answer)", vote.samples),
+            }
+            println!("{path}");
         }
     }
     Ok(())

@@ -100,7 +100,12 @@ impl DemoPrompt {
     /// What a verifier checks a response against (the record's `answer` field): the number, or for
     /// the word task the number word in the prompt's language.
     pub fn answer_field(&self) -> String {
-        let value = self.answer_value();
+        self.written_answer(self.answer_value())
+    }
+
+    /// `value` as the answer field writes it: a number, or for the word task the number word in
+    /// the prompt's language.
+    fn written_answer(&self, value: u32) -> String {
         match (self.task, self.lang) {
             (Task::Word(_), Lang::En) => EN_WORDS[value as usize].to_string(),
             (Task::Word(_), Lang::Zh) => ZH_WORDS[value as usize].to_string(),
@@ -138,26 +143,37 @@ impl OracleScore {
     }
 }
 
+/// The answer `response` states, as the oracle reads it and in the form of the record's `answer`
+/// field: a sum's last number, the larger number's first ("7 is bigger."), the one number word
+/// named (in either language) as the prompt's language writes it; None when there is none, when
+/// several number words are named, or when `prompt` is not a demo prompt.
+pub fn stated_answer(prompt: &str, response: &str) -> Option<String> {
+    let p = DemoPrompt::parse(prompt)?;
+    stated_value(&p, response.trim()).map(|v| p.written_answer(v))
+}
+
+fn stated_value(p: &DemoPrompt, r: &str) -> Option<u32> {
+    match p.task {
+        Task::Add(..) => integers(r).last().copied(),
+        Task::Bigger(..) => integers(r).first().copied(),
+        Task::Word(_) => {
+            let en = r.to_lowercase();
+            let en_words: Vec<&str> = en.split(|c: char| !c.is_ascii_alphabetic()).collect();
+            let named: Vec<usize> = (0..=10).filter(|&i| en_words.contains(&EN_WORDS[i]) || r.contains(ZH_WORDS[i])).collect();
+            match named[..] {
+                [one] => Some(one as u32),
+                _ => None,
+            }
+        }
+    }
+}
+
 /// Scores `response` to the demo prompt `prompt`; None when `prompt` is not a demo prompt.
 pub fn oracle(prompt: &str, response: &str) -> Option<OracleScore> {
     let p = DemoPrompt::parse(prompt)?;
     let r = response.trim();
-    let want = p.answer_value();
-    let correct = match p.task {
-        // The result is the last number stated ("3 plus 5 is 8.").
-        Task::Add(..) => integers(r).last() == Some(&want),
-        // The first number stated is the larger one ("7 is bigger.").
-        Task::Bigger(..) => integers(r).first() == Some(&want),
-        // The right number word, in either language, and no other number word.
-        Task::Word(_) => {
-            let en = r.to_lowercase();
-            let en_words: Vec<&str> = en.split(|c: char| !c.is_ascii_alphabetic()).collect();
-            let named: Vec<usize> = (0..=10)
-                .filter(|&i| en_words.contains(&EN_WORDS[i]) || r.contains(ZH_WORDS[i]))
-                .collect();
-            named == [want as usize]
-        }
-    };
+    // The right number, and for the word task no other number word.
+    let correct = stated_value(&p, r) == Some(p.answer_value());
     let zh = has_cjk(r);
     let language = match p.lang {
         Lang::Zh => zh,

@@ -3,7 +3,7 @@
 //! each a small pure function with hand-worked tests: the KL estimators, GAE and whitening (PPO),
 //! the group-relative advantages of the critic-free estimators (GRPO, Dr. GRPO, RLOO, ReMax,
 //! REINFORCE++), their clipped policy loss (asymmetric and dual clip), the loss aggregation modes,
-//! and the verifiers.
+//! the verifiers, and self-consistency's answer extraction and majority vote.
 //!
 //! Host-side pieces work on rows of one rollout: every response token of row `i` is a column `t`
 //! with `mask[i][t]` set; padding after a response has stopped is masked out. Per-response pieces
@@ -18,6 +18,7 @@ pub mod program;
 pub mod rewards;
 pub mod rollout;
 pub mod verifiers;
+pub mod vote;
 
 pub use advantages::{gae, group_advantages, remax_advantages, returns_to_go, whiten, GroupBaseline, ScaleRewards};
 pub use config::{GenerationConfig, PromptData};
@@ -26,3 +27,4 @@ pub use kl::{kl_per_token, KlEstimator};
 pub use loss::{aggregate, clipped_policy_loss, Clip, LossAggregation, StepCounts};
 pub use rewards::{RewardInput, RewardKind, RewardSources, RewardSpec, RewardTable};
 pub use rollout::{sample, sequence_log_probs, Sampled};
+pub use vote::{answer_key, majority, Extractor, Vote};

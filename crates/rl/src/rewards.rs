@@ -53,12 +53,13 @@ pub enum OraclePart {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RewardKind {
     /// 1 when the final answer (`\boxed{}` or `####`; with `extract = "last_number"`, the
-    /// response's last number) equals the record's `field` as a number.
+    /// response's last number; any [`Extractor`](crate::vote::Extractor)) equals the record's
+    /// `field` as a number.
     MathAnswer {
         #[serde(default = "answer_field")]
         field: String,
         #[serde(default)]
-        extract: verifiers::Extract,
+        extract: crate::vote::Extractor,
     },
     /// 1 when the trimmed response equals the record's `field`.
     Exact {
@@ -276,7 +277,7 @@ enum Scorer<B: Backend> {
 
 /// A rule-based source, its patterns compiled.
 enum Rule {
-    MathAnswer(String, verifiers::Extract),
+    MathAnswer(String, crate::vote::Extractor),
     Exact(String),
     Contains(String),
     Regex(regex::Regex),
@@ -290,7 +291,7 @@ impl Rule {
     fn score(&self, x: &RewardInput) -> Option<f64> {
         let field = |name: &str| record_field(x.prompt, name);
         match self {
-            Rule::MathAnswer(f, extract) => verifiers::math_answer(x.response, field(f).as_deref(), *extract),
+            Rule::MathAnswer(f, extract) => verifiers::math_answer(&x.prompt.text, x.response, field(f).as_deref(), extract),
             Rule::Exact(f) => verifiers::exact(x.response, field(f).as_deref()),
             Rule::Contains(f) => verifiers::contains(x.response, field(f).as_deref()),
             Rule::Regex(p) => Some(verifiers::regex_match(x.response, p)),
@@ -375,7 +376,7 @@ impl<B: Backend> RewardSources<B> {
             .iter()
             .map(|s| {
                 Ok(match &s.kind {
-                    RewardKind::MathAnswer { field, extract } => Scorer::Rule(Rule::MathAnswer(field.clone(), *extract)),
+                    RewardKind::MathAnswer { field, extract } => Scorer::Rule(Rule::MathAnswer(field.clone(), extract.clone())),
                     RewardKind::Exact { field } => Scorer::Rule(Rule::Exact(field.clone())),
                     RewardKind::Contains { field } => Scorer::Rule(Rule::Contains(field.clone())),
                     RewardKind::Regex { pattern } => Scorer::Rule(Rule::Regex(regex::Regex::new(pattern)?)),
@@ -526,7 +527,7 @@ mod tests {
             { "type": "math_answer", "field": "solution" },
         ]))
         .unwrap();
-        assert_eq!(specs[0], RewardSpec { name: None, weight: 1.0, kind: RewardKind::MathAnswer { field: "answer".into(), extract: verifiers::Extract::Final } });
+        assert_eq!(specs[0], RewardSpec { name: None, weight: 1.0, kind: RewardKind::MathAnswer { field: "answer".into(), extract: crate::vote::Extractor::Final } });
         assert_eq!(specs[1].weight, 0.5);
         assert_eq!(reward_names(&specs), vec!["math_answer", "form", "math_answer_2"]);
         let round_trip: Vec<RewardSpec> = serde_json::from_value(serde_json::to_value(&specs).unwrap()).unwrap();
@@ -543,8 +544,8 @@ mod tests {
         let q = prompt("Something else", json!({ "prompt": "Something else" }));
         let x = |prompt, response| RewardInput { prompt, response, tokens: &[] };
         assert_eq!(Rule::Contains("answer".into()).score(&x(&p, "3 plus 5 is 8.")), Some(1.0));
-        assert_eq!(Rule::MathAnswer("answer".into(), verifiers::Extract::Final).score(&x(&p, "so #### 8")), Some(1.0));
-        assert_eq!(Rule::MathAnswer("answer".into(), verifiers::Extract::Final).score(&x(&q, "#### 8")), None); // no answer field
+        assert_eq!(Rule::MathAnswer("answer".into(), crate::vote::Extractor::Final).score(&x(&p, "so #### 8")), Some(1.0));
+        assert_eq!(Rule::MathAnswer("answer".into(), crate::vote::Extractor::Final).score(&x(&q, "#### 8")), None); // no answer field
         assert_eq!(Rule::Oracle(OraclePart::Total).score(&x(&p, "3 plus 5 is 8.")), Some(2.0));
         assert_eq!(Rule::Oracle(OraclePart::Correct).score(&x(&p, "3 plus 5 is 9.")), Some(0.0));
         assert_eq!(Rule::Oracle(OraclePart::Total).score(&x(&q, "hi")), None); // not a demo prompt

@@ -4,54 +4,45 @@
 //!
 //! | verifier | score |
 //! |---|---|
-//! | `math_answer` | 1 when the response's final answer — its last `\boxed{…}`, else what follows its last `####` (`extract = "final"`, the default); or its last number (`extract = "last_number"`) — equals the record's answer as a number (GSM8K's `"… #### 42"` is read the same way); 0 otherwise, an answer-less response included |
+//! | `math_answer` | 1 when the response's final answer — by default (`extract = "final"`) its last `\boxed{…}`, else what follows its last `####`; or as another [`Extractor`] reads it (`last_number`, `boxed`, `gsm8k`, `demo`, `regex:…`) — equals the record's answer as a number (GSM8K's `"… #### 42"` is read the same way); 0 otherwise, an answer-less response included |
 //! | `exact`, `contains` | 1 when the trimmed response equals / contains the record's field |
 //! | `regex` | 1 when the pattern matches somewhere in the response |
 //! | `format` | 1 when the pattern matches the whole response |
 //! | `overlong` | DAPO's soft overlong penalty: 0 up to `max_len − buffer` tokens, then falling linearly to −1 at `max_len`, −1 beyond |
 //! | `repetition` | −(1 − distinct n-grams / n-grams) of the response's tokens: 0 without repeats |
 
+use crate::vote::Extractor;
+
 /// The final answer of a math response: the content of its last `\boxed{…}` (braces nested), else
 /// the rest of the line after its last `####`.
 pub fn final_answer(text: &str) -> Option<String> {
-    if let Some(at) = text.rfind("\\boxed{") {
-        let mut depth = 0usize;
-        let body = &text[at + "\\boxed{".len()..];
-        for (i, c) in body.char_indices() {
-            match c {
-                '{' => depth += 1,
-                '}' if depth == 0 => return Some(body[..i].trim().to_string()),
-                '}' => depth -= 1,
-                _ => {}
-            }
-        }
-        return None;
+    if text.contains("\\boxed{") {
+        return last_boxed(text);
     }
+    gsm8k_answer(text)
+}
+
+/// The content of the last `\boxed{…}` (braces nested); None without one or when it is unclosed.
+pub fn last_boxed(text: &str) -> Option<String> {
+    let at = text.rfind("\\boxed{")?;
+    let mut depth = 0usize;
+    let body = &text[at + "\\boxed{".len()..];
+    for (i, c) in body.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => return Some(body[..i].trim().to_string()),
+            '}' => depth -= 1,
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The rest of the line after the last `####` (GSM8K's form), when not empty.
+pub fn gsm8k_answer(text: &str) -> Option<String> {
     let at = text.rfind("####")?;
     let rest = text[at + 4..].lines().next().unwrap_or("").trim();
     (!rest.is_empty()).then(|| rest.to_string())
-}
-
-/// How `math_answer` finds a response's answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Extract {
-    /// The last `\boxed{…}`, else what follows the last `####` ([`final_answer`]): the strict
-    /// form, which a response must be asked for.
-    #[default]
-    Final,
-    /// The last number written anywhere in the response ([`last_number`]): lenient, for models
-    /// that answer in prose ("… so she has 12 apples left.").
-    LastNumber,
-}
-
-impl Extract {
-    pub fn answer(self, text: &str) -> Option<String> {
-        match self {
-            Extract::Final => final_answer(text),
-            Extract::LastNumber => last_number(text),
-        }
-    }
 }
 
 /// The last number in `text`: digits with an optional minus sign, thousands commas and decimals
@@ -63,8 +54,21 @@ pub fn last_number(text: &str) -> Option<String> {
 }
 
 /// A number as people write answers: `42`, `-3.5`, `1,234`, `$12`, `12.` , `3/4`, `50%` (= 50).
+/// Full-width digits and signs (`１２`, `－３．５`, as Chinese and Japanese text writes them) read as ASCII.
 pub fn parse_number(s: &str) -> Option<f64> {
-    let cleaned: String = s.trim().trim_end_matches('.').chars().filter(|c| !matches!(c, ',' | '$' | ' ' | '%')).collect();
+    let cleaned: String = s
+        .trim()
+        .chars()
+        .map(|c| match c {
+            '０'..='９' => char::from(b'0' + (c as u32 - '０' as u32) as u8),
+            '．' => '.',
+            '－' => '-',
+            '，' => ',',
+            c => c,
+        })
+        .filter(|c| !matches!(c, ',' | '$' | ' ' | '%'))
+        .collect();
+    let cleaned = cleaned.trim_end_matches('.');
     if let Some((a, b)) = cleaned.split_once('/') {
         let (a, b) = (a.parse::<f64>().ok()?, b.parse::<f64>().ok()?);
         return (b != 0.0).then(|| a / b);
@@ -81,11 +85,11 @@ fn same_answer(got: &str, want: &str) -> bool {
 }
 
 /// `math_answer`: None when the record has no answer.
-pub fn math_answer(response: &str, record_answer: Option<&str>, extract: Extract) -> Option<f64> {
+pub fn math_answer(prompt: &str, response: &str, record_answer: Option<&str>, extract: &Extractor) -> Option<f64> {
     let answer = record_answer?;
     // GSM8K ships the worked solution with the number after `####`.
     let want = final_answer(answer).unwrap_or_else(|| answer.trim().to_string());
-    Some(match extract.answer(response) {
+    Some(match extract.answer(prompt, response) {
         Some(got) if same_answer(&got, &want) => 1.0,
         _ => 0.0,
     })
@@ -149,6 +153,8 @@ mod tests {
         for (s, want) in [("42", 42.0), ("-3.5", -3.5), ("1,234", 1234.0), ("$12", 12.0), ("12.", 12.0), ("3/4", 0.75), ("50%", 50.0)] {
             assert_eq!(parse_number(s), Some(want), "{s}");
         }
+        assert_eq!(parse_number("１２"), Some(12.0));
+        assert_eq!(parse_number("－３．５"), Some(-3.5));
         assert_eq!(parse_number("x"), None);
         assert_eq!(parse_number("1/0"), None);
     }
@@ -158,7 +164,7 @@ mod tests {
     #[test]
     fn math_answer_against_a_gsm8k_record() {
         let record = Some("She sold 48 + 24 = 72 clips.\n#### 72");
-        let strict = |r: &str, a: Option<&str>| math_answer(r, a, Extract::Final);
+        let strict = |r: &str, a: Option<&str>| math_answer("", r, a, &Extractor::Final);
         assert_eq!(strict("so #### 72.0", record), Some(1.0));
         assert_eq!(strict(r"The answer is \boxed{72}.", record), Some(1.0));
         assert_eq!(strict("#### 71", record), Some(0.0));
@@ -177,12 +183,12 @@ mod tests {
         assert_eq!(last_number("It is -3 degrees.").as_deref(), Some("-3"));
         assert_eq!(last_number("小明还剩下12个苹果。").as_deref(), Some("12"));
         assert_eq!(last_number("none at all"), None);
-        let lenient = |r: &str| math_answer(r, Some("6"), Extract::LastNumber);
+        let lenient = |r: &str| math_answer("", r, Some("6"), &Extractor::LastNumber);
         assert_eq!(lenient("So, Sara has 16 - 10 = 6 apples left."), Some(1.0));
         assert_eq!(lenient("6 apples, or maybe 7"), Some(0.0));
         assert_eq!(lenient("I do not know"), Some(0.0));
         // The record's answer is read as before: GSM8K's "#### 6" too.
-        assert_eq!(math_answer("she has 6", Some("… #### 6"), Extract::LastNumber), Some(1.0));
+        assert_eq!(math_answer("", "she has 6", Some("… #### 6"), &Extractor::LastNumber), Some(1.0));
     }
 
     #[test]
