@@ -201,6 +201,42 @@ fn ci_grpo_pipeline_gives_more_right_answers_than_sft() {
     assert!(report.contains("| reward `correct` (mean) |") && report.contains("| greedy: reward `correct` (mean) |"), "{report}");
 }
 
+/// `configs/pipeline/ci_self_improve.toml`: SFT → self-improvement → eval with 8-sample votes. The
+/// stage writes the SFT model's majority-voted paths (chosen without the answers) and trains on
+/// them; on the demo's labeled questions the vote beats single samples, and the agreement filter
+/// keeps majorities that are right more often than the vote as a whole; eval measures single and
+/// voted accuracy for both models, and the self-improved model's single samples are right more
+/// often than SFT's.
+#[test]
+fn ci_self_improve_pipeline_trains_on_its_own_votes() {
+    let repo = std::env::var("RLHF_REPO").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    let config = format!("{repo}/configs/pipeline/ci_self_improve.toml");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let log = check(&rlhf(&["pipeline", "run", &config, "--out", out.to_str().unwrap()]));
+    assert!(log.contains("self_improve: done in"), "{log}");
+    let dir = out.join("self_improve");
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("voted.jsonl.summary.json")).unwrap()).unwrap();
+    let s = |k: &str| summary[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {summary}"));
+    let voted = std::fs::read_to_string(dir.join("voted.jsonl")).unwrap();
+    assert!(s("paths") > 0.0 && voted.lines().count() == s("paths") as usize, "{summary}");
+    assert!(s("voted_right") > s("single_sample_right"), "{summary}");
+    assert!(s("kept_right") > s("voted_right"), "{summary}");
+    assert!(dir.join("final/config.json").exists() && dir.join("metrics.jsonl").exists());
+
+    let eval: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
+    let g = |p: &str| eval.pointer(p).and_then(|v| v.as_f64()).unwrap_or_else(|| panic!("{p} missing: {eval}"));
+    assert_eq!(eval["policies"], serde_json::json!(["self_improve"]));
+    assert_eq!(eval["vote"]["samples"], 8);
+    for p in ["sft", "self_improve"] {
+        assert!(g(&format!("/vote/{p}/voted_right")) >= 0.0 && g(&format!("/vote/{p}/mean_agreement")) > 0.0, "{eval}");
+    }
+    assert!(g("/vote/self_improve/single_sample_right") > g("/vote/sft/single_sample_right"), "{eval}");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("## Self-improvement") && report.contains("| majority of 8 samples: right answer (share) |"), "{report}");
+    assert!(report.contains("| | SFT | Self-improved |") && out.join("plots/self_improve_loss.png").exists(), "{report}");
+}
+
 /// `configs/pipeline/ci_dpo.toml`: SFT → DPO on the K = 4 demo rankings, no reward model. DPO beats
 /// SFT on held-out prompts by the oracle with all pairs, and again with Plackett-Luce (a changed [dpo]
 /// section reruns DPO, eval and report only), within the KL bound.

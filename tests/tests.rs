@@ -20,3 +20,4 @@ mod reward;
 mod serve;
 mod sft;
 mod teacher;
+mod vote;

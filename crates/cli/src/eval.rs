@@ -1,7 +1,7 @@
-//! `rlhf eval --run DIR`: the SFT model and the aligned policies (DPO, PPO) of a pipeline run on
-//! held-out prompts, scored by the reward model when the run has one and by the demo oracle where it
-//! applies → `DIR/eval.json` and
-//! `DIR/eval_samples.jsonl`.
+//! `rlhf eval --run DIR`: the SFT model and the aligned policies (self-improved, DPO, GRPO, PPO) of
+//! a pipeline run on held-out prompts, scored by the reward model when the run has one, by the demo
+//! oracle where it applies, by reward sources, and by majority vote (`[eval.vote]`) →
+//! `DIR/eval.json` and `DIR/eval_samples.jsonl`.
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +12,7 @@ use rlhf_data::{ChatFormat, Tokenizer};
 use rlhf_runtime::{dispatch, DeviceSpec, Inference, InferenceTask};
 use rlhf_model::{CausalLm, RewardInfo, RewardModel};
 use rlhf_rl::rewards::{reward_names, RewardSources, RewardSpec};
-use rlhf_eval::{aligned_policies, read_eval_prompts, rm_pairwise_acc, sample_and_score, summarize, win_rate, EvalConfig};
+use rlhf_eval::{aligned_policies, read_eval_prompts, rm_pairwise_acc, sample_and_score, summarize, vote_accuracy, win_rate, EvalConfig};
 use serde_json::json;
 
 /// `rlhf eval --run DIR`, or `rlhf eval judge …`.
@@ -51,14 +51,7 @@ pub struct EvalArgs {
 
 /// The `[eval]` settings of a run: RUN/pipeline.toml's section, then `prompts`, then `sets`.
 pub fn eval_config(run: &Path, prompts: Option<&Path>, sets: &[String]) -> anyhow::Result<EvalConfig> {
-    let pipeline = run.join("pipeline.toml");
-    let mut table = if pipeline.exists() {
-        let text = std::fs::read_to_string(&pipeline).with_context(|| format!("reading {}", pipeline.display()))?;
-        let t: toml::Table = toml::from_str(&text).with_context(|| format!("{}", pipeline.display()))?;
-        t.get("eval").and_then(|v| v.as_table()).cloned().unwrap_or_default()
-    } else {
-        toml::Table::new()
-    };
+    let mut table = pipeline_table(run)?.get("eval").and_then(|v| v.as_table()).cloned().unwrap_or_default();
     if let Some(p) = prompts {
         table.insert("prompts".into(), toml::Value::String(p.display().to_string()));
     }
@@ -73,19 +66,23 @@ pub fn eval_config(run: &Path, prompts: Option<&Path>, sets: &[String]) -> anyho
 }
 
 /// The model the aligned policies are compared with: the run's SFT model, or — in a run without
-/// an SFT stage — the model its first aligned stage started from (`[grpo.model] policy`,
-/// `[dpo.model] from`, `[ppo.model] actor` of RUN/pipeline.toml).
-pub fn baseline_dir(run: &Path) -> anyhow::Result<PathBuf> {
+/// an SFT stage — the model its first aligned stage started from (`[self_improve.sft.model] from`,
+/// `[dpo.model] from`, `[grpo.model] policy`, `[ppo.model] actor` of RUN/pipeline.toml, `table`).
+pub fn baseline_dir(run: &Path, table: &toml::Table) -> anyhow::Result<PathBuf> {
     let sft = run.join("sft/final");
     if sft.join("config.json").exists() {
         return Ok(sft);
     }
-    let table = pipeline_table(run)?;
-    let start = [("dpo", "from"), ("grpo", "policy"), ("ppo", "actor")]
+    let start = [("self_improve", "/sft/model/from"), ("dpo", "/model/from"), ("grpo", "/model/policy"), ("ppo", "/model/actor")]
         .into_iter()
         .filter(|(stage, _)| run.join(stage).join("final/config.json").exists())
-        .find_map(|(stage, key)| table.get(stage)?.get("model")?.get(key)?.as_str().map(PathBuf::from));
+        .find_map(|(stage, key)| toml_pointer(table.get(stage)?, key)?.as_str().map(PathBuf::from));
     start.with_context(|| format!("{}: no sft/final and no aligned stage's starting model in pipeline.toml to compare with", run.display()))
+}
+
+/// The value at a `/a/b/c` path of tables.
+fn toml_pointer<'a>(value: &'a toml::Value, pointer: &str) -> Option<&'a toml::Value> {
+    pointer.split('/').filter(|k| !k.is_empty()).try_fold(value, |v, k| v.get(k))
 }
 
 fn pipeline_table(run: &Path) -> anyhow::Result<toml::Table> {
@@ -97,12 +94,13 @@ fn pipeline_table(run: &Path) -> anyhow::Result<toml::Table> {
     toml::from_str(&text).with_context(|| format!("{}", path.display()))
 }
 
-/// The reward sources eval scores by: `[[eval.rewards]]`, else the run's `[[grpo.rewards]]`.
-fn eval_rewards(run: &Path, cfg: &EvalConfig) -> anyhow::Result<Vec<RewardSpec>> {
+/// The reward sources eval scores by: `[[eval.rewards]]`, else the run's `[[grpo.rewards]]`
+/// (`table`: RUN/pipeline.toml).
+fn eval_rewards(run: &Path, table: &toml::Table, cfg: &EvalConfig) -> anyhow::Result<Vec<RewardSpec>> {
     if !cfg.rewards.is_empty() {
         return Ok(cfg.rewards.clone());
     }
-    match pipeline_table(run)?.get("grpo").and_then(|g| g.get("rewards")) {
+    match table.get("grpo").and_then(|g| g.get("rewards")) {
         Some(r) => r.clone().try_into().with_context(|| format!("{}: [[grpo.rewards]]", run.join("pipeline.toml").display())),
         None => Ok(Vec::new()),
     }
@@ -113,7 +111,8 @@ fn eval_rewards(run: &Path, cfg: &EvalConfig) -> anyhow::Result<Vec<RewardSpec>>
 /// by the reward model when the run has one, and by the reward sources ([`eval_rewards`]); writes
 /// and returns `eval.json`'s content.
 pub fn evaluate_run<B: Backend>(run: &Path, cfg: &EvalConfig, device: &B::Device) -> anyhow::Result<serde_json::Value> {
-    let (sft_dir, rm_dir) = (baseline_dir(run)?, run.join("reward/final"));
+    let table = pipeline_table(run)?;
+    let (sft_dir, rm_dir) = (baseline_dir(run, &table)?, run.join("reward/final"));
     let aligned = aligned_policies(run);
     if aligned.is_empty() {
         anyhow::bail!("{}: no aligned policy to evaluate (dpo/, grpo/ or ppo/final)", run.display());
@@ -125,7 +124,7 @@ pub fn evaluate_run<B: Backend>(run: &Path, cfg: &EvalConfig, device: &B::Device
         true => Some((RewardModel::<B>::from_dir(&rm_dir, device)?.for_inference(cfg.precision), RewardInfo::load(&rm_dir)?.map(|i| i.normalization.std))),
         false => None,
     };
-    let specs = eval_rewards(run, cfg)?;
+    let specs = eval_rewards(run, &table, cfg)?;
     let names = reward_names(&specs);
     let mut sources = match specs.is_empty() {
         true => None,
@@ -159,6 +158,13 @@ pub fn evaluate_run<B: Backend>(run: &Path, cfg: &EvalConfig, device: &B::Device
     if cfg.greedy {
         result["greedy"] = json!({ "sft": greedy(&sft, sources.as_mut())? });
     }
+    let vote = |policy: &CausalLm<B>| -> anyhow::Result<Option<serde_json::Value>> {
+        cfg.vote.as_ref().map(|v| Ok(serde_json::to_value(vote_accuracy(policy, &prompts, v, cfg, &tok, &stop, pad, device)?)?)).transpose()
+    };
+    if let Some(v) = vote(&sft)? {
+        let settings = cfg.vote.as_ref().expect("a vote was taken");
+        result["vote"] = json!({ "samples": settings.samples, "extract": settings.extract.to_string(), "sft": v });
+    }
     let mut within_bound = true;
     let mut rows: Vec<serde_json::Value> = sft_scored.iter().map(|a| json!({ "prompt": a.prompt, "sft": a.response, "sft_rm": a.rm_score, "sft_oracle": a.oracle })).collect();
     for name in &aligned {
@@ -169,6 +175,9 @@ pub fn evaluate_run<B: Backend>(run: &Path, cfg: &EvalConfig, device: &B::Device
         result[*name] = serde_json::to_value(&summary)?;
         if cfg.greedy {
             result["greedy"][*name] = greedy(&policy, sources.as_mut())?;
+        }
+        if let Some(v) = vote(&policy)? {
+            result["vote"][*name] = v;
         }
         if rm.is_some() {
             result[format!("win_rate_{name}_vs_sft")] = json!(win_rate(&scored, &sft_scored));
@@ -193,7 +202,7 @@ pub fn summary_line(v: &serde_json::Value) -> String {
     policies
         .iter()
         .map(|p| {
-            let name = p.to_uppercase();
+            let name = crate::report::policy_label(p);
             let mut parts = Vec::new();
             if v.pointer("/sft/oracle_score").is_some_and(|x| !x.is_null()) {
                 parts.push(format!("oracle SFT {} → {name} {}", f("/sft/oracle_score"), f(&format!("/{p}/oracle_score"))));
@@ -202,6 +211,16 @@ pub fn summary_line(v: &serde_json::Value) -> String {
                 for source in rewards.keys() {
                     parts.push(format!("{source} SFT {} → {name} {}", f(&format!("/sft/rewards/{source}")), f(&format!("/{p}/rewards/{source}"))));
                 }
+            }
+            if v.pointer("/vote/sft").is_some() {
+                let k = v.pointer("/vote/samples").and_then(|x| x.as_u64()).unwrap_or(0);
+                parts.push(format!(
+                    "right answers by a {k}-sample majority SFT {} → {name} {} (single samples {} → {})",
+                    f("/vote/sft/voted_right"),
+                    f(&format!("/vote/{p}/voted_right")),
+                    f("/vote/sft/single_sample_right"),
+                    f(&format!("/vote/{p}/single_sample_right"))
+                ));
             }
             let mut line = parts.join("; ");
             if v.get("rm").is_some() {

@@ -219,7 +219,7 @@ pub fn judge_run<B: rlhf_runtime::Backend>(run: &Path, eval: &EvalConfig, cfg: &
     };
     let policy = *rlhf_eval::aligned_policies(run).last().ok_or_else(|| anyhow::anyhow!("{}: no aligned policy to judge (dpo/, grpo/ or ppo/final)", run.display()))?;
     let mut verdict = judge(&run.join(policy).join("final"), &run.join("sft/final"), &questions, &client, cfg.judge_max_tokens, &run.join("judge"), &answer)?;
-    verdict["policy"] = Value::String(policy.to_uppercase());
+    verdict["policy"] = Value::String(crate::report::policy_label(policy));
     Ok(verdict)
 }
 

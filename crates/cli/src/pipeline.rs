@@ -422,7 +422,7 @@ mod tests {
     fn stages_are_ordered_and_complete_by_their_marker() {
         assert!(Stage::Sft < Stage::Reward && Stage::Reward < Stage::Dpo && Stage::Dpo < Stage::Grpo && Stage::Grpo < Stage::Ppo && Stage::Ppo < Stage::Eval);
         let training: Vec<Stage> = Stage::all().filter(|s| s.is_training()).collect();
-        assert_eq!(training, vec![Stage::Pretrain, Stage::Sft, Stage::Reward, Stage::Dpo, Stage::Grpo, Stage::Ppo]);
+        assert_eq!(training, vec![Stage::Pretrain, Stage::Sft, Stage::SelfImprove, Stage::Reward, Stage::Dpo, Stage::Grpo, Stage::Ppo]);
         let out = Path::new("/r");
         assert_eq!(Stage::Ppo.output(out), (PathBuf::from("/r/ppo"), PathBuf::from("/r/ppo/final/config.json")));
         assert_eq!(Stage::Data.output(out).1, PathBuf::from("/r/data/manifest.json"));

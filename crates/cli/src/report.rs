@@ -214,6 +214,51 @@ fn iteration_times(md: &mut String, rows: &[Value]) {
     );
 }
 
+/// How a policy (a stage's folder name) is called in tables.
+pub(crate) fn policy_label(p: &str) -> String {
+    match p {
+        "self_improve" => "Self-improved".into(),
+        p => p.to_uppercase(),
+    }
+}
+
+/// What the self-improvement stage kept of its votes, and its SFT loss.
+fn self_improve_section(md: &mut String, s: &Value, rows: &[Value], plots: &Path) -> anyhow::Result<()> {
+    let n = |k: &str| s[k].as_u64().unwrap_or(0);
+    let pct = |k: &str| s[k].as_f64().map_or("n/a".to_string(), |x| format!("{:.1}%", 100.0 * x));
+    md.push_str("## Self-improvement\n\n");
+    let _ = writeln!(
+        md,
+        "The model voted on {} questions: {} kept ({} distinct reasoning paths written as SFT data), {} dropped for a majority below the agreement bar, {} with no extractable answer, {} too long. Mean agreement {}.",
+        n("questions"),
+        n("kept"),
+        n("paths"),
+        n("dropped_low_agreement"),
+        n("dropped_no_answer"),
+        n("too_long"),
+        f(s["mean_agreement"].as_f64())
+    );
+    if n("labeled") > 0 {
+        let _ = writeln!(
+            md,
+            "Against the {} records that carry an answer (never used to choose): single samples right {}, the majority right {}, the kept majorities (what was trained on) right {}.",
+            n("labeled"),
+            pct("single_sample_right"),
+            pct("voted_right"),
+            pct("kept_right")
+        );
+    }
+    if !rows.is_empty() {
+        use rlhf_train::metrics::{first_value as first, last_value as last};
+        let _ = writeln!(md, "SFT on the voted paths: loss {} → {}, held-out loss {}.", f(first(rows, "loss")), f(last(rows, "loss")), f(last(rows, "eval_loss")));
+        let panels = [("self-improvement SFT loss", "step", vec![("train".to_string(), series(rows, "step", "loss")), ("held-out".to_string(), series(rows, "step", "eval_loss"))])];
+        line_chart(&plots.join("self_improve_loss.png"), 1, &panels)?;
+        md.push_str("\n![self-improvement SFT loss](plots/self_improve_loss.png)\n");
+    }
+    md.push('\n');
+    Ok(())
+}
+
 pub fn write_report(run: &Path, samples: usize) -> anyhow::Result<()> {
     let plots = run.join("plots");
     std::fs::create_dir_all(&plots).with_context(|| format!("creating {}", plots.display()))?;
@@ -238,7 +283,7 @@ pub fn write_report(run: &Path, samples: usize) -> anyhow::Result<()> {
             e["prompts"], e["samples_per_prompt"], e["temperature"]
         );
         let policies: Vec<String> = e["policies"].as_array().map(|a| a.iter().filter_map(|p| p.as_str().map(String::from)).collect()).unwrap_or_else(|| vec!["ppo".into()]);
-        let upper: Vec<String> = policies.iter().map(|p| p.to_uppercase()).collect();
+        let upper: Vec<String> = policies.iter().map(|p| policy_label(p)).collect();
         let _ = writeln!(md, "| | SFT | {} |\n|---|---|{}", upper.join(" | "), "---|".repeat(policies.len()));
         let row = |md: &mut String, label: &str, path: &dyn Fn(&str) -> String, sft: Option<String>| {
             let cells: Vec<String> = policies.iter().map(|p| f(g(&path(p)))).collect();
@@ -275,8 +320,13 @@ pub fn write_report(run: &Path, samples: usize) -> anyhow::Result<()> {
                 row(&mut md, "greedy: RM score", &|p| format!("/greedy/{p}/rm_score"), None);
             }
         }
+        if let Some(k) = e.pointer("/vote/samples").and_then(Value::as_u64) {
+            row(&mut md, &format!("majority of {k} samples: right answer (share)"), &|p| format!("/vote/{p}/voted_right"), None);
+            row(&mut md, &format!("those {k} samples one by one: right (share)"), &|p| format!("/vote/{p}/single_sample_right"), None);
+            row(&mut md, "the majority's share of the votes (mean)", &|p| format!("/vote/{p}/mean_agreement"), None);
+        }
         if has_rm {
-            let wins: Vec<String> = policies.iter().map(|p| format!("{} **{}**", p.to_uppercase(), f(g(&format!("/win_rate_{p}_vs_sft"))))).collect();
+            let wins: Vec<String> = policies.iter().map(|p| format!("{} **{}**", policy_label(p), f(g(&format!("/win_rate_{p}_vs_sft"))))).collect();
             let _ = writeln!(md, "\nRM win rate over SFT: {}. Reward model held-out pairwise accuracy: **{}**.", wins.join(", "), f(g("/rm/pairwise_acc")));
         } else if has_oracle {
             md.push_str("\nNo reward model in this run: the oracle (where the prompts are the demo's) is the judge.\n");
@@ -321,6 +371,10 @@ pub fn write_report(run: &Path, samples: usize) -> anyhow::Result<()> {
         }
         line_chart(&plots.join("sft_loss.png"), panels.len(), &panels)?;
         md.push_str("\n![SFT loss](plots/sft_loss.png)\n\n");
+    }
+
+    if let Some(summary) = std::fs::read_to_string(run.join("self_improve/voted.jsonl.summary.json")).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok()) {
+        self_improve_section(&mut md, &summary, &read_rows(&run.join("self_improve/metrics.jsonl")), &plots)?;
     }
 
     if !rm.is_empty() {
@@ -437,7 +491,7 @@ pub fn write_report(run: &Path, samples: usize) -> anyhow::Result<()> {
         let rows: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
         if !rows.is_empty() {
             let policies: Vec<&str> = rlhf_eval::ALIGNED.into_iter().filter(|p| rows[0].get(*p).is_some()).collect();
-            let upper: Vec<String> = policies.iter().map(|p| p.to_uppercase()).collect();
+            let upper: Vec<String> = policies.iter().map(|p| policy_label(p)).collect();
             let _ = writeln!(md, "## Sample responses on held-out prompts\n\n| prompt | SFT | {} |\n|---|---|{}", upper.join(" | "), "---|".repeat(policies.len()));
             // Spread the picks over the set (samples of one prompt are adjacent).
             let stride = (rows.len() / samples.max(1)).max(1);

@@ -19,6 +19,9 @@ pub enum Stage {
     Data,
     Pretrain,
     Sft,
+    #[serde(rename = "self_improve")]
+    #[value(name = "self_improve")]
+    SelfImprove,
     Reward,
     Dpo,
     Grpo,
@@ -38,6 +41,7 @@ impl Stage {
             Stage::Data => "data",
             Stage::Pretrain => "pretrain",
             Stage::Sft => "sft",
+            Stage::SelfImprove => "self_improve",
             Stage::Reward => "reward",
             Stage::Dpo => "dpo",
             Stage::Grpo => "grpo",
@@ -139,6 +143,17 @@ impl DataSection {
     }
 }
 
+/// `[self_improve]`: the model of `[self_improve.sft.model] from` answers `[self_improve.vote]`'s
+/// questions K times each; the reasoning paths that reach a clear majority are written to
+/// `DIR/self_improve/voted.jsonl` (ColossalChat SFT data), and `[self_improve.sft]` — the SFT
+/// stage's config, its `data.train` that file — trains the same model on them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelfImproveSection {
+    pub vote: rlhf_eval::SelfImproveConfig,
+    pub sft: SftConfig,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReportConfig {
@@ -163,6 +178,8 @@ pub struct PipelineConfig {
     pub pretrain: Option<SftConfig>,
     #[serde(default)]
     pub sft: Option<SftConfig>,
+    #[serde(default)]
+    pub self_improve: Option<SelfImproveSection>,
     #[serde(default)]
     pub reward: Option<RewardConfig>,
     #[serde(default)]

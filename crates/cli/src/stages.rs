@@ -37,6 +37,7 @@ impl Stage {
         Some(match self {
             Stage::Pretrain => visit.visit::<Pretrain>(),
             Stage::Sft => visit.visit::<Sft>(),
+            Stage::SelfImprove => visit.visit::<SelfImprove>(),
             Stage::Reward => visit.visit::<Reward>(),
             Stage::Dpo => visit.visit::<Dpo>(),
             Stage::Grpo => visit.visit::<Grpo>(),
@@ -89,6 +90,7 @@ fn fmt_opt(v: Option<f64>) -> String {
 
 pub struct Pretrain;
 pub struct Sft;
+pub struct SelfImprove;
 pub struct Reward;
 pub struct Dpo;
 pub struct Grpo;
@@ -121,6 +123,36 @@ macro_rules! sft_stage {
 
 sft_stage!(Pretrain, pretrain);
 sft_stage!(Sft, sft);
+
+/// Self-improvement: the SFT binary's code, on the paths the model's own majority vote chose.
+impl TrainingStage for SelfImprove {
+    type Config = crate::sections::SelfImproveSection;
+    fn section(cfg: &PipelineConfig) -> Option<&Self::Config> {
+        cfg.self_improve.as_ref()
+    }
+    fn precision(c: &Self::Config) -> Precision {
+        c.sft.precision
+    }
+    fn memory_plan(c: &Self::Config, shape_of: ShapeOf) -> anyhow::Result<MemoryPlan> {
+        rlhf_sft::memory_plan(&c.sft, shape_of)
+    }
+    fn output_shape(c: &Self::Config, shape_of: ShapeOf) -> anyhow::Result<TransformerConfig> {
+        rlhf_sft::starting_shape(&c.sft, shape_of)
+    }
+    fn run<B: AutodiffBackend>(c: &Self::Config, dir: &Path, resume: bool, device: &B::Device) -> anyhow::Result<String> {
+        let model = c.sft.model.from.as_ref().ok_or_else(|| anyhow::anyhow!("[self_improve.sft.model] from: the model that votes and is then trained on its votes"))?;
+        let voted = dir.join("voted.jsonl");
+        if c.sft.data.train != voted {
+            anyhow::bail!("[self_improve.sft.data] train = {:?}: it must be {:?}, the voted paths this stage writes", c.sft.data.train, voted);
+        }
+        let summary = rlhf_eval::self_improve::<B::InnerBackend>(model, &c.vote, c.sft.precision, &voted, device)?;
+        if summary.paths == 0 {
+            anyhow::bail!("no question reached min_agreement {}: nothing to train on ({})", c.vote.min_agreement, rlhf_eval::self_improve::summary_line(&summary));
+        }
+        rlhf_sft::run::<B>(&c.sft, dir, resume, device)?;
+        Ok(format!("{}; SFT loss {}", rlhf_eval::self_improve::summary_line(&summary), fmt_opt(last_metric(dir, "loss"))))
+    }
+}
 
 impl TrainingStage for Reward {
     type Config = rlhf_reward::RewardConfig;

@@ -9,6 +9,6 @@ pub mod ranking;
 pub mod self_improve;
 
 pub use answers::{sample_answers, AnswerSampling};
-pub use policy::{aligned_policies, read_eval_prompts, ALIGNED, rm_pairwise_acc, sample_and_score, summarize, win_rate, EvalConfig, JudgeConfig, OracleParts, PolicyScores, Scored};
+pub use policy::{aligned_policies, read_eval_prompts, ALIGNED, rm_pairwise_acc, sample_and_score, summarize, vote_accuracy, win_rate, EvalConfig, JudgeConfig, OracleParts, PolicyScores, Scored, VoteEval};
 pub use ranking::{ranking_stats, RankingStats};
-pub use self_improve::{self_improve, SelfImproveConfig, SelfImproveSummary};
+pub use self_improve::{self_improve, SelfImproveConfig, SelfImproveSummary, VoteScores};

@@ -56,6 +56,36 @@ pub struct EvalConfig {
     /// `rewards`. Default: the critic-free stage's own `[[grpo.rewards]]` when the run has one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rewards: Vec<rlhf_rl::rewards::RewardSpec>,
+    /// Self-consistency on the held-out prompts (`[eval.vote]`): K samples per prompt and policy,
+    /// single-sample and majority-vote accuracy in `eval.json`'s `vote`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vote: Option<VoteEval>,
+}
+
+/// `[eval.vote]`: how each policy's majority answers are measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoteEval {
+    /// Samples per prompt (K).
+    #[serde(default = "eight")]
+    pub samples: usize,
+    /// How a sample's final answer is read (`final`, `boxed`, `gsm8k`, `last_number`, `demo`,
+    /// `regex:…`).
+    #[serde(default)]
+    pub extract: rlhf_rl::Extractor,
+    /// The record field with the true answer.
+    #[serde(default = "answer_field")]
+    pub field: String,
+    /// Sampling temperature (default: `[eval] temperature`); must be above 0.
+    #[serde(default)]
+    pub temperature: Option<f64>,
+}
+
+fn eight() -> usize {
+    8
+}
+fn answer_field() -> String {
+    "answer".into()
 }
 
 fn yes() -> bool {
@@ -244,6 +274,40 @@ pub fn sample_and_score<B: Backend>(
     Ok(out)
 }
 
+/// Self-consistency of `policy` on `prompts`: `v.samples` samples per prompt (one prefill each),
+/// voted, scored against the records' answers.
+#[allow(clippy::too_many_arguments)]
+pub fn vote_accuracy<B: Backend>(
+    policy: &CausalLm<B>,
+    prompts: &[Prompt],
+    v: &VoteEval,
+    cfg: &EvalConfig,
+    tok: &Tokenizer,
+    stop_ids: &[u32],
+    pad_id: u32,
+    device: &B::Device,
+) -> anyhow::Result<crate::self_improve::VoteScores> {
+    let temperature = v.temperature.unwrap_or(cfg.temperature);
+    if !(temperature > 0.0) || v.samples == 0 {
+        anyhow::bail!("[eval.vote]: temperature {temperature} and samples {} — a vote needs samples > 0 drawn at a temperature above 0", v.samples);
+    }
+    let generation = GenerateConfig {
+        max_new_tokens: cfg.max_new_tokens,
+        sampler: Sampler::from_temperature(temperature, None),
+        stop_ids: stop_ids.to_vec(),
+        pad_id,
+        seed: None,
+    };
+    let per_chunk = (cfg.batch_size / v.samples).max(1);
+    let mut votes = Vec::with_capacity(prompts.len());
+    for (c, chunk) in prompts.chunks(per_chunk).enumerate() {
+        let ids: Vec<Vec<u32>> = chunk.iter().map(|p| p.ids.clone()).collect();
+        let samples = crate::self_improve::sample_chunk(policy, &ids, v.samples, &generation, cfg.seed, c, tok, device)?;
+        votes.extend(chunk.iter().zip(&samples).map(|(p, s)| crate::self_improve::vote_on(&v.extract, &v.field, &p.text, &p.record, s)));
+    }
+    Ok(crate::self_improve::vote_scores(&votes))
+}
+
 /// Means of scored responses; `with_kl` adds the mean log-ratio to the baseline; `reward_names`
 /// name the sources of [`Scored::rewards`].
 pub fn summarize(scored: &[Scored], with_kl: bool, reward_names: &[String]) -> PolicyScores {
@@ -291,7 +355,7 @@ pub fn win_rate(a: &[Scored], b: &[Scored]) -> f64 {
 
 /// The aligned policies a pipeline run can hold beside its SFT model, in pipeline order (each the
 /// folder of its stage).
-pub const ALIGNED: [&str; 3] = ["dpo", "grpo", "ppo"];
+pub const ALIGNED: [&str; 4] = ["self_improve", "dpo", "grpo", "ppo"];
 
 /// The aligned policies `run` holds (those whose `final/` is complete).
 pub fn aligned_policies(run: &Path) -> Vec<&'static str> {

@@ -128,6 +128,7 @@ impl SelfImproveConfig {
 /// What became of the questions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SelfImproveSummary {
+    /// Questions read (the too long included).
     pub questions: usize,
     /// Left out before sampling: longer than `max_prompt_len`.
     pub too_long: usize,
@@ -139,18 +140,92 @@ pub struct SelfImproveSummary {
     pub dropped_low_agreement: usize,
     /// SFT conversations written (distinct paths of kept questions).
     pub paths: usize,
-    /// Mean share of the majority answer over the sampled questions.
+    /// How the vote went over the sampled questions.
+    #[serde(flatten)]
+    pub votes: VoteScores,
+    /// Over labeled kept questions: the share whose majority answer (the one trained on) is right.
+    pub kept_right: Option<f64>,
+}
+
+/// Self-consistency over a set of questions: agreement, and — over the questions whose record
+/// carries the true answer — single-sample and majority accuracy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VoteScores {
+    /// Mean share of the majority answer (votes / K).
     pub mean_agreement: f64,
     /// Mean share of samples without an extractable answer.
     pub no_answer_share: f64,
-    /// Questions whose record carries `answer_field`.
+    /// Questions whose record carries the answer field.
     pub labeled: usize,
     /// Over labeled questions: the share of single samples that are right.
     pub single_sample_right: Option<f64>,
     /// Over labeled questions: the share whose majority answer is right.
     pub voted_right: Option<f64>,
-    /// Over labeled kept questions: the share whose majority answer (the one trained on) is right.
-    pub kept_right: Option<f64>,
+}
+
+/// One question's vote: the extracted answers, the majority, and — when the record carries the
+/// true answer — whether the majority and how many single samples are right.
+pub struct QuestionVote {
+    pub answers: Vec<Option<String>>,
+    pub vote: Vote,
+    pub right: Option<bool>,
+    pub right_samples: usize,
+}
+
+/// Votes on one question's `samples` (responses to `prompt`, whose record is `record`).
+pub fn vote_on(extract: &Extractor, answer_field: &str, prompt: &str, record: &Value, samples: &[String]) -> QuestionVote {
+    let answers: Vec<Option<String>> = samples.iter().map(|t| extract.answer(prompt, t)).collect();
+    let vote = majority(&answers);
+    let want = true_answer(record, answer_field);
+    let right = want.as_ref().map(|w| vote.answer.as_ref() == Some(w));
+    let right_samples = want.map_or(0, |w| answers.iter().filter(|a| a.as_deref().map(answer_key).as_ref() == Some(&w)).count());
+    QuestionVote { answers, vote, right, right_samples }
+}
+
+/// The [`VoteScores`] of a set of questions' votes.
+pub fn vote_scores<'a>(votes: impl IntoIterator<Item = &'a QuestionVote>) -> VoteScores {
+    let (mut n, mut agreement, mut unextracted) = (0usize, 0.0, 0.0);
+    let (mut labeled, mut voted_right, mut right_samples, mut labeled_samples) = (0usize, 0usize, 0usize, 0usize);
+    for q in votes {
+        n += 1;
+        agreement += q.vote.share();
+        unextracted += q.vote.no_answer as f64 / q.vote.samples.max(1) as f64;
+        if let Some(right) = q.right {
+            labeled += 1;
+            voted_right += usize::from(right);
+            right_samples += q.right_samples;
+            labeled_samples += q.vote.samples;
+        }
+    }
+    VoteScores {
+        mean_agreement: agreement / n.max(1) as f64,
+        no_answer_share: unextracted / n.max(1) as f64,
+        labeled,
+        single_sample_right: ratio(right_samples, labeled_samples),
+        voted_right: ratio(voted_right, labeled),
+    }
+}
+
+fn ratio(n: usize, d: usize) -> Option<f64> {
+    (d > 0).then(|| n as f64 / d as f64)
+}
+
+/// `k` samples (decoded, trimmed) for each of `prompts`, sharing each prompt's prefill, seeded by
+/// `seed` and the chunk's number alone (so chunk `c` draws the same whatever came before it).
+pub fn sample_chunk<B: Backend>(
+    model: &CausalLm<B>,
+    prompts: &[Vec<u32>],
+    k: usize,
+    generation: &GenerateConfig,
+    seed: u64,
+    chunk: usize,
+    tok: &Tokenizer,
+    device: &B::Device,
+) -> anyhow::Result<Vec<Vec<String>>> {
+    let cfg = GenerateConfig { seed: Some(seed.wrapping_mul(7919).wrapping_add(chunk as u64)), ..generation.clone() };
+    let generated = generate_n(model, prompts, k, &cfg, device)?.to_host();
+    let texts = generated.iter().map(|g| Ok(tok.decode(&g.new_ids, true)?.trim().to_string())).collect::<anyhow::Result<Vec<String>>>()?;
+    Ok(texts.chunks(k).map(<[String]>::to_vec).collect())
 }
 
 /// One saved chunk: the settings it was sampled with, and every question's samples.
@@ -275,10 +350,8 @@ fn sample_all<B: Backend>(
         };
         let prompts: Vec<Vec<u32>> = chunk.iter().map(|q| q.ids.clone()).collect();
         // Seeded by the chunk's number alone: a resumed run draws what an uninterrupted one does.
-        let chunk_cfg = GenerateConfig { seed: Some(cfg.seed.wrapping_mul(7919).wrapping_add(c as u64)), ..generation.clone() };
-        let generated = generate_n(model, &prompts, cfg.samples, &chunk_cfg, device)?.to_host();
-        let texts = generated.iter().map(|g| Ok(tok.decode(&g.new_ids, true)?.trim().to_string())).collect::<anyhow::Result<Vec<String>>>()?;
-        let sampled: Vec<Sampled> = chunk.iter().zip(texts.chunks(cfg.samples)).map(|(q, t)| Sampled { line: q.line, samples: t.to_vec() }).collect();
+        let texts = sample_chunk(model, &prompts, cfg.samples, &generation, cfg.seed, c, tok, device)?;
+        let sampled: Vec<Sampled> = chunk.iter().zip(texts).map(|(q, samples)| Sampled { line: q.line, samples }).collect();
         rlhf_files::write_atomic(&path, serde_json::to_string(&Chunk { settings: settings.clone(), questions: sampled.clone() })?)?;
         all.extend(sampled.into_iter().map(|s| s.samples));
         drawn += 1;
@@ -337,38 +410,25 @@ fn weights_stamp(dir: &Path) -> anyhow::Result<Vec<Value>> {
 /// The vote on every question, the SFT records of the kept ones and the summary.
 fn vote_and_select(cfg: &SelfImproveConfig, questions: &[Question], samples: &[Vec<String>], too_long: usize) -> (Vec<Value>, SelfImproveSummary) {
     let mut records = Vec::new();
-    let (mut kept, mut no_answer, mut low) = (0, 0, 0);
-    let (mut agreement, mut unextracted) = (0.0, 0.0);
-    let (mut labeled, mut single_right, mut single_total, mut voted_right, mut kept_labeled, mut kept_right) = (0, 0, 0, 0, 0, 0);
+    let (mut kept, mut no_answer, mut low, mut kept_labeled, mut kept_right) = (0, 0, 0, 0, 0);
+    let mut votes = Vec::with_capacity(questions.len());
     for (q, texts) in questions.iter().zip(samples) {
         let prompt = q.messages.iter().rev().find(|m| m.role == "user").map_or("", |m| m.content.as_str());
-        let answers: Vec<Option<String>> = texts.iter().map(|t| cfg.extract.answer(prompt, t)).collect();
-        let vote = majority(&answers);
-        agreement += vote.share();
-        unextracted += vote.no_answer as f64 / vote.samples.max(1) as f64;
-        let keep = vote.answer.is_some() && vote.share() >= cfg.min_agreement;
-        if let Some(want) = true_answer(&q.record, &cfg.answer_field) {
-            labeled += 1;
-            single_total += answers.len();
-            single_right += answers.iter().filter(|a| a.as_deref().map(answer_key).as_ref() == Some(&want)).count();
-            let right = vote.answer.as_ref() == Some(&want);
-            voted_right += usize::from(right);
-            if keep {
-                kept_labeled += 1;
-                kept_right += usize::from(right);
-            }
-        }
-        match (&vote.answer, keep) {
-            (None, _) => no_answer += 1,
-            (Some(_), false) => low += 1,
-            (Some(_), true) => {
+        let v = vote_on(&cfg.extract, &cfg.answer_field, prompt, &q.record, texts);
+        match &v.vote.answer {
+            None => no_answer += 1,
+            Some(_) if v.vote.share() < cfg.min_agreement => low += 1,
+            Some(_) => {
                 kept += 1;
-                records.extend(paths(&vote, &answers, texts, cfg.paths_per_question).into_iter().map(|path| sft_record(&q.messages, path)));
+                if let Some(right) = v.right {
+                    kept_labeled += 1;
+                    kept_right += usize::from(right);
+                }
+                records.extend(paths(&v.vote, &v.answers, texts, cfg.paths_per_question).into_iter().map(|path| sft_record(&q.messages, path)));
             }
         }
+        votes.push(v);
     }
-    let sampled = questions.len().max(1) as f64;
-    let ratio = |n: usize, d: usize| (d > 0).then(|| n as f64 / d as f64);
     let summary = SelfImproveSummary {
         questions: questions.len() + too_long,
         too_long,
@@ -376,11 +436,7 @@ fn vote_and_select(cfg: &SelfImproveConfig, questions: &[Question], samples: &[V
         dropped_no_answer: no_answer,
         dropped_low_agreement: low,
         paths: records.len(),
-        mean_agreement: agreement / sampled,
-        no_answer_share: unextracted / sampled,
-        labeled,
-        single_sample_right: ratio(single_right, single_total),
-        voted_right: ratio(voted_right, labeled),
+        votes: vote_scores(&votes),
         kept_right: ratio(kept_right, kept_labeled),
     };
     (records, summary)
@@ -427,10 +483,10 @@ pub fn summary_line(s: &SelfImproveSummary) -> String {
         s.dropped_no_answer,
         s.dropped_low_agreement,
         s.too_long,
-        s.mean_agreement,
-        s.labeled,
-        pct(s.single_sample_right),
-        pct(s.voted_right),
+        s.votes.mean_agreement,
+        s.votes.labeled,
+        pct(s.votes.single_sample_right),
+        pct(s.votes.voted_right),
         pct(s.kept_right)
     )
 }
@@ -472,9 +528,9 @@ mod tests {
         assert_eq!(records[0]["messages"][0], json!({ "from": "user", "content": "question 1" }));
         assert_eq!(records[0]["messages"][1]["from"], "assistant");
         assert_eq!((s.questions, s.too_long, s.kept, s.dropped_no_answer, s.dropped_low_agreement, s.paths), (5, 1, 2, 1, 1, 3));
-        assert_eq!((s.mean_agreement, s.no_answer_share, s.labeled), (0.4375, 0.3125, 3));
-        assert_eq!(s.single_sample_right, Some(7.0 / 12.0));
-        assert_eq!(s.voted_right, Some(2.0 / 3.0));
+        assert_eq!((s.votes.mean_agreement, s.votes.no_answer_share, s.votes.labeled), (0.4375, 0.3125, 3));
+        assert_eq!(s.votes.single_sample_right, Some(7.0 / 12.0));
+        assert_eq!(s.votes.voted_right, Some(2.0 / 3.0));
         assert_eq!(s.kept_right, Some(1.0));
     }
 
