@@ -292,12 +292,13 @@ fn every_pipeline_config_loads_validates_and_plans() {
             true => vec!["sft.model.from=\"configs/shapes/qwen2.5-0.5b\"".into()],
             false => vec![],
         };
-        // A GRPO recipe for a downloaded model (configs/pipeline/smollm2_grpo.toml) names a folder
-        // that a clean checkout does not have: plan it with a real shape too.
-        let table: toml::Table = toml::from_str(&text).unwrap();
-        if let Some(policy) = table.get("grpo").and_then(|g| g.get("model")?.get("policy")?.as_str()) {
-            if !policy.contains("{run}") && !Path::new(policy).exists() {
-                sets.push("grpo.model.policy=\"configs/shapes/qwen2.5-0.5b\"".into());
+        // A recipe for a downloaded model (configs/pipeline/smollm2_*.toml) names a folder that a
+        // clean checkout does not have: plan it with a real shape too.
+        let table: toml::Value = toml::from_str(&text).unwrap();
+        for key in ["grpo.model.policy", "self_improve.sft.model.from"] {
+            let folder = key.split('.').try_fold(&table, |v, k| v.get(k)).and_then(toml::Value::as_str);
+            if folder.is_some_and(|f| !f.contains("{run}") && !Path::new(f).exists()) {
+                sets.push(format!("{key}=\"configs/shapes/qwen2.5-0.5b\""));
             }
         }
         let (cfg, _, _) = rlhf_cli::pipeline::load(&path, &sets, None, out).unwrap_or_else(|e| panic!("{e:#}"));
@@ -312,6 +313,10 @@ fn every_pipeline_config_loads_validates_and_plans() {
         }
         if let Some(grpo) = &cfg.grpo {
             grpo.validate().unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        }
+        if let Some(si) = &cfg.self_improve {
+            si.vote.validate().unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            si.sft.train.validate().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         }
         let plans = rlhf_cli::pipeline::memory_plans(&cfg, out).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
         assert!(!plans.is_empty(), "{}: no stage planned", path.display());

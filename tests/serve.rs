@@ -104,6 +104,23 @@ fn completions_plain_streamed_and_with_n_follow_openai() {
     }
     assert!(many[0] != many[1] || many[1] != many[2], "three draws at temperature 0.9 all equal: {many:?}");
 
+    // With our `vote` field: the same three choices, and the majority of their last characters.
+    let mut voted = body.clone();
+    voted["n"] = json!(3);
+    voted["vote"] = json!(r"regex:(\S)\s*$");
+    let answer = chat(&s.url, voted);
+    assert_eq!(contents(&answer), many);
+    let v = &answer["vote"];
+    let extract: rlhf_rl::Extractor = r"regex:(\S)\s*$".parse().unwrap();
+    let last = |t: &str| extract.answer("", t).map(|a| rlhf_rl::answer_key(&a)).filter(|k| !k.is_empty());
+    let want = rlhf_rl::majority(&many.iter().map(|t| last(t)).collect::<Vec<_>>());
+    assert_eq!(v["answer"].as_str(), want.answer.as_deref(), "{v}");
+    assert_eq!(v["index"].as_u64().map(|i| i as usize), want.path, "{v}");
+    let index = want.path.expect("some choice has a visible character");
+    assert_eq!(v["answer"].as_str().map(String::from), last(&many[index]), "{v}");
+    let agreeing = many.iter().filter(|t| last(t).as_deref() == v["answer"].as_str()).count();
+    assert_eq!((v["votes"].as_u64().unwrap() as usize, v["samples"].as_u64()), (agreeing, Some(3)), "{v}");
+
     // A stop string cuts the text before it, with finish_reason "stop".
     let greedy = json!({ "model": "tiny", "messages": [{ "role": "user", "content": "Tell me a story." }], "max_tokens": 24, "temperature": 0 });
     let full = contents(&chat(&s.url, greedy.clone())).remove(0);

@@ -131,6 +131,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         pad_id,
         seed: Some(args.seed),
     };
+    if args.vote.is_some() && tokenizer.is_none() {
+        bail!("{}: --vote reads answers from text; the folder has no tokenizer.json", args.model.display());
+    }
     let outputs = dispatch(args.runtime, Inference(GenerateTask { args: &args, prompts: prompts.clone(), cfg }))??;
     let decode = |ids: &[u32]| -> anyhow::Result<String> {
         Ok(match &tokenizer {
@@ -149,9 +152,6 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     };
-    if tokenizer.is_none() {
-        bail!("{}: --vote reads answers from text; the folder has no tokenizer.json", args.model.display());
-    }
     for ((i, prompt), samples) in prompts.iter().enumerate().zip(outputs.chunks(k)) {
         let texts = samples.iter().map(|s| Ok(decode(&s.new_ids)?.trim().to_string())).collect::<anyhow::Result<Vec<_>>>()?;
         // The demo extractor reads the question; --prompt-ids has no text of it.

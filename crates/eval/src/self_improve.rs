@@ -14,8 +14,8 @@ use anyhow::{bail, Context};
 use rlhf_data::encode::encode_prompt;
 use rlhf_data::{load, BuiltinTemplate, ChatFormat, Encoded, Format, Kind, LoadOptions, Message, Record, Tokenizer};
 use rlhf_model::{generate_n, CausalLm, GenerateConfig, Sampler, TransformerConfig};
-use rlhf_rl::verifiers::final_answer;
-use rlhf_rl::vote::{answer_key, majority, Extractor, Vote};
+use rlhf_rl::verifiers::{final_answer, Extractor};
+use rlhf_rl::vote::{answer_key, majority, Vote};
 use rlhf_runtime::{Backend, Precision};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -100,7 +100,8 @@ impl SelfImproveConfig {
         serde_json::from_value(json!({ "prompts": prompts.into() })).expect("every other field has a default")
     }
 
-    fn check(&self) -> anyhow::Result<()> {
+    /// Settings out of range are errors.
+    pub fn validate(&self) -> anyhow::Result<()> {
         if self.samples == 0 {
             bail!("samples must be at least 1");
         }
@@ -263,7 +264,7 @@ pub fn summary_path(out: &Path) -> PathBuf {
 /// Samples, votes and writes the SFT data `out` (ColossalChat JSONL) from the model in `model_dir`,
 /// with its summary beside it (`OUT.summary.json`).
 pub fn self_improve<B: Backend>(model_dir: &Path, cfg: &SelfImproveConfig, precision: Precision, out: &Path, device: &B::Device) -> anyhow::Result<SelfImproveSummary> {
-    cfg.check()?;
+    cfg.validate()?;
     let tok = Tokenizer::from_dir(model_dir)?;
     let fmt = ChatFormat::resolve(&tok, cfg.template)?;
     let config = TransformerConfig::from_hf_dir(model_dir)?;
@@ -547,10 +548,10 @@ mod tests {
     #[test]
     fn settings_out_of_range_are_errors() {
         let base = SelfImproveConfig::for_prompts("p.jsonl");
-        assert!(SelfImproveConfig { temperature: 0.0, ..base.clone() }.check().unwrap_err().to_string().contains("temperature"));
-        assert!(SelfImproveConfig { min_agreement: 1.5, ..base.clone() }.check().is_err());
-        assert!(SelfImproveConfig { samples: 0, ..base.clone() }.check().is_err());
-        assert!(base.check().is_ok());
+        assert!(SelfImproveConfig { temperature: 0.0, ..base.clone() }.validate().unwrap_err().to_string().contains("temperature"));
+        assert!(SelfImproveConfig { min_agreement: 1.5, ..base.clone() }.validate().is_err());
+        assert!(SelfImproveConfig { samples: 0, ..base.clone() }.validate().is_err());
+        assert!(base.validate().is_ok());
         assert_eq!(SelfImproveConfig { samples: 8, batch_size: 64, ..base.clone() }.chunk_questions(), 8);
         assert_eq!(SelfImproveConfig { samples: 16, batch_size: 8, ..base }.chunk_questions(), 1);
     }

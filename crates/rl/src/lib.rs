@@ -27,4 +27,5 @@ pub use kl::{kl_per_token, KlEstimator};
 pub use loss::{aggregate, clipped_policy_loss, Clip, LossAggregation, StepCounts};
 pub use rewards::{RewardInput, RewardKind, RewardSources, RewardSpec, RewardTable};
 pub use rollout::{sample, sequence_log_probs, Sampled};
-pub use vote::{answer_key, majority, Extractor, Vote};
+pub use verifiers::Extractor;
+pub use vote::{answer_key, majority, Vote};

@@ -53,13 +53,13 @@ pub enum OraclePart {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RewardKind {
     /// 1 when the final answer (`\boxed{}` or `####`; with `extract = "last_number"`, the
-    /// response's last number; any [`Extractor`](crate::vote::Extractor)) equals the record's
+    /// response's last number; any [`Extractor`](crate::verifiers::Extractor)) equals the record's
     /// `field` as a number.
     MathAnswer {
         #[serde(default = "answer_field")]
         field: String,
         #[serde(default)]
-        extract: crate::vote::Extractor,
+        extract: crate::verifiers::Extractor,
     },
     /// 1 when the trimmed response equals the record's `field`.
     Exact {
@@ -277,7 +277,7 @@ enum Scorer<B: Backend> {
 
 /// A rule-based source, its patterns compiled.
 enum Rule {
-    MathAnswer(String, crate::vote::Extractor),
+    MathAnswer(String, crate::verifiers::Extractor),
     Exact(String),
     Contains(String),
     Regex(regex::Regex),
@@ -527,7 +527,7 @@ mod tests {
             { "type": "math_answer", "field": "solution" },
         ]))
         .unwrap();
-        assert_eq!(specs[0], RewardSpec { name: None, weight: 1.0, kind: RewardKind::MathAnswer { field: "answer".into(), extract: crate::vote::Extractor::Final } });
+        assert_eq!(specs[0], RewardSpec { name: None, weight: 1.0, kind: RewardKind::MathAnswer { field: "answer".into(), extract: crate::verifiers::Extractor::Final } });
         assert_eq!(specs[1].weight, 0.5);
         assert_eq!(reward_names(&specs), vec!["math_answer", "form", "math_answer_2"]);
         let round_trip: Vec<RewardSpec> = serde_json::from_value(serde_json::to_value(&specs).unwrap()).unwrap();
@@ -544,8 +544,8 @@ mod tests {
         let q = prompt("Something else", json!({ "prompt": "Something else" }));
         let x = |prompt, response| RewardInput { prompt, response, tokens: &[] };
         assert_eq!(Rule::Contains("answer".into()).score(&x(&p, "3 plus 5 is 8.")), Some(1.0));
-        assert_eq!(Rule::MathAnswer("answer".into(), crate::vote::Extractor::Final).score(&x(&p, "so #### 8")), Some(1.0));
-        assert_eq!(Rule::MathAnswer("answer".into(), crate::vote::Extractor::Final).score(&x(&q, "#### 8")), None); // no answer field
+        assert_eq!(Rule::MathAnswer("answer".into(), crate::verifiers::Extractor::Final).score(&x(&p, "so #### 8")), Some(1.0));
+        assert_eq!(Rule::MathAnswer("answer".into(), crate::verifiers::Extractor::Final).score(&x(&q, "#### 8")), None); // no answer field
         assert_eq!(Rule::Oracle(OraclePart::Total).score(&x(&p, "3 plus 5 is 8.")), Some(2.0));
         assert_eq!(Rule::Oracle(OraclePart::Correct).score(&x(&p, "3 plus 5 is 9.")), Some(0.0));
         assert_eq!(Rule::Oracle(OraclePart::Total).score(&x(&q, "hi")), None); // not a demo prompt

@@ -11,7 +11,8 @@
 //! | `overlong` | DAPO's soft overlong penalty: 0 up to `max_len − buffer` tokens, then falling linearly to −1 at `max_len`, −1 beyond |
 //! | `repetition` | −(1 − distinct n-grams / n-grams) of the response's tokens: 0 without repeats |
 
-use crate::vote::Extractor;
+use std::fmt;
+use std::str::FromStr;
 
 /// The final answer of a math response: the content of its last `\boxed{…}` (braces nested), else
 /// the rest of the line after its last `####`.
@@ -43,6 +44,95 @@ pub fn gsm8k_answer(text: &str) -> Option<String> {
     let at = text.rfind("####")?;
     let rest = text[at + 4..].lines().next().unwrap_or("").trim();
     (!rest.is_empty()).then(|| rest.to_string())
+}
+
+/// How a response's final answer is found: `final`, `boxed`, `gsm8k`, `last_number`, `demo` or
+/// `regex:PATTERN` in configs and on the command line.
+#[derive(Debug, Clone, Default)]
+pub enum Extractor {
+    /// The last `\boxed{…}`, else what follows the last `####` (the strict form a prompt asks for).
+    #[default]
+    Final,
+    /// The content of the last `\boxed{…}` (braces nested).
+    Boxed,
+    /// The rest of the line after the last `####` (GSM8K's form).
+    Gsm8k,
+    /// The last number anywhere in the response (lenient, for answers in prose).
+    LastNumber,
+    /// The embedded demo's reading, as its oracle judges: the sum's last number, the larger
+    /// number's first, the number word named, in the form of the record's `answer` (needs the
+    /// prompt).
+    Demo,
+    /// The first capture group (else the whole match) of the pattern's last match.
+    Regex(regex::Regex),
+}
+
+impl Extractor {
+    /// The final answer of `response` to `prompt` (only `demo` reads the prompt), or None.
+    pub fn answer(&self, prompt: &str, response: &str) -> Option<String> {
+        match self {
+            Extractor::Final => final_answer(response),
+            Extractor::Boxed => last_boxed(response),
+            Extractor::Gsm8k => gsm8k_answer(response),
+            Extractor::LastNumber => last_number(response),
+            Extractor::Demo => rlhf_data::demo::stated_answer(prompt, response),
+            Extractor::Regex(pattern) => {
+                let caps = pattern.captures_iter(response).last()?;
+                let m = caps.get(1).or_else(|| caps.get(0))?;
+                Some(m.as_str().trim().to_string()).filter(|s| !s.is_empty())
+            }
+        }
+    }
+}
+
+impl FromStr for Extractor {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "final" => Extractor::Final,
+            "boxed" => Extractor::Boxed,
+            "gsm8k" => Extractor::Gsm8k,
+            "last_number" => Extractor::LastNumber,
+            "demo" => Extractor::Demo,
+            _ => match s.strip_prefix("regex:") {
+                Some(p) => Extractor::Regex(regex::Regex::new(p).map_err(|e| format!("extractor {s:?}: {e}"))?),
+                None => return Err(format!("unknown extractor {s:?} (expected final, boxed, gsm8k, last_number, demo or regex:PATTERN)")),
+            },
+        })
+    }
+}
+
+impl fmt::Display for Extractor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Extractor::Final => f.write_str("final"),
+            Extractor::Boxed => f.write_str("boxed"),
+            Extractor::Gsm8k => f.write_str("gsm8k"),
+            Extractor::LastNumber => f.write_str("last_number"),
+            Extractor::Demo => f.write_str("demo"),
+            Extractor::Regex(p) => write!(f, "regex:{}", p.as_str()),
+        }
+    }
+}
+
+impl PartialEq for Extractor {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl serde::Serialize for Extractor {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Extractor {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// The last number in `text`: digits with an optional minus sign, thousands commas and decimals

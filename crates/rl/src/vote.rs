@@ -1,108 +1,17 @@
 //! Self-consistency (Wang et al. 2022): sample a question K times, read each sample's final answer
-//! with an [`Extractor`], and take the answer most samples reach.
+//! with an [`Extractor`](crate::verifiers::Extractor), and take the answer most samples reach.
 //!
 //! Conventions (peers differ; these are ours):
 //! - answers are compared by [`answer_key`]: numbers as numbers (`72`, `72.0`, `1,234` = `1234`,
 //!   full-width digits as ASCII), other text trimmed, lower-cased, inner spaces collapsed;
-//! - a sample whose answer cannot be extracted is counted (`no_answer`), never voted;
+//! - a sample whose answer cannot be extracted (or is only punctuation) is counted (`no_answer`),
+//!   never voted;
 //! - the share is votes / all K samples, the unextractable included, so a question where 3 of 8
 //!   samples answer (all alike) has share 0.375, not 1;
 //! - a tie goes to the answer that appeared first in sample order (deterministic for a seed), and
 //!   the chosen path is the first sample that reached the winning answer.
 
-use std::fmt;
-use std::str::FromStr;
-
-use crate::verifiers::{final_answer, gsm8k_answer, last_boxed, last_number, parse_number};
-
-/// How a response's final answer is found: `final`, `boxed`, `gsm8k`, `last_number`, `demo` or
-/// `regex:PATTERN` in configs and on the command line.
-#[derive(Debug, Clone, Default)]
-pub enum Extractor {
-    /// The last `\boxed{…}`, else what follows the last `####` (the strict form a prompt asks for).
-    #[default]
-    Final,
-    /// The content of the last `\boxed{…}` (braces nested).
-    Boxed,
-    /// The rest of the line after the last `####` (GSM8K's form).
-    Gsm8k,
-    /// The last number anywhere in the response (lenient, for answers in prose).
-    LastNumber,
-    /// The embedded demo's reading, as its oracle judges: the sum's last number, the larger
-    /// number's first, the number word named, in the form of the record's `answer` (needs the
-    /// prompt).
-    Demo,
-    /// The first capture group (else the whole match) of the pattern's last match.
-    Regex(regex::Regex),
-}
-
-impl Extractor {
-    /// The final answer of `response` to `prompt` (only `demo` reads the prompt), or None.
-    pub fn answer(&self, prompt: &str, response: &str) -> Option<String> {
-        match self {
-            Extractor::Final => final_answer(response),
-            Extractor::Boxed => last_boxed(response),
-            Extractor::Gsm8k => gsm8k_answer(response),
-            Extractor::LastNumber => last_number(response),
-            Extractor::Demo => rlhf_data::demo::stated_answer(prompt, response),
-            Extractor::Regex(pattern) => {
-                let caps = pattern.captures_iter(response).last()?;
-                let m = caps.get(1).or_else(|| caps.get(0))?;
-                Some(m.as_str().trim().to_string()).filter(|s| !s.is_empty())
-            }
-        }
-    }
-}
-
-impl FromStr for Extractor {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "final" => Extractor::Final,
-            "boxed" => Extractor::Boxed,
-            "gsm8k" => Extractor::Gsm8k,
-            "last_number" => Extractor::LastNumber,
-            "demo" => Extractor::Demo,
-            _ => match s.strip_prefix("regex:") {
-                Some(p) => Extractor::Regex(regex::Regex::new(p).map_err(|e| format!("extractor {s:?}: {e}"))?),
-                None => return Err(format!("unknown extractor {s:?} (expected final, boxed, gsm8k, last_number, demo or regex:PATTERN)")),
-            },
-        })
-    }
-}
-
-impl fmt::Display for Extractor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Extractor::Final => f.write_str("final"),
-            Extractor::Boxed => f.write_str("boxed"),
-            Extractor::Gsm8k => f.write_str("gsm8k"),
-            Extractor::LastNumber => f.write_str("last_number"),
-            Extractor::Demo => f.write_str("demo"),
-            Extractor::Regex(p) => write!(f, "regex:{}", p.as_str()),
-        }
-    }
-}
-
-impl PartialEq for Extractor {
-    fn eq(&self, other: &Self) -> bool {
-        self.to_string() == other.to_string()
-    }
-}
-
-impl serde::Serialize for Extractor {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Extractor {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+use crate::verifiers::parse_number;
 
 /// What answers are compared by: a number's value written canonically (`72.0` → `72`, `-0.50` →
 /// `-0.5`), else the text trimmed of spaces and a final full stop, lower-cased, inner spaces
@@ -154,9 +63,13 @@ impl Vote {
 pub fn majority(answers: &[Option<String>]) -> Vote {
     // (key, votes, first sample), in order of first appearance.
     let mut tally: Vec<(String, usize, usize)> = Vec::new();
+    let mut no_answer = 0;
     for (i, a) in answers.iter().enumerate() {
-        let Some(a) = a else { continue };
-        let key = answer_key(a);
+        // An answer that is only punctuation ("." → "") is no answer.
+        let Some(key) = a.as_deref().map(answer_key).filter(|k| !k.is_empty()) else {
+            no_answer += 1;
+            continue;
+        };
         match tally.iter_mut().find(|(k, ..)| *k == key) {
             Some(entry) => entry.1 += 1,
             None => tally.push((key, 1, i)),
@@ -164,7 +77,6 @@ pub fn majority(answers: &[Option<String>]) -> Vote {
     }
     // A stable sort keeps first appearance among equal counts.
     tally.sort_by(|a, b| b.1.cmp(&a.1));
-    let no_answer = answers.iter().filter(|a| a.is_none()).count();
     let winner = tally.first().cloned();
     Vote {
         answer: winner.as_ref().map(|w| w.0.clone()),
@@ -179,6 +91,7 @@ pub fn majority(answers: &[Option<String>]) -> Vote {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::verifiers::Extractor;
 
     fn ex(name: &str) -> Extractor {
         name.parse().unwrap()
@@ -258,10 +171,10 @@ mod tests {
 
     #[test]
     fn no_answer_at_all() {
-        let v = majority(&[None, None]);
+        let v = majority(&[None, Some(".".into())]);
         assert_eq!((v.answer.clone(), v.votes, v.samples, v.no_answer, v.path), (None, 0, 2, 2, None));
         assert_eq!(v.share(), 0.0);
-        assert!(v.agreeing(&[None, None]).is_empty());
+        assert!(v.agreeing(&[None, Some(".".into())]).is_empty());
         assert_eq!(majority(&[]).share(), 0.0);
     }
 }

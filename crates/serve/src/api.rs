@@ -5,6 +5,7 @@ use rlhf_data::encode::encode_prompt;
 use rlhf_data::{ChatFormat, Encoded, Message, Tokenizer};
 use rlhf_model::RowSampling;
 use serde::Deserialize;
+use rlhf_rl::Extractor;
 use serde_json::{json, Value};
 
 /// An error as OpenAI sends it: an HTTP status and `{"error": {message, type, param, code}}`.
@@ -48,6 +49,9 @@ struct CompletionRequest {
     #[serde(default)]
     stream: bool,
     stream_options: Option<StreamOptions>,
+    /// Ours, not OpenAI's: an extractor name (`"last_number"`, `"final"`, `"regex:…"`): the `n`
+    /// choices are voted on by their final answers and the body gains a `vote` object.
+    vote: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,6 +109,8 @@ pub struct Checked {
     pub stop: Vec<String>,
     pub stream: bool,
     pub include_usage: bool,
+    /// Self-consistency over the choices, when asked for: the extractor and the question it reads.
+    pub vote: Option<(Extractor, String)>,
 }
 
 /// The most stop strings a request may carry (OpenAI's limit).
@@ -126,6 +132,15 @@ pub fn check(body: &[u8], limits: &Limits, tok: &Tokenizer, fmt: &ChatFormat, fr
         Some(_) => {}
     }
     let messages = messages(req.messages)?;
+    let vote = match &req.vote {
+        None => None,
+        Some(_) if req.stream => return Err(ApiError::invalid("vote", "vote needs every choice whole: it cannot be streamed")),
+        Some(name) => {
+            let extract: Extractor = name.parse().map_err(|e: String| ApiError::invalid("vote", e))?;
+            let question = messages.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone()).unwrap_or_default();
+            Some((extract, question))
+        }
+    };
     let temperature = req.temperature.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
         return Err(ApiError::invalid("temperature", format!("temperature must be between 0 and 2, got {temperature}")));
@@ -178,7 +193,7 @@ pub fn check(body: &[u8], limits: &Limits, tok: &Tokenizer, fmt: &ChatFormat, fr
         .map(|i| RowSampling { max_new_tokens: max_tokens, temperature, top_p: (top_p < 1.0).then_some(top_p), seed: seed.wrapping_add(i) })
         .collect();
     let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
-    Ok(Checked { prompt, choices, stop, stream: req.stream, include_usage })
+    Ok(Checked { prompt, choices, stop, stream: req.stream, include_usage, vote })
 }
 
 /// The conversation, roles mapped to the chat template's (`developer` is OpenAI's new name for system).
@@ -276,6 +291,19 @@ pub fn completion(stamp: &Stamp, answers: &[Answer], prompt_tokens: usize) -> Va
     })
 }
 
+/// The `vote` object of a voted answer: the majority of the choices' final answers, its votes and
+/// share of the choices, the choices without an answer, the tally (`[answer, votes]`, most voted
+/// first) and the `index` of the first choice that reached the majority (null when none did).
+pub fn vote(extract: &Extractor, question: &str, answers: &[Answer]) -> Value {
+    let found: Vec<Option<String>> = answers.iter().map(|a| extract.answer(question, &a.text)).collect();
+    let v = rlhf_rl::majority(&found);
+    let tally: Vec<Value> = v.tally.iter().map(|(a, n)| json!([a, n])).collect();
+    json!({
+        "answer": v.answer, "votes": v.votes, "samples": v.samples, "share": v.share(),
+        "no_answer": v.no_answer, "tally": tally, "index": v.path,
+    })
+}
+
 /// One server-sent chunk of a streamed answer: a delta and/or a finish reason for one choice, or
 /// (no choice) the closing usage chunk.
 pub fn chunk(stamp: &Stamp, choice: Option<(usize, Value, Option<FinishReason>)>, usage: Option<Value>) -> Value {
@@ -331,6 +359,18 @@ mod tests {
         assert!(!c.stream);
     }
 
+    /// Choices "… 12", "… 7", "… 12.0", "none": majority 12 with 2 of 4 votes, share 0.5, one
+    /// without an answer, the first reaching it is choice 0.
+    #[test]
+    fn a_vote_over_the_choices_by_hand() {
+        let c = check_json(json!({ "model": "tiny", "messages": user("What is 5 + 7?"), "n": 4, "vote": "last_number" })).unwrap();
+        let (extract, question) = c.vote.unwrap();
+        assert_eq!(question, "What is 5 + 7?");
+        let answer = |t: &str| Answer { text: t.into(), finish_reason: FinishReason::Stop, completion_tokens: 1 };
+        let v = vote(&extract, &question, &[answer("5 + 7 = 12"), answer("it is 7"), answer("12.0"), answer("none")]);
+        assert_eq!(v, json!({ "answer": "12", "votes": 2, "samples": 4, "share": 0.5, "no_answer": 1, "tally": [["12", 2], ["7", 1]], "index": 0 }));
+    }
+
     #[test]
     fn defaults_follow_openai_and_the_seed_comes_from_the_server_when_absent() {
         let c = check_json(json!({ "model": "tiny", "messages": [{ "role": "developer", "content": [{ "type": "text", "text": "be brief" }] }, { "role": "user", "content": "hi" }] })).unwrap();
@@ -348,6 +388,8 @@ mod tests {
         assert_eq!(err(json!({ "model": "tiny", "messages": [] })).param, Some("messages"));
         assert_eq!(err(json!({ "model": "tiny", "messages": [{ "role": "robot", "content": "x" }] })).param, Some("messages"));
         assert_eq!(err(json!({ "messages": user("x") })).param, Some("model"));
+        assert_eq!(err(json!({ "model": "tiny", "messages": user("x"), "vote": "lastnumber" })).param, Some("vote"));
+        assert_eq!(err(json!({ "model": "tiny", "messages": user("x"), "vote": "final", "stream": true })).param, Some("vote"));
         let long = err(json!({ "model": "tiny", "messages": user("x"), "max_tokens": 64 }));
         assert_eq!((long.status, long.code), (400, Some("context_length_exceeded")));
         let (tok, fmt) = tokenizer();

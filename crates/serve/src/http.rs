@@ -117,6 +117,7 @@ async fn chat_completions(State(server): State<Arc<Server>>, headers: HeaderMap,
     let (events, answers) = unbounded_channel();
     let prompt_tokens = checked.prompt.len();
     let choices = checked.choices.len();
+    let vote = checked.vote;
     let job = Job { prompt: checked.prompt, choices: checked.choices, stop: checked.stop, stream: checked.stream, events, arrived: Instant::now() };
     if server.jobs.send(job).is_err() {
         return error(ApiError::new(503, "server_error", None, "the generation engine has stopped"));
@@ -125,7 +126,13 @@ async fn chat_completions(State(server): State<Arc<Server>>, headers: HeaderMap,
         Sse::new(stream_events(stamp, answers, choices, prompt_tokens, checked.include_usage)).into_response()
     } else {
         match collect(answers, choices).await {
-            Ok(answers) => Json(api::completion(&stamp, &answers, prompt_tokens)).into_response(),
+            Ok(answers) => {
+                let mut body = api::completion(&stamp, &answers, prompt_tokens);
+                if let Some((extract, question)) = &vote {
+                    body["vote"] = api::vote(extract, question, &answers);
+                }
+                Json(body).into_response()
+            }
             Err(e) => error(e),
         }
     }
