@@ -158,12 +158,11 @@ pub fn evaluate_run<B: Backend>(run: &Path, cfg: &EvalConfig, device: &B::Device
     if cfg.greedy {
         result["greedy"] = json!({ "sft": greedy(&sft, sources.as_mut())? });
     }
-    let vote = |policy: &CausalLm<B>| -> anyhow::Result<Option<serde_json::Value>> {
-        cfg.vote.as_ref().map(|v| Ok(serde_json::to_value(vote_accuracy(policy, &prompts, v, cfg, &tok, &stop, pad, device)?)?)).transpose()
+    let vote = |policy: &CausalLm<B>, v: &rlhf_eval::VoteEval| -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::to_value(vote_accuracy(policy, &prompts, v, cfg, &tok, &stop, pad, device)?)?)
     };
-    if let Some(v) = vote(&sft)? {
-        let settings = cfg.vote.as_ref().expect("a vote was taken");
-        result["vote"] = json!({ "samples": settings.samples, "extract": settings.extract.to_string(), "sft": v });
+    if let Some(v) = &cfg.vote {
+        result["vote"] = json!({ "samples": v.samples, "extract": v.extract.to_string(), "sft": vote(&sft, v)? });
     }
     let mut within_bound = true;
     let mut rows: Vec<serde_json::Value> = sft_scored.iter().map(|a| json!({ "prompt": a.prompt, "sft": a.response, "sft_rm": a.rm_score, "sft_oracle": a.oracle })).collect();
@@ -176,8 +175,8 @@ pub fn evaluate_run<B: Backend>(run: &Path, cfg: &EvalConfig, device: &B::Device
         if cfg.greedy {
             result["greedy"][*name] = greedy(&policy, sources.as_mut())?;
         }
-        if let Some(v) = vote(&policy)? {
-            result["vote"][*name] = v;
+        if let Some(v) = &cfg.vote {
+            result["vote"][*name] = vote(&policy, v)?;
         }
         if rm.is_some() {
             result[format!("win_rate_{name}_vs_sft")] = json!(win_rate(&scored, &sft_scored));

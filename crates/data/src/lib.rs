@@ -13,7 +13,7 @@ pub mod tokenizer;
 pub mod word_problems;
 
 pub use error::{DataError, Result};
-pub use tokenizer::{Message, Tokenizer};
+pub use tokenizer::{last_user_text, Message, Tokenizer};
 pub use formats::{load, Format, Kind, LoadOptions, Loaded, Ranking, Record, SkipReport};
 pub use encode::{BuiltinTemplate, ChatFormat, Encoded};
 pub use files::DataFiles;

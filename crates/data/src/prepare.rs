@@ -144,7 +144,7 @@ impl Example for RankingSample {
 impl Example for Prompt {
     fn encode(record: &Record, tok: &Tokenizer, fmt: &ChatFormat, max_len: usize) -> Result<Option<Encoded<Self>>> {
         let Record::Prompt(msgs, fields) = record else { return Ok(None) };
-        let text = msgs.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone()).unwrap_or_default();
+        let text = crate::tokenizer::last_user_text(msgs).to_string();
         let prompt = |ids| Prompt { text: text.clone(), ids, record: fields.clone(), line: 0 };
         Ok(Some(match encode_prompt(tok, fmt, msgs, max_len)? {
             Encoded::Kept(ids) => Encoded::Kept(prompt(ids)),

@@ -22,6 +22,12 @@ impl Message {
     }
 }
 
+/// The last user turn's text ("" without one): the question a conversation ends on, which the demo
+/// oracle and the answer extractors read.
+pub fn last_user_text(messages: &[Message]) -> &str {
+    messages.iter().rev().find(|m| m.role == "user").map_or("", |m| m.content.as_str())
+}
+
 /// A tokenizer with its chat template and special tokens.
 #[derive(Clone)]
 pub struct Tokenizer {

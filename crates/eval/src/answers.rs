@@ -22,7 +22,13 @@ pub struct AnswerSampling {
     pub pad_id: u32,
 }
 
-/// Generates for `rows` in chunks of `batch_size` with `cfg` (chunk i seeded with seed·7919 + i, so a
+/// The seed of chunk `chunk` of a run seeded `seed`: the chunk's draws depend on it alone, whatever
+/// the other chunks hold.
+pub fn chunk_seed(seed: u64, chunk: usize) -> u64 {
+    seed.wrapping_mul(7919).wrapping_add(chunk as u64)
+}
+
+/// Generates for `rows` in chunks of `batch_size` with `cfg` (chunk i seeded by [`chunk_seed`], so a
 /// run is reproducible whatever the rows), handing each chunk's range in `rows` and its generation to
 /// `each`.
 pub fn generate_in_chunks<B: Backend>(
@@ -37,7 +43,7 @@ pub fn generate_in_chunks<B: Backend>(
     let batch_size = batch_size.max(1);
     for (chunk_no, start) in (0..rows.len()).step_by(batch_size).enumerate() {
         let range = start..(start + batch_size).min(rows.len());
-        let chunk_cfg = GenerateConfig { seed: Some(seed.wrapping_mul(7919).wrapping_add(chunk_no as u64)), ..cfg.clone() };
+        let chunk_cfg = GenerateConfig { seed: Some(chunk_seed(seed, chunk_no)), ..cfg.clone() };
         each(range.clone(), generate(model, &rows[range], &chunk_cfg, device)?)?;
     }
     Ok(())

@@ -14,7 +14,8 @@ use anyhow::{bail, Context};
 use rlhf_data::encode::encode_prompt;
 use rlhf_data::{load, BuiltinTemplate, ChatFormat, Encoded, Format, Kind, LoadOptions, Message, Record, Tokenizer};
 use rlhf_model::{generate_n, CausalLm, GenerateConfig, Sampler, TransformerConfig};
-use rlhf_rl::verifiers::{final_answer, Extractor};
+use rlhf_rl::rewards::record_field;
+use rlhf_rl::verifiers::{expected_answer, Extractor};
 use rlhf_rl::vote::{answer_key, majority, Vote};
 use rlhf_runtime::{Backend, Precision};
 use serde::{Deserialize, Serialize};
@@ -223,7 +224,7 @@ pub fn sample_chunk<B: Backend>(
     tok: &Tokenizer,
     device: &B::Device,
 ) -> anyhow::Result<Vec<Vec<String>>> {
-    let cfg = GenerateConfig { seed: Some(seed.wrapping_mul(7919).wrapping_add(chunk as u64)), ..generation.clone() };
+    let cfg = GenerateConfig { seed: Some(crate::answers::chunk_seed(seed, chunk)), ..generation.clone() };
     let generated = generate_n(model, prompts, k, &cfg, device)?.to_host();
     let texts = generated.iter().map(|g| Ok(tok.decode(&g.new_ids, true)?.trim().to_string())).collect::<anyhow::Result<Vec<String>>>()?;
     Ok(texts.chunks(k).map(<[String]>::to_vec).collect())
@@ -414,7 +415,7 @@ fn vote_and_select(cfg: &SelfImproveConfig, questions: &[Question], samples: &[V
     let (mut kept, mut no_answer, mut low, mut kept_labeled, mut kept_right) = (0, 0, 0, 0, 0);
     let mut votes = Vec::with_capacity(questions.len());
     for (q, texts) in questions.iter().zip(samples) {
-        let prompt = q.messages.iter().rev().find(|m| m.role == "user").map_or("", |m| m.content.as_str());
+        let prompt = rlhf_data::last_user_text(&q.messages);
         let v = vote_on(&cfg.extract, &cfg.answer_field, prompt, &q.record, texts);
         match &v.vote.answer {
             None => no_answer += 1,
@@ -457,12 +458,7 @@ fn paths<'a>(vote: &Vote, answers: &[Option<String>], texts: &'a [String], n: us
 
 /// The true answer's key, when the record has the field (GSM8K's "… #### 72" reads as 72).
 fn true_answer(record: &Value, field: &str) -> Option<String> {
-    let answer = match record.get(field)? {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        _ => return None,
-    };
-    Some(answer_key(&final_answer(&answer).unwrap_or(answer)))
+    Some(answer_key(&expected_answer(&record_field(record, field)?)))
 }
 
 /// A ColossalChat SFT conversation: the question's turns, then the path as the assistant's.

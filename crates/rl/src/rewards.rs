@@ -289,7 +289,7 @@ enum Rule {
 
 impl Rule {
     fn score(&self, x: &RewardInput) -> Option<f64> {
-        let field = |name: &str| record_field(x.prompt, name);
+        let field = |name: &str| record_field(&x.prompt.record, name);
         match self {
             Rule::MathAnswer(f, extract) => verifiers::math_answer(&x.prompt.text, x.response, field(f).as_deref(), extract),
             Rule::Exact(f) => verifiers::exact(x.response, field(f).as_deref()),
@@ -466,13 +466,13 @@ impl<B: Backend> RewardSources<B> {
 
 /// The judge's question about one response: `template` with `{prompt}`, `{response}` and `{answer}`.
 pub fn judge_question(template: &str, x: &RewardInput) -> String {
-    let answer = record_field(x.prompt, "answer").unwrap_or_default();
+    let answer = record_field(&x.prompt.record, "answer").unwrap_or_default();
     template.replace("{prompt}", &x.prompt.text).replace("{answer}", &answer).replace("{response}", x.response)
 }
 
-/// A field of the prompt's record as text: strings as they are, numbers written out; None otherwise.
-fn record_field(p: &Prompt, name: &str) -> Option<String> {
-    match p.record.get(name) {
+/// A field of a prompt's record as text: strings as they are, numbers written out; None otherwise.
+pub fn record_field(record: &Value, name: &str) -> Option<String> {
+    match record.get(name) {
         Some(Value::String(s)) => Some(s.clone()),
         Some(Value::Number(n)) => Some(n.to_string()),
         _ => None,

@@ -174,11 +174,15 @@ fn same_answer(got: &str, want: &str) -> bool {
     }
 }
 
+/// The answer a record's answer field states: GSM8K ships the worked solution with the number after
+/// `####`; a plain field is the answer itself.
+pub fn expected_answer(record_answer: &str) -> String {
+    final_answer(record_answer).unwrap_or_else(|| record_answer.trim().to_string())
+}
+
 /// `math_answer`: None when the record has no answer.
 pub fn math_answer(prompt: &str, response: &str, record_answer: Option<&str>, extract: &Extractor) -> Option<f64> {
-    let answer = record_answer?;
-    // GSM8K ships the worked solution with the number after `####`.
-    let want = final_answer(answer).unwrap_or_else(|| answer.trim().to_string());
+    let want = expected_answer(record_answer?);
     Some(match extract.answer(prompt, response) {
         Some(got) if same_answer(&got, &want) => 1.0,
         _ => 0.0,

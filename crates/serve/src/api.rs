@@ -137,7 +137,7 @@ pub fn check(body: &[u8], limits: &Limits, tok: &Tokenizer, fmt: &ChatFormat, fr
         Some(_) if req.stream => return Err(ApiError::invalid("vote", "vote needs every choice whole: it cannot be streamed")),
         Some(name) => {
             let extract: Extractor = name.parse().map_err(|e: String| ApiError::invalid("vote", e))?;
-            let question = messages.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone()).unwrap_or_default();
+            let question = rlhf_data::last_user_text(&messages).to_string();
             Some((extract, question))
         }
     };
