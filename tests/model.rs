@@ -468,7 +468,7 @@ fn fresh_models_run_and_count_parameters() {
     .unwrap();
     let cfg: TransformerConfig = hf.resolve(Path::new("config.json")).unwrap();
     let body = cfg.init::<Cpu>(&device());
-    let model = CausalLm { lm_head: None, model: body };
+    let model = CausalLm { lm_head: None, model: body, lm_head_codes: None };
     let tensors = model.hf_tensors();
     let counted: usize = tensors.iter().map(|(_, t)| t.data.len()).sum();
     // untied config without an lm_head tensor: count the head separately

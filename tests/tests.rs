@@ -16,6 +16,7 @@ mod model;
 mod pipeline;
 mod ppo;
 mod precision;
+mod quant;
 mod reward;
 mod serve;
 mod sft;

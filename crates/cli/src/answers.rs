@@ -125,7 +125,7 @@ pub fn write_answers_on<B: Backend>(
     let ids = if kept.is_empty() {
         vec![]
     } else {
-        let model = CausalLm::<B>::from_hf_dir(dir, device)?.for_inference(args.runtime.precision);
+        let model = CausalLm::<B>::from_hf_dir(dir, device)?.quantized(args.runtime.quant)?.for_inference(args.runtime.precision);
         sample_answers(&model, &kept, &sampling, device)?
     };
     let mut ids = ids.into_iter();

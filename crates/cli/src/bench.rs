@@ -26,6 +26,9 @@ pub struct GenerateBench {
     /// Sample (temperature 1, top-k 50) instead of greedy.
     #[arg(long)]
     sample: bool,
+    /// Hold the block projections as q8 / q4 / nf4 codes (as `rlhf generate --quant`).
+    #[arg(long)]
+    quant: Option<rlhf_runtime::quant::BaseQuant>,
 }
 
 /// The size of the random model a benchmark runs: a small LLaMA (SwiGLU width ≈ 8/3·hidden), a
@@ -117,7 +120,7 @@ impl BenchModel {
                 device,
             ))
         });
-        let model = CausalLm { lm_head, model: cfg.init::<B>(device) };
+        let model = CausalLm { lm_head, model: cfg.init::<B>(device), lm_head_codes: None };
         Ok((cfg, model))
     }
 
@@ -169,7 +172,7 @@ impl InferenceTask for GenerateBench {
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
         let (cfg, model) = self.size.random_model::<B>(self.prompt_len + self.new_tokens, &device)?;
-        let model = model.for_inference(self.size.precision);
+        let model = model.quantized(self.quant)?.for_inference(self.size.precision);
         let prompts = uneven_prompts(self.batch, self.prompt_len, cfg.vocab_size);
         let sampler = if self.sample {
             Sampler::Sample { temperature: 1.0, top_k: Some(50), top_p: None }
@@ -178,13 +181,15 @@ impl InferenceTask for GenerateBench {
         };
         let gen_cfg = GenerateConfig { max_new_tokens: self.new_tokens, sampler, stop_ids: vec![], pad_id: 0, seed: Some(0) };
         println!(
-            "generate: {}, batch {}, prompt ≤{}, {} new tokens, {}, {}",
+            "generate: {}, batch {}, prompt ≤{}, {} new tokens, {}, {}{}; weights {}",
             self.size.describe(&cfg),
             self.batch,
             self.prompt_len,
             self.new_tokens,
             self.device,
-            self.size.precision
+            self.size.precision,
+            self.quant.map_or(String::new(), |q| format!(", block projections as {q} codes")),
+            rlhf_train::memory::gib(model.weight_bytes() as u64),
         );
         let mut best = f64::INFINITY;
         for rep in 0..=self.repeats {
@@ -201,6 +206,9 @@ impl InferenceTask for GenerateBench {
         }
         let tokens = self.batch * self.new_tokens;
         println!("generate tokens/s (best of {}): {:.0}", self.repeats, tokens as f64 / best);
+        if self.device == DeviceSpec::Cpu {
+            println!("memory: peak resident {}", rlhf_train::memory::peak_resident_bytes().map_or("not measured".into(), rlhf_train::memory::gib));
+        }
         Ok(())
     }
 }

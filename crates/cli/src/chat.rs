@@ -40,7 +40,7 @@ impl InferenceTask for &ChatArgs {
     type Output = anyhow::Result<()>;
 
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
-        let model = CausalLm::<B>::from_hf_dir(&self.model, &device)?.for_inference(self.runtime.precision);
+        let model = CausalLm::<B>::from_hf_dir(&self.model, &device)?.quantized(self.runtime.quant)?.for_inference(self.runtime.precision);
         let tok = Tokenizer::from_dir(&self.model)?;
         let fmt = ChatFormat::resolve(&tok, self.template)?;
         let positions = model.config().max_position_embeddings;

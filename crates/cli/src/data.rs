@@ -384,6 +384,7 @@ impl SelfImproveArgs {
             batch_size: self.batch_size.unwrap_or(d.batch_size),
             seed: self.seed,
             template: self.template,
+            quant: self.runtime.quant,
             ..d
         }
     }

@@ -47,6 +47,9 @@ pub struct EvalArgs {
     /// f32, or bf16: the policies and the reward model stored and run in bf16 (sets `[eval] precision`).
     #[arg(long)]
     pub precision: Option<rlhf_runtime::Precision>,
+    /// q8, q4 or nf4: every model's block projections held as codes (sets `[eval] quant`).
+    #[arg(long)]
+    pub quant: Option<rlhf_runtime::quant::BaseQuant>,
 }
 
 /// The `[eval]` settings of a run: RUN/pipeline.toml's section, then `prompts`, then `sets`.
@@ -119,9 +122,9 @@ pub fn evaluate_run<B: Backend>(run: &Path, cfg: &EvalConfig, device: &B::Device
     }
     let tok = Tokenizer::from_dir(&sft_dir)?;
     let fmt = ChatFormat::resolve(&tok, cfg.template)?;
-    let sft = CausalLm::<B>::from_hf_dir(&sft_dir, device)?.for_inference(cfg.precision);
+    let sft = CausalLm::<B>::from_hf_dir(&sft_dir, device)?.quantized(cfg.quant)?.for_inference(cfg.precision);
     let rm = match rm_dir.join("config.json").exists() {
-        true => Some((RewardModel::<B>::from_dir(&rm_dir, device)?.for_inference(cfg.precision), RewardInfo::load(&rm_dir)?.map(|i| i.normalization.std))),
+        true => Some((RewardModel::<B>::from_dir(&rm_dir, device)?.quantized(cfg.quant)?.for_inference(cfg.precision), RewardInfo::load(&rm_dir)?.map(|i| i.normalization.std))),
         false => None,
     };
     let specs = eval_rewards(run, &table, cfg)?;
@@ -167,7 +170,7 @@ pub fn evaluate_run<B: Backend>(run: &Path, cfg: &EvalConfig, device: &B::Device
     let mut within_bound = true;
     let mut rows: Vec<serde_json::Value> = sft_scored.iter().map(|a| json!({ "prompt": a.prompt, "sft": a.response, "sft_rm": a.rm_score, "sft_oracle": a.oracle })).collect();
     for name in &aligned {
-        let policy = CausalLm::<B>::from_hf_dir(&run.join(name).join("final"), device)?.for_inference(cfg.precision);
+        let policy = CausalLm::<B>::from_hf_dir(&run.join(name).join("final"), device)?.quantized(cfg.quant)?.for_inference(cfg.precision);
         let scored = sample_and_score(&policy, Some(&sft), scorer, sources.as_mut(), &prompts, cfg, &tok, &stop, pad, device)?;
         let summary = summarize(&scored, true, &names);
         within_bound &= cfg.max_kl.is_none_or(|b| summary.kl.unwrap_or(0.0) <= b);
@@ -253,6 +256,9 @@ pub fn run(cli: &EvalCli) -> anyhow::Result<()> {
     let args = &cli.run;
     let run = args.run.as_deref().context("--run DIR is required")?;
     let mut cfg = eval_config(run, args.prompts.as_deref(), &args.sets)?;
+    if args.quant.is_some() {
+        cfg.quant = args.quant;
+    }
     if let Some(p) = args.precision {
         cfg.precision = p;
     }

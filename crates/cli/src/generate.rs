@@ -92,7 +92,7 @@ impl InferenceTask for GenerateTask<'_> {
     type Output = anyhow::Result<Vec<Generation>>;
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
-        let model = CausalLm::<B>::from_hf_dir(&self.args.model, &device)?.for_inference(self.args.runtime.precision);
+        let model = CausalLm::<B>::from_hf_dir(&self.args.model, &device)?.quantized(self.args.runtime.quant)?.for_inference(self.args.runtime.precision);
         // K samples of a prompt share its prefill.
         Ok(generate_n(&model, &self.prompts, self.args.vote.unwrap_or(1), &self.cfg, &device)?.to_host())
     }

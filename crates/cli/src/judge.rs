@@ -212,7 +212,7 @@ pub fn judge_run<B: rlhf_runtime::Backend>(run: &Path, eval: &EvalConfig, cfg: &
         seed: eval.seed,
         batch_size: eval.batch_size,
         template: eval.template,
-        runtime: crate::InferenceRuntime { device: Default::default(), precision: eval.precision },
+        runtime: crate::InferenceRuntime { device: Default::default(), precision: eval.precision, quant: eval.quant },
     };
     let answer = |dir: &Path, prompts: &[Vec<Message>]| -> anyhow::Result<Vec<Option<String>>> {
         Ok(single(write_answers_on::<B>(dir, prompts, 1, cfg.temperature, None, &args, device)?))

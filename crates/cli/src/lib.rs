@@ -33,6 +33,10 @@ pub struct InferenceRuntime {
     /// softmax and sampling in f32).
     #[arg(long, default_value_t = Precision::F32)]
     pub precision: Precision,
+    /// q8, q4 or nf4: every block projection's weight held as block-quantized codes (read straight
+    /// from the codes on the CPU); embeddings, norms and the LM head stay in `--precision`.
+    #[arg(long)]
+    pub quant: Option<rlhf_runtime::quant::BaseQuant>,
 }
 
 impl From<InferenceRuntime> for Runtime {
@@ -153,7 +157,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reward { command: RewardCommand::Score(args) } => done(reward::score(&args)),
         Command::Model { command: ModelCommand::Info { model, json } } => done(model::info(&model, json)),
         Command::Model { command: ModelCommand::Logits { model, input, output, runtime } } => {
-            done(model::logits(&model, &input, &output, runtime.into()))
+            done(model::logits(&model, &input, &output, runtime.into(), runtime.quant))
         }
         Command::Generate(args) => done(generate::run(args)),
         Command::Bench { command: BenchCommand::Generate(args) } => done(bench::run_generate(args)),

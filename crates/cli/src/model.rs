@@ -74,6 +74,7 @@ fn read_batch(path: &Path) -> anyhow::Result<(Vec<i64>, Vec<i64>, [usize; 2])> {
 struct LogitsTask<'a> {
     dir: &'a Path,
     precision: Precision,
+    quant: Option<rlhf_runtime::quant::BaseQuant>,
     ids: Vec<i64>,
     mask: Vec<i64>,
     shape: [usize; 2],
@@ -83,7 +84,7 @@ impl InferenceTask for LogitsTask<'_> {
     type Output = anyhow::Result<HostTensor>;
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
-        let model = CausalLm::<B>::from_hf_dir(self.dir, &device)?.for_inference(self.precision);
+        let model = CausalLm::<B>::from_hf_dir(self.dir, &device)?.quantized(self.quant)?.for_inference(self.precision);
         let vocab = model.config().vocab_size as i64;
         if let Some(t) = self.ids.iter().find(|&&t| t < 0 || t >= vocab) {
             bail!("input_ids holds {t}, outside the vocabulary of {vocab}");
@@ -95,9 +96,9 @@ impl InferenceTask for LogitsTask<'_> {
 }
 
 /// The logits (f32, whatever `precision` computed them in) of the batch in `input`, to `output`.
-pub fn logits(dir: &Path, input: &Path, output: &Path, runtime: Runtime) -> anyhow::Result<()> {
+pub fn logits(dir: &Path, input: &Path, output: &Path, runtime: Runtime, quant: Option<rlhf_runtime::quant::BaseQuant>) -> anyhow::Result<()> {
     let (ids, mask, shape) = read_batch(input)?;
-    let logits = dispatch(runtime, Inference(LogitsTask { dir, precision: runtime.precision, ids, mask, shape }))??;
+    let logits = dispatch(runtime, Inference(LogitsTask { dir, precision: runtime.precision, quant, ids, mask, shape }))??;
     write_safetensors(output, &[("logits".to_string(), logits)], WeightDtype::F32)?;
     Ok(())
 }

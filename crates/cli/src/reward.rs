@@ -40,7 +40,7 @@ impl InferenceTask for &ScoreArgs {
     type Output = anyhow::Result<()>;
 
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
-        let model = RewardModel::<B>::from_dir(&self.model, &device)?.for_inference(self.runtime.precision);
+        let model = RewardModel::<B>::from_dir(&self.model, &device)?.quantized(self.runtime.quant)?.for_inference(self.runtime.precision);
         let tok = Tokenizer::from_dir(&self.model)?;
         let fmt = ChatFormat::from_tokenizer(&tok)?;
         let max_len = self.max_len.min(model.model.config.max_position_embeddings);

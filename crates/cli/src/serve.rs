@@ -52,6 +52,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         model_name: args.served_model_name.clone(),
         address: SocketAddr::new(args.host, args.port),
         runtime: args.runtime.into(),
+        quant: args.runtime.quant,
         api_key: args.api_key.clone(),
         template: args.template,
         policy: BatchPolicy { max_batch: args.max_batch, max_wait: Duration::from_millis(args.max_wait_ms) },

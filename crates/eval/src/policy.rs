@@ -47,6 +47,10 @@ pub struct EvalConfig {
     /// "f32", or "bf16": both policies and the reward model stored and run in bf16.
     #[serde(default)]
     pub precision: rlhf_runtime::Precision,
+    /// "q8", "q4" or "nf4": every model eval loads has its block projections held as codes (as
+    /// `--quant`), the SFT policy and the aligned one alike, so they are compared like with like.
+    #[serde(default)]
+    pub quant: Option<rlhf_runtime::quant::BaseQuant>,
     /// Also answer every prompt once greedily (temperature 0) with each policy, scored by the oracle
     /// and the reward model: `eval.json`'s `greedy` section.
     #[serde(default = "yes")]

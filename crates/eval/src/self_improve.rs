@@ -68,6 +68,10 @@ pub struct SelfImproveConfig {
     /// A built-in chat format, for tokenizers without a chat template.
     #[serde(default)]
     pub template: Option<BuiltinTemplate>,
+    /// Sample from the model with its block projections held as "q8", "q4" or "nf4" codes (as
+    /// `--quant`).
+    #[serde(default)]
+    pub quant: Option<rlhf_runtime::quant::BaseQuant>,
 }
 
 fn eight() -> usize {
@@ -318,6 +322,7 @@ fn sample_all<B: Backend>(
         "model": model_dir,
         "weights": weights_stamp(model_dir)?,
         "precision": precision,
+        "quant": cfg.quant,
         "prompts": cfg.prompts,
         "samples": cfg.samples,
         "temperature": cfg.temperature,
@@ -348,7 +353,7 @@ fn sample_all<B: Backend>(
         }
         let model = match &mut model {
             Some(m) => m,
-            None => model.insert(CausalLm::<B>::from_hf_dir(model_dir, device)?.for_inference(precision)),
+            None => model.insert(CausalLm::<B>::from_hf_dir(model_dir, device)?.quantized(cfg.quant)?.for_inference(precision)),
         };
         let prompts: Vec<Vec<u32>> = chunk.iter().map(|q| q.ids.clone()).collect();
         // Seeded by the chunk's number alone: a resumed run draws what an uninterrupted one does.

@@ -73,7 +73,7 @@ impl<B: Backend> Transformer<B> {
         let spec = LoraSpec::resolve(cfg, self.config.arch)?;
         let body = self.with_lora(&spec, seed, device);
         let body = match cfg.base_quant {
-            Some(quant) => body.quantize_base(quant)?,
+            Some(quant) => body.quantize_base(quant, "lora.base_quant")?,
             None => body,
         };
         let body = match &cfg.from {
@@ -88,16 +88,16 @@ impl<B: Backend> CausalLm<B> {
     /// Freezes the whole model (body and LM head) and adds adapters to the body.
     pub fn attach_lora(self, cfg: &LoraConfig, seed: u64, device: &B::Device) -> Result<(Self, LoraSpec)> {
         let (model, spec) = self.model.attach_lora(cfg, seed, device)?;
-        Ok((CausalLm { model, lm_head: self.lm_head.map(|h| h.set_require_grad(false)) }, spec))
+        Ok((CausalLm { model, lm_head: self.lm_head.map(|h| h.set_require_grad(false)), lm_head_codes: self.lm_head_codes }, spec))
     }
 
     /// The frozen base alone (weights shared): PPO's reference when the actor has adapters.
     pub fn without_lora(&self) -> Self {
-        CausalLm { model: self.model.without_lora(), lm_head: self.lm_head.clone() }
+        CausalLm { model: self.model.without_lora(), lm_head: self.lm_head.clone(), lm_head_codes: self.lm_head_codes.clone() }
     }
 
     pub fn merge_lora(self) -> Self {
-        CausalLm { model: self.model.merge_lora(), lm_head: self.lm_head }
+        CausalLm { model: self.model.merge_lora(), ..self }
     }
 }
 

@@ -3,12 +3,14 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::{Distribution, Int, Tensor};
+use rlhf_runtime::quant::BaseQuant;
 use rlhf_runtime::{Backend, Precision};
 
 use crate::cache::KvCache;
 use crate::config::TransformerConfig;
 use crate::error::Result;
 use crate::precision::{in_compute, in_f32, store_frozen_weights, store_weights};
+use crate::proj::Proj;
 use crate::transformer::Transformer;
 
 /// Transformer body + unembedding. `lm_head` is None when tied to `model.embed_tokens`.
@@ -17,6 +19,9 @@ pub struct CausalLm<B: Backend> {
     pub model: Transformer<B>,
     /// [vocab, hidden], as `lm_head.weight` in HF checkpoints.
     pub lm_head: Option<Param<Tensor<B, 2>>>,
+    /// The unembedding as q8 codes ([hidden, vocab]) for quantized inference (`--quant`): when set,
+    /// the logits are computed from it (the embedding rows stay dense for the lookup).
+    pub lm_head_codes: Option<Proj<B>>,
 }
 
 impl<B: Backend> CausalLm<B> {
@@ -38,6 +43,9 @@ impl<B: Backend> CausalLm<B> {
     /// # Shapes
     /// - `hidden`: [batch, seq, hidden] → [batch, seq, vocab]
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        if let Some(codes) = &self.lm_head_codes {
+            return in_f32(codes.forward(hidden, self.model.precision));
+        }
         let [batch, seq, d] = hidden.dims();
         let rows = batch * seq;
         let precision = self.model.precision;
@@ -82,6 +90,37 @@ impl<B: Backend> CausalLm<B> {
     pub fn for_inference(self, precision: Precision) -> Self {
         store_weights(Self { model: self.model.with_precision(precision), ..self }, precision)
     }
+
+    /// The model for quantized inference (`--quant`; None: unchanged): every block projection held
+    /// as `quant` codes, and the unembedding as q8 codes whatever `quant` is (it is read whole for
+    /// every token: a fifth of SmolLM2-135M's weights; 8 bits keep the logits close, see
+    /// docs/quantization.md). Embeddings (one row looked up per token) and norms keep their dtype.
+    pub fn quantized(self, quant: Option<BaseQuant>) -> Result<Self> {
+        let Some(q) = quant else { return Ok(self) };
+        let mut head = Proj::from(burn::nn::Linear { weight: Param::from_tensor(self.unembedding().transpose()), bias: None });
+        head.quantize(BaseQuant::Q8).map_err(|e| crate::ModelError::Invalid(format!("--quant: the LM head: {e}")))?;
+        Ok(Self { model: self.model.quantize_base(q, "--quant")?, lm_head_codes: Some(head), ..self })
+    }
+
+    /// Bytes of every weight as stored (quantized projections as their codes and scales).
+    pub fn weight_bytes(&self) -> usize {
+        weight_bytes(self, &self.model) + self.lm_head_codes.as_ref().filter(|p| matches!(p, Proj::Quantized(_))).map_or(0, Proj::weight_bytes)
+    }
+}
+
+/// Bytes of a model's weights as stored: its parameters by dtype, plus the codes and scales of its
+/// quantized projections (constants, which a module visitor does not see).
+fn weight_bytes<B: Backend, M: Module<B>>(m: &M, body: &Transformer<B>) -> usize {
+    struct Count(usize);
+    impl<B: Backend> burn::module::ModuleVisitor<B> for Count {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            let t = p.val();
+            self.0 += t.shape().num_elements() * t.dtype().size();
+        }
+    }
+    let mut c = Count(0);
+    m.visit(&mut c);
+    c.0 + body.quantized_bytes()
 }
 
 /// A linear map from the hidden state to one number.
@@ -153,6 +192,19 @@ impl<B: Backend> RewardModel<B> {
     /// A scoring copy computing in `precision` with every weight matrix stored in it.
     pub fn for_inference(self, precision: Precision) -> Self {
         store_weights(Self { model: self.model.with_precision(precision), ..self }, precision)
+    }
+
+    /// Bytes of every weight as stored (see [`CausalLm::weight_bytes`]).
+    pub fn weight_bytes(&self) -> usize {
+        weight_bytes(self, &self.model)
+    }
+
+    /// The model with its block projections held as `quant` codes (see [`CausalLm::quantized`]).
+    pub fn quantized(self, quant: Option<BaseQuant>) -> Result<Self> {
+        Ok(match quant {
+            Some(q) => Self { model: self.model.quantize_base(q, "--quant")?, ..self },
+            None => self,
+        })
     }
 }
 

@@ -413,7 +413,7 @@ impl<B: Backend> CausalLm<B> {
         if !unexpected.is_empty() {
             return Err(ModelError::UnexpectedTensors { names: unexpected });
         }
-        Ok(CausalLm { model, lm_head })
+        Ok(CausalLm { model, lm_head, lm_head_codes: None })
     }
 
     /// All tensors under their HF names.

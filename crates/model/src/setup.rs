@@ -23,6 +23,11 @@ pub trait StageModel<B: Backend>: Adapted<B> + Sized {
     fn in_precision(self, precision: Precision) -> Self;
     fn with_gradient_checkpointing(self, on: bool) -> Result<Self>;
     fn merge_lora(self) -> Self;
+    /// The model's adapters (and fully trained head) on its frozen base read again from `dir`, in
+    /// the folder's own precision: what the export merges into when training held the base
+    /// quantized or in bf16 (QLoRA's practice), so `final/` is the original model plus what
+    /// training learned rather than a rounded copy of it.
+    fn on_base_from(self, dir: &Path) -> Result<Self>;
     /// Writes the model's folder files (config, weights in `dtype`, tokenizer files, `extra` text
     /// files) into `dir`.
     fn write_model_files(&self, dir: &Path, tokenizer_from: &Path, extra: &[(&str, String)], dtype: WeightDtype) -> Result<()>;
@@ -47,6 +52,15 @@ impl<B: Backend> StageModel<B> for CausalLm<B> {
     }
     fn merge_lora(self) -> Self {
         CausalLm::merge_lora(self)
+    }
+    fn on_base_from(self, dir: &Path) -> Result<Self> {
+        let state = self.adapter_state();
+        let base = CausalLm::<B>::from_hf_dir(dir, &device_of(&self))?;
+        let base = CausalLm { model: base.model.with_precision(self.model.precision), ..base };
+        Ok(match state {
+            Some(state) => base.with_adapter_state(state),
+            None => base,
+        })
     }
     fn write_model_files(&self, dir: &Path, tokenizer_from: &Path, extra: &[(&str, String)], dtype: WeightDtype) -> Result<()> {
         self.write_hf_files(dir, Some(tokenizer_from), dtype)?;
@@ -79,6 +93,15 @@ impl<B: Backend> StageModel<B> for RewardModel<B> {
     fn merge_lora(self) -> Self {
         RewardModel::merge_lora(self)
     }
+    fn on_base_from(self, dir: &Path) -> Result<Self> {
+        let body = Transformer::<B>::from_hf_dir(dir, &device_of(&self))?.with_precision(self.model.precision);
+        let state = self.adapter_state();
+        let model = RewardModel { model: body, head: self.head };
+        Ok(match state {
+            Some(state) => model.with_adapter_state(state),
+            None => model,
+        })
+    }
     fn write_model_files(&self, dir: &Path, tokenizer_from: &Path, extra: &[(&str, String)], dtype: WeightDtype) -> Result<()> {
         self.write_files(dir, Some(tokenizer_from), extra, dtype)
     }
@@ -86,6 +109,10 @@ impl<B: Backend> StageModel<B> for RewardModel<B> {
     fn adapter_extras(&self) -> Vec<(&'static str, Vec<(String, HostTensor)>)> {
         vec![(REWARD_HEAD_FILE, self.head_tensors())]
     }
+}
+
+fn device_of<B: Backend, M: burn::module::Module<B>>(model: &M) -> B::Device {
+    model.devices().into_iter().next().unwrap_or_default()
 }
 
 /// How a stage sets up the model it trains.
@@ -138,7 +165,7 @@ pub fn export<B: Backend, M: StageModel<B>>(model: M, out: &Path, e: &Export) ->
         rlhf_files::write_dir_with(out, |dir| model.write_model_files(dir, e.source, e.extra_files, e.dtype))?;
         return Ok(model);
     };
-    let merged = model.clone().merge_lora();
+    let merged = if model.body().base_is_exact() { model.clone() } else { model.clone().on_base_from(e.source)? }.merge_lora();
     rlhf_files::write_dir_with(out, |dir| -> Result<()> {
         merged.write_model_files(dir, e.source, e.extra_files, e.dtype)?;
         if e.export_adapter {

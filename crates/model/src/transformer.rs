@@ -397,15 +397,28 @@ impl<B: Backend> Transformer<B> {
         (0..c.num_layers).map(|_| KvCache::new(batch, c.num_kv_heads, max_len, c.head_dim, self.precision, device)).collect()
     }
 
-    /// Stores every block projection's weight as `quant` codes (the body must be frozen already).
-    pub fn quantize_base(mut self, quant: BaseQuant) -> Result<Self> {
+    /// Stores every block projection's weight as `quant` codes (the body must be frozen already);
+    /// `setting` names what asked for it in an error (`lora.base_quant`, `--quant`).
+    pub fn quantize_base(mut self, quant: BaseQuant, setting: &str) -> Result<Self> {
         let arch = self.config.arch;
         for (i, block) in self.layers.iter_mut().enumerate() {
             for (slot, proj) in block.projections_mut() {
-                proj.quantize(quant).map_err(|e| ModelError::Invalid(format!("lora.base_quant: layer {i} {}: {e}", slot.peft_name(arch))))?;
+                proj.quantize(quant).map_err(|e| ModelError::Invalid(format!("{setting}: layer {i} {}: {e}", slot.peft_name(arch))))?;
             }
         }
         Ok(self)
+    }
+
+    /// Whether the frozen weights are held as read (f32): not quantized ([`Transformer::quantize_base`])
+    /// nor stored in a narrower compute precision ([`crate::precision`]).
+    pub fn base_is_exact(&self) -> bool {
+        self.precision == Precision::F32 && self.layers.iter().flat_map(Block::projections).all(|(_, p)| matches!(p, Proj::Dense(_)))
+    }
+
+    /// Bytes of the quantized projections' codes and scales.
+    pub fn quantized_bytes(&self) -> usize {
+        let quantized = |p: &&Proj<B>| matches!(p, Proj::Quantized(_));
+        self.layers.iter().flat_map(Block::projections).map(|(_, p)| p).filter(quantized).map(Proj::weight_bytes).sum()
     }
 
     /// Bytes of the block projections' weights as stored (f32 or quantized).

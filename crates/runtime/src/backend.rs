@@ -2,7 +2,8 @@
 //! over [`Backend`] / [`AutodiffBackend`] (not burn's traits), so an op added here reaches all of them,
 //! with a backward of its own where burn's composition would cost too much.
 //!
-//! The trait holds: [`Backend::quantized_matmul`] (QLoRA-style frozen bases), the row ops
+//! The trait holds: [`Backend::quantized_matmul`] and [`Backend::dequantize_weight`] (QLoRA-style
+//! frozen bases, `--quant` inference), the row ops
 //! `target_log_probs` and `token_entropy` (with their forward/backward halves), `rotary`,
 //! `attention_probs` and `attention_output`, `rms_norm`, `swiglu`, `adamw_step`, and `checkpointed`
 //! (gradient checkpointing of a block). Each default is the plain composition of burn ops, which every
@@ -35,9 +36,13 @@ pub trait Backend: burn::tensor::backend::Backend {
     /// # Shapes
     /// - `x`: [rows, d_in] → [rows, d_out]
     fn quantized_matmul(x: FloatTensor<Self>, w: QuantizedWeight<Self>) -> FloatTensor<Self> {
-        let x = Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(x));
-        let w = w.dequantize().cast(x.dtype());
-        x.matmul(w).into_primitive().tensor()
+        quantized_matmul_rebuilt::<Self>(x, w)
+    }
+
+    /// W [d_in, d_out] in f32 from its codes and scales (the composition of burn ops in
+    /// [`crate::quant::dequantize`]; the CPU rebuilds it in one pass, to the same bits).
+    fn dequantize_weight(w: QuantizedWeight<Self>) -> FloatTensor<Self> {
+        w.dequantize().into_primitive().tensor()
     }
 
     /// log softmax(logits)[target] of each row ([`crate::log_probs`]); under autodiff one op.
@@ -155,6 +160,13 @@ pub trait Backend: burn::tensor::backend::Backend {
     }
 }
 
+/// `x · W` with W rebuilt whole ([`Backend::dequantize_weight`]) in `x`'s dtype, then one matmul.
+fn quantized_matmul_rebuilt<B: Backend>(x: FloatTensor<B>, w: QuantizedWeight<B>) -> FloatTensor<B> {
+    let x = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(x));
+    let w = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(B::dequantize_weight(w))).cast(x.dtype());
+    x.matmul(w).into_primitive().tensor()
+}
+
 /// A training backend whose inference backend is one of ours too.
 pub trait AutodiffBackend: Backend + burn::tensor::backend::AutodiffBackend<InnerBackend: Backend> {}
 
@@ -162,8 +174,19 @@ impl<B> AutodiffBackend for B where B: Backend + burn::tensor::backend::Autodiff
 
 /// burn-flex: RMSNorm, attention softmax, rotary, SwiGLU, log-prob and entropy rows in plain loops
 /// ([`crate::rms_norm`], [`crate::attention`], [`crate::rotary`], [`crate::swiglu`], [`crate::log_probs`]),
-/// and AdamW's update in one pass ([`crate::adamw`]).
+/// AdamW's update in one pass ([`crate::adamw`]), and products with quantized weights read from
+/// their codes ([`crate::quant_matmul`]).
 impl Backend for crate::Cpu {
+    /// Few rows (decoding): read straight from the codes ([`crate::quant_matmul`]); many rows: W
+    /// rebuilt in one pass, then one GEMM.
+    fn quantized_matmul(x: FloatTensor<Self>, w: QuantizedWeight<Self>) -> FloatTensor<Self> {
+        crate::quant_matmul::flex::quantized_matmul(&x, &w).unwrap_or_else(|| quantized_matmul_rebuilt::<Self>(x, w))
+    }
+
+    fn dequantize_weight(w: QuantizedWeight<Self>) -> FloatTensor<Self> {
+        crate::quant_matmul::flex::dequantize(&w).unwrap_or_else(|| w.dequantize().into_primitive().tensor())
+    }
+
     fn rms_norm_forward(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f32) -> (FloatTensor<Self>, FloatTensor<Self>) {
         crate::rms_norm::flex::rms_norm(&x, &weight, eps).unwrap_or_else(|| crate::rms_norm::rms_norm_composed::<Self>(x, weight, eps))
     }
@@ -273,7 +296,7 @@ impl<B: Backend, C: CheckpointStrategy> Backend for Autodiff<B, C> {
                 let w = ops.state;
                 unary::<B, _>(ops.parents, ops.node, grads, |grad| {
                     let grad = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(grad));
-                    let w = w.dequantize().cast(grad.dtype());
+                    let w = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(B::dequantize_weight(w))).cast(grad.dtype());
                     grad.matmul(w.transpose()).into_primitive().tensor()
                 });
             }

@@ -22,6 +22,7 @@ pub mod backend;
 pub mod checkpoint;
 pub mod log_probs;
 pub mod quant;
+pub mod quant_matmul;
 pub mod rms_norm;
 pub mod rotary;
 mod rows;

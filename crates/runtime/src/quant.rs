@@ -63,6 +63,16 @@ impl std::str::FromStr for BaseQuant {
     }
 }
 
+impl std::fmt::Display for BaseQuant {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(match self {
+            BaseQuant::Q8 => "q8",
+            BaseQuant::Q4 => "q4",
+            BaseQuant::Nf4 => "nf4",
+        })
+    }
+}
+
 impl BaseQuant {
     pub fn bits(self) -> u32 {
         match self {
@@ -114,8 +124,12 @@ impl QuantFormat {
         if !d_in.is_multiple_of(per_word) {
             return Err(format!("{d_in} input features are not a multiple of {per_word} ({bits}-bit codes per 32-bit word)"));
         }
-        // The largest block ≤ BLOCK that tiles d_in (d_in = 896 → 64; tiny test models → d_in itself).
-        let block = (1..=BLOCK.min(d_in)).rev().find(|b| d_in.is_multiple_of(*b)).unwrap_or(1);
+        // The largest block ≤ BLOCK that tiles d_in in whole words (d_in = 896 → 64; 176 at 4 bits →
+        // 16), so no word straddles two scales; per_word itself always qualifies.
+        let block = (per_word..=BLOCK.max(per_word).min(d_in))
+            .rev()
+            .find(|b| d_in.is_multiple_of(*b) && b.is_multiple_of(per_word))
+            .unwrap_or(per_word);
         Ok(Self { quant, block, d_in, d_out })
     }
 
@@ -250,7 +264,9 @@ mod tests {
     fn formats_that_cannot_pack_are_refused() {
         assert!(QuantFormat::new(BaseQuant::Q4, 12, 4).unwrap_err().contains("multiple of 8"));
         assert_eq!(QuantFormat::new(BaseQuant::Q8, 896, 1).unwrap().block, 64);
-        assert_eq!(QuantFormat::new(BaseQuant::Q8, 100, 1).unwrap().block, 50);
+        // Blocks hold whole words: 100 rows of 8-bit codes (4 per word) → 20, not 50.
+        assert_eq!(QuantFormat::new(BaseQuant::Q8, 100, 1).unwrap().block, 20);
+        assert_eq!(QuantFormat::new(BaseQuant::Q4, 176, 1).unwrap().block, 16);
     }
 }
 

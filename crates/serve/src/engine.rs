@@ -67,6 +67,8 @@ pub struct Engine {
     pub model_dir: PathBuf,
     /// Weights and KV cache in f32 or bf16.
     pub precision: Precision,
+    /// Block projections held as codes (`--quant`).
+    pub quant: Option<rlhf_runtime::quant::BaseQuant>,
     pub tokenizer: Tokenizer,
     pub rows: RowsConfig,
     pub policy: BatchPolicy,
@@ -79,7 +81,7 @@ impl InferenceTask for Engine {
     type Output = ();
 
     fn run<B: Backend>(self, device: B::Device) {
-        let model = match CausalLm::<B>::from_hf_dir(&self.model_dir, &device) {
+        let model = match CausalLm::<B>::from_hf_dir(&self.model_dir, &device).and_then(|m| m.quantized(self.quant)) {
             Ok(m) => m.for_inference(self.precision),
             Err(e) => {
                 let _ = self.ready.send(Err(e.into()));

@@ -28,6 +28,8 @@ pub struct ServeOptions {
     pub address: SocketAddr,
     /// Device, and f32 or bf16 (weights and KV cache stored in bf16).
     pub runtime: Runtime,
+    /// Block projections held as q8 / q4 / nf4 codes (`--quant`).
+    pub quant: Option<rlhf_runtime::quant::BaseQuant>,
     pub api_key: Option<String>,
     pub template: Option<BuiltinTemplate>,
     pub policy: BatchPolicy,
@@ -62,6 +64,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let engine = engine::Engine {
         model_dir: opts.model_dir.clone(),
         precision: opts.runtime.precision,
+        quant: opts.quant,
         tokenizer: tokenizer.clone(),
         rows: RowsConfig { stop_ids, pad_id, check_every: opts.check_every },
         policy: opts.policy.clone(),
@@ -84,7 +87,8 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(opts.address).await.with_context(|| format!("listening on {}", opts.address))?;
         let address = listener.local_addr()?;
-        println!("rlhf serve: listening on http://{address}/v1 (model \"{model}\", {} positions, device {:?}, {})", config.max_position_embeddings, opts.runtime.device, opts.runtime.precision);
+        let quant = opts.quant.map_or(String::new(), |q| format!(", block projections as {q} codes"));
+        println!("rlhf serve: listening on http://{address}/v1 (model \"{model}\", {} positions, device {:?}, {}{quant})", config.max_position_embeddings, opts.runtime.device, opts.runtime.precision);
         use std::io::Write;
         std::io::stdout().flush().ok();
         axum::serve(listener, http::router(server, opts.max_body_bytes)).with_graceful_shutdown(shutdown_signal()).await?;

@@ -120,7 +120,7 @@ fn reference_logps<B: AutodiffBackend>(
     let lora_base = cfg.lora.is_some();
     let load = |dir: &Path| -> anyhow::Result<CausalLm<B::InnerBackend>> { Ok(CausalLm::<B::InnerBackend>::from_hf_dir(dir, device)?.in_precision(cfg.precision)) };
     // The starting policy, or its base: the policy's own (shared) weights.
-    let starting = || lora_base.then(|| CausalLm { model: policy.model.without_lora(), lm_head: policy.lm_head.clone() }.valid());
+    let starting = || lora_base.then(|| CausalLm { model: policy.model.without_lora(), lm_head: policy.lm_head.clone(), lm_head_codes: None }.valid());
     if cfg.dpo.reference == ReferenceMode::Online {
         let model = match &source {
             ReferenceSource::Folder(dir) => load(dir)?,

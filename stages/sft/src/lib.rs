@@ -166,7 +166,7 @@ pub fn starting_model<B: rlhf_runtime::Backend>(cfg: &SftConfig, out: &Path, dev
                     device,
                 ))
             });
-            Ok((tok_dir, CausalLm { model: model_cfg.init::<B>(device), lm_head }))
+            Ok((tok_dir, CausalLm { model: model_cfg.init::<B>(device), lm_head, lm_head_codes: None }))
         }
         _ => bail!("[model]: set exactly one of `from` (a Hugging Face folder) and `init` (train from scratch)"),
     }
