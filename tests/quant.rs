@@ -2,7 +2,7 @@
 //! codes, read straight from the codes while decoding. Against transformers' f32 logits on the
 //! fixtures (bounds stated per kind), greedy ids against the f32 model's where its margin allows,
 //! the decoding path (few rows: the direct kernel) against the prefill path (many rows: W rebuilt,
-//! one GEMM), and the flag on the binary.
+//! one GEMM), and the flag on `rlhf generate` and `rlhf serve`.
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -98,4 +98,23 @@ fn generate_takes_quant() {
     let o = rlhf(&["generate", "--model", dir.to_str().unwrap(), "--prompt-ids", "1,2", "--quant", "q3"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("unknown base quantization \"q3\""), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// `rlhf serve --quant q4` loads the codes and answers: a greedy request twice gives the same text,
+/// and one with n = 2 at temperature 0 gives that text twice.
+#[test]
+fn serve_takes_quant() {
+    let s = crate::serve::serve(&["--quant", "q4"]);
+    let body = serde_json::json!({ "model": "tiny", "messages": [{ "role": "user", "content": "Say something." }], "max_tokens": 8, "temperature": 0.0 });
+    let answer = |body: &serde_json::Value| {
+        let (status, text) = crate::serve::post(&s.url, &body.to_string(), None);
+        assert_eq!(status, 200, "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["choices"].as_array().unwrap().iter().map(|c| c["message"]["content"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+    };
+    let first = answer(&body);
+    assert_eq!(answer(&body), first);
+    let mut two = body.clone();
+    two["n"] = serde_json::json!(2);
+    assert_eq!(answer(&two), vec![first[0].clone(), first[0].clone()]);
 }

@@ -97,8 +97,7 @@ impl<B: Backend> CausalLm<B> {
     /// docs/quantization.md). Embeddings (one row looked up per token) and norms keep their dtype.
     pub fn quantized(self, quant: Option<BaseQuant>) -> Result<Self> {
         let Some(q) = quant else { return Ok(self) };
-        let mut head = Proj::from(burn::nn::Linear { weight: Param::from_tensor(self.unembedding().transpose()), bias: None });
-        head.quantize(BaseQuant::Q8).map_err(|e| crate::ModelError::Invalid(format!("--quant: the LM head: {e}")))?;
+        let head = Proj::quantized_transpose_of(self.unembedding(), BaseQuant::Q8).map_err(|e| crate::ModelError::Invalid(format!("--quant: the LM head: {e}")))?;
         Ok(Self { model: self.model.quantize_base(q, "--quant")?, lm_head_codes: Some(head), ..self })
     }
 

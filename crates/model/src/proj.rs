@@ -4,7 +4,7 @@
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::{Int, Tensor};
-use rlhf_runtime::quant::{dequantize, quantize_host, to_device, BaseQuant, QuantFormat};
+use rlhf_runtime::quant::{dequantize, quantize_host, quantize_host_transposed, to_device, BaseQuant, QuantFormat};
 use rlhf_runtime::{Backend, Precision, QuantizedWeight};
 
 use crate::precision::{in_compute, in_f32};
@@ -109,6 +109,18 @@ impl<B: Backend> Proj<B> {
         let (packed, scales) = to_device::<B>(packed, scales, format, &device);
         *self = Proj::Quantized(QuantLinear { packed, scales, bias: linear.bias.clone(), format });
         Ok(())
+    }
+
+    /// `x · Eᵀ` held as `quant` codes, from E [d_out, d_in] (an LM head, or the tied embedding)
+    /// read once on the host, without a transposed copy.
+    pub fn quantized_transpose_of(e: Tensor<B, 2>, quant: BaseQuant) -> Result<Self, String> {
+        let [d_out, d_in] = e.dims();
+        let format = QuantFormat::new(quant, d_in, d_out)?;
+        let device = e.device();
+        let data = e.into_data().convert::<f32>();
+        let (packed, scales) = quantize_host_transposed(data.as_slice::<f32>().expect("f32 weight data"), format);
+        let (packed, scales) = to_device::<B>(packed, scales, format, &device);
+        Ok(Proj::Quantized(QuantLinear { packed, scales, bias: None, format }))
     }
 
     /// Bytes of the weight as stored.

@@ -142,17 +142,31 @@ impl QuantFormat {
 /// Quantizes a row-major [d_in, d_out] weight: (packed codes [d_in / per_word, d_out], absmax
 /// [d_in / block, d_out]).
 pub fn quantize_host(w: &[f32], format: QuantFormat) -> (Vec<i32>, Vec<f32>) {
-    let QuantFormat { quant, block, d_in, d_out } = format;
+    let (d_in, d_out) = (format.d_in, format.d_out);
     assert_eq!(w.len(), d_in * d_out, "weight of {} values is not [{d_in}, {d_out}]", w.len());
+    quantize_with(|i, j| w[i * d_out + j], format)
+}
+
+/// [`quantize_host`] of W = Eᵀ from E itself, row-major [d_out, d_in] (an LM head, a tied
+/// embedding): no transposed copy is made.
+pub fn quantize_host_transposed(e: &[f32], format: QuantFormat) -> (Vec<i32>, Vec<f32>) {
+    let (d_in, d_out) = (format.d_in, format.d_out);
+    assert_eq!(e.len(), d_in * d_out, "weight of {} values is not [{d_out}, {d_in}]", e.len());
+    quantize_with(|i, j| e[j * d_in + i], format)
+}
+
+/// The codes and scales of the weight whose element (input row i, output column j) is `w(i, j)`.
+fn quantize_with(w: impl Fn(usize, usize) -> f32, format: QuantFormat) -> (Vec<i32>, Vec<f32>) {
+    let QuantFormat { quant, block, d_in, d_out } = format;
     let mut absmax = vec![0f32; d_in / block * d_out];
     for b in 0..d_in / block {
         for j in 0..d_out {
-            let m = (b * block..(b + 1) * block).map(|i| w[i * d_out + j].abs()).fold(0f32, f32::max);
+            let m = (b * block..(b + 1) * block).map(|i| w(i, j).abs()).fold(0f32, f32::max);
             // An all-zero block keeps 1: its weights encode to 0 either way.
             absmax[b * d_out + j] = if m > 0.0 { m } else { 1.0 };
         }
     }
-    let code = |i: usize, j: usize| quant.encode(w[i * d_out + j] / absmax[i / block * d_out + j]);
+    let code = |i: usize, j: usize| quant.encode(w(i, j) / absmax[i / block * d_out + j]);
     let (per_word, bits) = (format.per_word(), quant.bits() as usize);
     let mut packed = vec![0i32; d_in / per_word * d_out];
     for p in 0..d_in / per_word {
@@ -257,6 +271,18 @@ mod tests {
         let expect = [0.440_709_83 * 0.6, -0.6, 0.0, 0.160_930_2 * 0.6, 0.0, 0.0, 0.0, 0.0];
         for (a, b) in w.iter().zip(expect) {
             assert!((a - b).abs() < 1e-6, "{w:?}");
+        }
+    }
+
+    /// Quantizing E [d_out, d_in] directly gives the codes of its transposed copy.
+    #[test]
+    fn transposed_input_gives_the_same_codes() {
+        let (d_in, d_out) = (64, 24);
+        let w = weight(d_in, d_out);
+        let e: Vec<f32> = (0..d_out * d_in).map(|k| w[(k % d_in) * d_out + k / d_in]).collect();
+        for quant in [BaseQuant::Q8, BaseQuant::Nf4] {
+            let f = QuantFormat::new(quant, d_in, d_out).unwrap();
+            assert_eq!(quantize_host_transposed(&e, f), quantize_host(&w, f), "{quant:?}");
         }
     }
 
