@@ -152,6 +152,10 @@ pub fn evaluate_run<B: Backend>(run: &Path, cfg: &EvalConfig, device: &B::Device
         "temperature": cfg.temperature,
         "policies": aligned,
         "baseline_model": sft_dir.display().to_string(),
+        // Every model above ran the same way: the folders' weights in this precision, and their block
+        // projections as these codes when `[eval] quant` / `--quant` asked (null: as the folders hold them).
+        "precision": cfg.precision.to_string(),
+        "quant": cfg.quant.map(|q| q.to_string()),
         "sft": summarize(&sft_scored, false, &names),
         "kl_bound": cfg.max_kl,
     });
