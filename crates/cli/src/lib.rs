@@ -34,7 +34,7 @@ pub struct InferenceRuntime {
     #[arg(long, default_value_t = Precision::F32)]
     pub precision: Precision,
     /// q8, q4 or nf4: every block projection's weight held as block-quantized codes (read straight
-    /// from the codes on the CPU); embeddings, norms and the LM head stay in `--precision`.
+    /// from the codes on the CPU), the LM head as q8 codes; embeddings and norms stay in `--precision`.
     #[arg(long)]
     pub quant: Option<rlhf_runtime::quant::BaseQuant>,
 }
