@@ -103,7 +103,12 @@ fn shell_commands(line: &str) -> Vec<Vec<String>> {
 
 /// The binary a command line runs and its arguments, when it is one of ours.
 fn our_command(words: &[String]) -> Option<(String, Vec<String>)> {
-    let (program, rest) = words.split_first()?;
+    let (mut program, mut rest) = words.split_first()?;
+    // `mpirun -np 2 rlhf-sft …`, `srun --mpi=pmix rlhf-sft …`: the launched command is ours.
+    if ["mpirun", "mpiexec", "srun"].contains(&program.as_str()) {
+        let at = rest.iter().position(|w| w.starts_with("rlhf") || w.contains("target/"))?;
+        (program, rest) = rest[at..].split_first()?;
+    }
     let name = program.rsplit('/').next().unwrap_or(program);
     if ["rlhf", "rlhf-sft", "rlhf-reward", "rlhf-dpo", "rlhf-ppo"].contains(&name) && (program == name || program.contains("target/")) {
         return Some((name.to_string(), rest.to_vec()));
@@ -231,11 +236,12 @@ fn every_documented_command_parses_and_every_named_path_exists() {
 #[test]
 fn the_docs_check_catches_a_renamed_flag_a_missing_path_and_a_dead_link() {
     let doc = Path::new("docs/x.md");
-    let text = "```sh\ncargo run --release -- pipeline run configs/pipeline/demo.toml \\\n  --out runs/demo --resum\nrlhf-sft --config configs/sft/demo.toml --out runs/s | tee log  # fine\n```\n";
+    let text = "```sh\ncargo run --release -- pipeline run configs/pipeline/demo.toml \\\n  --out runs/demo --resum\nrlhf-sft --config configs/sft/demo.toml --out runs/s | tee log  # fine\nmpirun -np 2 -x RAYON_NUM_THREADS=1 rlhf-sft --confg configs/sft/demo.toml --out runs/s\n```\n";
     let (checked, problems) = command_problems(doc, text);
-    assert_eq!(checked, 2);
-    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(checked, 3);
+    assert_eq!(problems.len(), 2, "{problems:?}");
     assert!(problems[0].starts_with("docs/x.md:2:") && problems[0].contains("--resum"), "{problems:?}");
+    assert!(problems[1].starts_with("docs/x.md:5:") && problems[1].contains("--confg"), "the command mpirun launches is checked: {problems:?}");
     let text = "See `configs/sft/nothing.toml`, runs/x/configs/y, `configs/{sft,ppo}/` and [the page](nowhere.md).";
     let problems = path_problems(&repo().join("docs/README.md"), text);
     assert_eq!(problems.len(), 2, "{problems:?}");

@@ -4,6 +4,8 @@ mod checkpointing;
 mod cli;
 mod common;
 mod data;
+#[cfg(feature = "mpi")]
+mod distributed;
 mod dpo;
 mod docs;
 mod grpo;

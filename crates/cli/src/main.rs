@@ -11,6 +11,23 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = rlhf_cli::Cli::parse();
+    // Under mpirun every rank would run the whole command and write the same files.
+    let session = match rlhf_dist::init() {
+        Ok(session) => session,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let world = rlhf_dist::world();
+    if world.is_distributed() {
+        rlhf_dist::restore_stderr();
+        eprintln!(
+            "error: `rlhf` runs as one process ({} were started); launch the training stages' own binaries (rlhf-sft, rlhf-reward, rlhf-dpo) under mpirun: docs/distributed.md",
+            world.size()
+        );
+        session.abort(2);
+    }
     match rlhf_cli::run(cli) {
         Ok(code) => code,
         Err(e) => {

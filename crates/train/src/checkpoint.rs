@@ -37,7 +37,8 @@ pub fn human_size(bytes: u64) -> String {
     }
 }
 
-fn step_dir(run: &Path, step: usize) -> PathBuf {
+/// Where checkpoint `step` of `run` lives.
+pub fn step_dir(run: &Path, step: usize) -> PathBuf {
     run.join("checkpoints").join(format!("step-{step:08}"))
 }
 

@@ -44,21 +44,55 @@ where
     C: StageConfig,
     T: Task<Output = anyhow::Result<()>>,
 {
+    let session = match rlhf_dist::init() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut sets = args.sets.clone();
     sets.extend(args.precision.map(|p| format!("precision={p}")));
     let result = crate::config::load_config::<C>(Some(&args.config), &sets).map_err(anyhow::Error::from).and_then(|cfg| {
+        let device = rank_device(args.device, rlhf_dist::world())?;
         let plan = plan(&cfg)?;
-        eprint!("{}", plan.table());
-        plan.check(args.device, available_bytes(args.device), args.force)?;
-        let runtime = Runtime { device: args.device, precision: cfg.precision() };
+        if rlhf_dist::world().is_writer() {
+            eprint!("{}", plan.table());
+        }
+        plan.check(device, available_bytes(device), args.force)?;
+        let runtime = Runtime { device, precision: cfg.precision() };
         dispatch(runtime, task(cfg, args.clone()))?
     });
+    finish(session, result)
+}
+
+/// The exit code of a finished command. A distributed run that failed on this rank ends the whole
+/// job (MPI_Abort): the other ranks would otherwise wait in their next collective.
+pub fn finish(session: rlhf_dist::Session, result: anyhow::Result<()>) -> ExitCode {
+    let world = rlhf_dist::world();
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if world.is_distributed() => {
+            rlhf_dist::restore_stderr();
+            eprintln!("error: rank {} of {}: {e:#}", world.rank(), world.size());
+            session.abort(1)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The device a rank trains on: under a multi-process launch `--device cuda` means
+/// `cuda:LOCAL_RANK` (one GPU per process); naming another GPU there is an error.
+pub fn rank_device(device: DeviceSpec, world: &rlhf_dist::World) -> anyhow::Result<DeviceSpec> {
+    match device {
+        DeviceSpec::Cuda(0) if world.is_distributed() => Ok(DeviceSpec::Cuda(world.local_rank())),
+        DeviceSpec::Cuda(i) if world.is_distributed() => {
+            anyhow::bail!("--device cuda:{i}: under a multi-process launch each rank takes cuda:LOCAL_RANK (here {}); pass --device cuda", world.local_rank())
+        }
+        d => Ok(d),
     }
 }
 

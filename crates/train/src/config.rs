@@ -45,8 +45,11 @@ pub fn load_config<T: DeserializeOwned>(path: Option<&Path>, sets: &[String]) ->
     T::deserialize(Value::Table(table)).map_err(|e| TrainError::Config { path: origin, message: e.to_string() })
 }
 
-/// Writes the resolved config as `DIR/config.toml`.
+/// Writes the resolved config as `DIR/config.toml` (rank 0 alone in a data-parallel run).
 pub fn write_resolved<T: Serialize>(dir: &Path, cfg: &T) -> Result<()> {
+    if !rlhf_dist::world().is_writer() {
+        return Ok(());
+    }
     let path = dir.join("config.toml");
     let text = toml::to_string_pretty(cfg).map_err(|e| TrainError::Config { path: path.clone(), message: e.to_string() })?;
     Ok(rlhf_files::write_atomic(&path, text)?)

@@ -7,6 +7,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod data_parallel;
 pub mod error;
 pub mod memory;
 pub mod metrics;

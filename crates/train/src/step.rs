@@ -2,7 +2,7 @@
 //! PPO's actor and critic — goes through a [`Trainable`]:
 //!
 //! micro-batch losses (each already divided by the step's normaliser) → gradients summed, so they
-//! average → non-finite check (stop with an error naming the module; nothing is stepped) → global-norm
+//! average (and, data-parallel, summed across ranks: [`crate::data_parallel`]) → non-finite check (stop with an error naming the module; nothing is stepped) → global-norm
 //! clip → AdamW step at the scheduled lr → diagnostics.
 //!
 //! A `Trainable` is also what a checkpoint holds: the module and its optimizer state, under its name.
@@ -16,6 +16,7 @@ use rlhf_runtime::AutodiffBackend;
 use burn::tensor::Tensor;
 use rlhf_model::Adapted;
 
+use crate::data_parallel::{sum_gradients, GradientSum};
 use crate::error::{Result, TrainError};
 use crate::optim::{clip_global_norm, AdamW, OptimConfig};
 
@@ -39,6 +40,8 @@ pub struct StepReport {
     pub loss: f64,
     /// ‖g‖₂ over all parameters before clipping.
     pub grad_norm: f64,
+    /// Data-parallel only (else `None`): the gradient sum across ranks.
+    pub sum: Option<GradientSum>,
 }
 
 impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainable<B, M> {
@@ -68,6 +71,15 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainable<B, M> {
     pub fn step(&mut self, lr: f64, step: usize, last_checkpoint: &str) -> Result<StepReport> {
         let loss = std::mem::take(&mut self.loss);
         let mut grads = std::mem::replace(&mut self.grads, GradientsAccumulator::new()).grads();
+        // Before the checks, so every rank sees the same sums and stops (or steps) together.
+        let world = rlhf_dist::world();
+        let (loss, sum) = match world.is_distributed() {
+            true => {
+                let (loss, sum) = sum_gradients(world, &self.module, &mut grads, loss, &self.device);
+                (loss, Some(sum))
+            }
+            false => (loss, None),
+        };
         let stop = |what: &'static str, value: f64| TrainError::NonFinite { module: self.name, what, value, step, last_checkpoint: last_checkpoint.to_string() };
         if !loss.is_finite() {
             return Err(stop("loss", loss));
@@ -77,7 +89,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainable<B, M> {
             return Err(stop("gradient norm", grad_norm));
         }
         self.module = self.optim.step(lr, self.module.clone(), grads);
-        Ok(StepReport { loss, grad_norm })
+        Ok(StepReport { loss, grad_norm, sum })
     }
 }
 

@@ -12,6 +12,7 @@ use burn::tensor::{ElementConversion, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{latest_checkpoint, load_checkpoint, save_checkpoint, TrainState};
+use crate::data_parallel::{check_replicas, check_split, my_share};
 use crate::error::{Result, TrainError};
 use crate::metrics::MetricsLog;
 use crate::optim::OptimConfig;
@@ -114,6 +115,13 @@ where
     O: Objective<B, M>,
 {
     cfg.validate()?;
+    let world = rlhf_dist::world();
+    check_split(cfg.batch_size, cfg.micro_batch_size, world.size())?;
+    let writer = world.is_writer();
+    if world.is_distributed() && writer {
+        let per_rank = cfg.batch_size / cfg.micro_batch_size / world.size();
+        eprintln!("data-parallel: {} ranks, each {per_rank} micro-batch(es) of {} per step (global batch {})", world.size(), cfg.micro_batch_size, cfg.batch_size);
+    }
     let mut model = Trainable::new("model", model, &cfg.optim, device);
     let mut state = TrainState { step: 0, seed, examples_seen: 0 };
     let mut last_checkpoint = String::from("none");
@@ -121,25 +129,34 @@ where
         if let Some(dir) = latest_checkpoint(run) {
             state = load_checkpoint(&dir, &mut [&mut model])?;
             last_checkpoint = dir.display().to_string();
-            eprintln!("resuming from {} (step {})", dir.display(), state.step);
+            if writer {
+                eprintln!("resuming from {} (step {})", dir.display(), state.step);
+            }
         }
     }
-    let mut metrics = MetricsLog::open(run, "step", resume.then_some(state.step))?;
+    // Rank 0 writes the run's files; the others compute and wait for it.
+    let mut metrics = match writer {
+        true => Some(MetricsLog::open(run, "step", resume.then_some(state.step))?),
+        false => None,
+    };
     let started = Instant::now();
     let first_step = state.step;
-    let progress = Progress::new(state.step, cfg.steps);
+    let progress = Progress::new(state.step, cfg.steps, writer);
     let mut tokens_since_log = 0usize;
     let mut log_clock = Instant::now();
+    // Data-parallel: seconds spent summing gradients since the last log line.
+    let mut sum_secs = 0.0;
 
     for step in state.step..cfg.steps {
         let lr = get_lr(&cfg.schedule, step, cfg.steps);
-        // Random draws inside the step (LoRA dropout) are a pure function of (seed, step), so a
-        // resumed run draws what an uninterrupted one would.
-        B::seed(device, step_seed(seed, step));
+        // Random draws inside the step (LoRA dropout) are a pure function of (seed, step, rank), so
+        // a resumed run draws what an uninterrupted one would.
+        B::seed(device, step_seed(seed, step) ^ rank_salt(world.rank()));
         let batches = objective.step_batches(step);
+        // The whole step's normaliser, on every rank: the summed gradients then average over it.
         let normalizer = objective.normalizer(&batches);
         let mut diagnostics: Vec<(&'static str, f64)> = Vec::new();
-        for batch in &batches {
+        for batch in &my_share(batches, world.rank(), world.size()) {
             let (micro_loss, micro_diag) = objective.loss(&model.module, batch, normalizer)?;
             let value = micro_loss.clone().into_scalar().elem::<f64>();
             for (k, v) in micro_diag {
@@ -152,6 +169,13 @@ where
             tokens_since_log += objective.tokens(batch);
         }
         let done = model.step(lr, step + 1, &last_checkpoint)?;
+        sum_secs += done.sum.map_or(0.0, |s| s.secs);
+        if world.is_distributed() {
+            tokens_since_log = sum_diagnostics(world, &mut diagnostics, tokens_since_log);
+        }
+        if step == first_step {
+            check_replicas(world, &model.module, model.name, step + 1)?;
+        }
         state.step = step + 1;
         state.examples_seen += cfg.batch_size;
 
@@ -164,7 +188,15 @@ where
                 ("tokens_per_s".into(), tokens_since_log as f64 / secs),
             ];
             values.extend(diagnostics.iter().map(|(k, v)| (k.to_string(), *v)));
-            metrics.log(state.step, &values)?;
+            if let Some(sum) = done.sum {
+                // The exchange's share of the wall time, and what each rank sent per step.
+                values.push(("dp/sum_share".into(), sum_secs / secs));
+                values.push(("dp/sum_mb_per_step".into(), sum.bytes as f64 / 1e6));
+            }
+            sum_secs = 0.0;
+            if let Some(metrics) = &mut metrics {
+                metrics.log(state.step, &values)?;
+            }
             let per_step = started.elapsed().as_secs_f64() / (state.step - first_step) as f64;
             progress.report(
                 state.step,
@@ -175,16 +207,22 @@ where
             log_clock = Instant::now();
         }
         let last = state.step == cfg.steps;
-        if (cfg.eval_every > 0 && state.step.is_multiple_of(cfg.eval_every)) || last {
+        if writer && ((cfg.eval_every > 0 && state.step.is_multiple_of(cfg.eval_every)) || last) {
             let eval = objective.evaluate(&model.module.valid())?;
             if !eval.is_empty() {
                 progress.line(&format!("step {:>6} {}", state.step, eval.iter().map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>().join(" ")));
-                metrics.log(state.step, &eval)?;
+                if let Some(metrics) = &mut metrics {
+                    metrics.log(state.step, &eval)?;
+                }
             }
         }
         if (cfg.save_every > 0 && state.step.is_multiple_of(cfg.save_every)) || last {
-            let dir = save_checkpoint(run, state.step, &state, cfg.keep_checkpoints, &[&model])?;
-            progress.line(&format!("checkpoint {} ({})", dir.display(), crate::checkpoint::human_size(crate::checkpoint::dir_size(&dir))));
+            check_replicas(world, &model.module, model.name, state.step)?;
+            let saved = world.writer_first(|| save_checkpoint(run, state.step, &state, cfg.keep_checkpoints, &[&model]))?;
+            let dir = crate::checkpoint::step_dir(run, state.step);
+            if saved.is_some() {
+                progress.line(&format!("checkpoint {} ({})", dir.display(), crate::checkpoint::human_size(crate::checkpoint::dir_size(&dir))));
+            }
             last_checkpoint = dir.display().to_string();
         }
         if cfg.halt_after == Some(state.step) && !last {
@@ -196,6 +234,23 @@ where
     Ok(model.module)
 }
 
+/// Sums the step's diagnostics and token count over the ranks (for the log; every rank reports the
+/// same names, from the same objective); returns the summed token count.
+fn sum_diagnostics(world: &rlhf_dist::World, diagnostics: &mut [(&'static str, f64)], tokens: usize) -> usize {
+    let mut values: Vec<f64> = diagnostics.iter().map(|(_, v)| *v).chain([tokens as f64]).collect();
+    world.sum_f64(&mut values);
+    for ((_, v), total) in diagnostics.iter_mut().zip(&values) {
+        *v = *total;
+    }
+    values[diagnostics.len()] as usize
+}
+
+/// Mixed into the step's seed so ranks draw different dropout masks (rank 0's seed is unchanged,
+/// so a single process draws what it always did).
+fn rank_salt(rank: usize) -> u64 {
+    (rank as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)
+}
+
 /// The backend RNG's seed for optimizer step `step` of a run seeded with `seed`.
 pub fn step_seed(seed: u64, step: usize) -> u64 {
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(step as u64)
@@ -205,12 +260,14 @@ pub fn step_seed(seed: u64, step: usize) -> u64 {
 struct Progress {
     bar: Option<indicatif::ProgressBar>,
     total: usize,
+    /// Only rank 0 reports; the other ranks' lines would repeat it.
+    shown: bool,
 }
 
 impl Progress {
-    fn new(start: usize, total: usize) -> Self {
+    fn new(start: usize, total: usize, shown: bool) -> Self {
         use std::io::IsTerminal;
-        let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = (shown && std::io::stderr().is_terminal()).then(|| {
             let bar = indicatif::ProgressBar::new(total as u64);
             bar.set_style(
                 indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} eta {eta}")
@@ -219,10 +276,13 @@ impl Progress {
             bar.set_position(start as u64);
             bar
         });
-        Self { bar, total }
+        Self { bar, total, shown }
     }
 
     fn report(&self, step: usize, msg: &str, eta_secs: f64) {
+        if !self.shown {
+            return;
+        }
         match &self.bar {
             Some(bar) => {
                 bar.set_position(step as u64);
@@ -233,6 +293,9 @@ impl Progress {
     }
 
     fn line(&self, msg: &str) {
+        if !self.shown {
+            return;
+        }
         match &self.bar {
             Some(bar) => bar.println(msg),
             None => eprintln!("{msg}"),

@@ -201,7 +201,7 @@ pub fn run<B: AutodiffBackend>(cfg: &DpoConfig, out: &Path, resume: bool, device
     }
     let dtype = rlhf_model::WeightDtype::for_export(cfg.export_dtype, Some(&cfg.model.from))?;
     let export_adapter = cfg.lora.as_ref().is_some_and(|l| l.export_adapter);
-    let model = rlhf_model::export(model, &out.join("final"), &Export { dtype, source: &cfg.model.from, lora: lora.as_ref(), export_adapter, extra_files: &[] })?;
+    let model = rlhf_train::data_parallel::export_final(model, &out.join("final"), &Export { dtype, source: &cfg.model.from, lora: lora.as_ref(), export_adapter, extra_files: &[] })?;
     eprintln!("dpo: final model ({dtype}) in {}", out.join("final").display());
     Ok(model)
 }

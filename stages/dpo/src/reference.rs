@@ -97,5 +97,9 @@ pub fn load_cache(out: &Path, key: &str) -> anyhow::Result<Option<ReferenceCache
 }
 
 pub fn save_cache(out: &Path, cache: &ReferenceCache) -> anyhow::Result<()> {
+    // Every rank computed the same pass; rank 0 keeps it.
+    if !rlhf_dist::world().is_writer() {
+        return Ok(());
+    }
     Ok(rlhf_files::write_atomic(&out.join(REFERENCE_LOGPS_FILE), serde_json::to_string(cache)?.as_bytes())?)
 }

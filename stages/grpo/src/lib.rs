@@ -438,6 +438,7 @@ pub fn load_models<B: AutodiffBackend>(cfg: &GrpoConfig, device: &B::Device) -> 
 /// Runs the stage into `out`: `metrics.jsonl` (by iteration), `samples.jsonl`, checkpoints, and the
 /// policy as a Hugging Face folder in `out/final/`.
 pub fn run<B: AutodiffBackend>(cfg: &GrpoConfig, out: &Path, resume: bool, device: &B::Device) -> anyhow::Result<CausalLm<B::InnerBackend>> {
+    rlhf_train::data_parallel::single_process_only("rlhf-grpo")?;
     cfg.validate()?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     rlhf_train::config::write_resolved(out, cfg)?;

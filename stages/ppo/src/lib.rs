@@ -506,6 +506,7 @@ pub fn load_models<B: AutodiffBackend>(cfg: &PpoConfig, device: &B::Device) -> a
 /// Runs stage 3 into `out`: `metrics.jsonl` (by iteration), `samples.jsonl`, checkpoints, and the
 /// actor as a Hugging Face folder in `out/final/`.
 pub fn run<B: AutodiffBackend>(cfg: &PpoConfig, out: &Path, resume: bool, device: &B::Device) -> anyhow::Result<CausalLm<B::InnerBackend>> {
+    rlhf_train::data_parallel::single_process_only("rlhf-ppo")?;
     cfg.validate()?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     rlhf_train::config::write_resolved(out, cfg)?;

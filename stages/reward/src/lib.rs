@@ -265,7 +265,7 @@ pub fn run<B: AutodiffBackend>(cfg: &RewardConfig, out: &Path, resume: bool, dev
         export_adapter: cfg.lora.as_ref().is_some_and(|l| l.export_adapter),
         extra_files: &[(REWARD_INFO_FILE, info.to_json())],
     };
-    let model = rlhf_model::export(model, &out.join("final"), &export)?;
+    let model = rlhf_train::data_parallel::export_final(model, &out.join("final"), &export)?;
     eprintln!("reward: reference mean {mean:.4} (std {std:.4}) shifted to 0; final model ({dtype}) in {}", out.join("final").display());
     Ok(model)
 }

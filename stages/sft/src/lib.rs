@@ -135,23 +135,12 @@ pub fn starting_model<B: rlhf_runtime::Backend>(cfg: &SftConfig, out: &Path, dev
         (None, Some(init)) => {
             let tok_dir = out.join("tokenizer");
             let tok_cfg = cfg.model.tokenizer.as_ref().context("model.init needs a [model.tokenizer] section")?;
-            let tok = match (&tok_cfg.from, tok_cfg.vocab_size) {
-                (Some(src), None) => {
-                    std::fs::create_dir_all(&tok_dir)?;
-                    for f in rlhf_model::hf::TOKENIZER_FILES {
-                        if src.join(f).exists() {
-                            std::fs::copy(src.join(f), tok_dir.join(f))?;
-                        }
-                    }
-                    Tokenizer::from_dir(&tok_dir)?
-                }
-                (None, Some(vocab)) => {
-                    let mut files: Vec<&Path> = vec![cfg.data.train.as_path()];
-                    files.extend(tok_cfg.train_on.iter().map(PathBuf::as_path));
-                    let corpus = rlhf_data::bpe::corpus(&files)?;
-                    rlhf_data::bpe::train_bpe(&corpus, vocab, &tok_dir)?
-                }
-                _ => bail!("[model.tokenizer]: set exactly one of `from` and `vocab_size`"),
+            // Rank 0 writes the tokenizer; the others read what it wrote.
+            let world = rlhf_dist::world();
+            let made = world.writer_first(|| make_tokenizer(cfg, tok_cfg, &tok_dir))?;
+            let tok = match made {
+                Some(tok) => tok,
+                None => Tokenizer::from_dir(&tok_dir)?,
             };
             let model_cfg = TransformerConfig {
                 bos_token_id: tok.token_id(rlhf_data::bpe::SPECIAL_TOKENS[0]),
@@ -169,6 +158,28 @@ pub fn starting_model<B: rlhf_runtime::Backend>(cfg: &SftConfig, out: &Path, dev
             Ok((tok_dir, CausalLm { model: model_cfg.init::<B>(device), lm_head, lm_head_codes: None }))
         }
         _ => bail!("[model]: set exactly one of `from` (a Hugging Face folder) and `init` (train from scratch)"),
+    }
+}
+
+/// Copies `[model.tokenizer] from` into `tok_dir`, or trains a BPE tokenizer there.
+fn make_tokenizer(cfg: &SftConfig, tok_cfg: &TokenizerConfig, tok_dir: &Path) -> anyhow::Result<Tokenizer> {
+    match (&tok_cfg.from, tok_cfg.vocab_size) {
+        (Some(src), None) => {
+            std::fs::create_dir_all(tok_dir)?;
+            for f in rlhf_model::hf::TOKENIZER_FILES {
+                if src.join(f).exists() {
+                    std::fs::copy(src.join(f), tok_dir.join(f))?;
+                }
+            }
+            Ok(Tokenizer::from_dir(tok_dir)?)
+        }
+        (None, Some(vocab)) => {
+            let mut files: Vec<&Path> = vec![cfg.data.train.as_path()];
+            files.extend(tok_cfg.train_on.iter().map(PathBuf::as_path));
+            let corpus = rlhf_data::bpe::corpus(&files)?;
+            Ok(rlhf_data::bpe::train_bpe(&corpus, vocab, tok_dir)?)
+        }
+        _ => bail!("[model.tokenizer]: set exactly one of `from` and `vocab_size`"),
     }
 }
 
@@ -275,7 +286,7 @@ pub fn run<B: AutodiffBackend>(cfg: &SftConfig, out: &Path, resume: bool, device
     }
     let dtype = rlhf_model::WeightDtype::for_export(cfg.export_dtype, cfg.model.from.as_deref())?;
     let export_adapter = cfg.lora.as_ref().is_some_and(|l| l.export_adapter);
-    let model = rlhf_model::export(model, &out.join("final"), &Export { dtype, source: &tok_dir, lora: lora.as_ref(), export_adapter, extra_files: &[] })?;
+    let model = rlhf_train::data_parallel::export_final(model, &out.join("final"), &Export { dtype, source: &tok_dir, lora: lora.as_ref(), export_adapter, extra_files: &[] })?;
     eprintln!("{}: final model ({dtype}) in {}", if cfg.mode == Mode::Sft { "sft" } else { "pretrain" }, out.join("final").display());
     Ok(model)
 }
