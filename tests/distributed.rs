@@ -16,7 +16,7 @@ use crate::common::fixture;
 /// A stage binary built beside `rlhf` (the workspace's test build builds every stage's binary).
 fn stage_binary(name: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_BIN_EXE_rlhf")).with_file_name(name);
-    assert!(path.exists(), "{} is missing: run the tests with `cargo test --workspace --features mpi`", path.display());
+    assert!(path.exists(), "{} is missing: build the stage binaries first (`cargo build --release --workspace --features mpi --bins`; `.ci/run` does)", path.display());
     path
 }
 

@@ -13,6 +13,9 @@
 //! An error on any rank must end every rank, so stage binaries end a failed distributed run with
 //! [`Session::abort`] (MPI_Abort) instead of returning.
 
+// Without a multi-process transport compiled in, the watchdog and the world's setup go unused.
+#![cfg_attr(not(feature = "mpi"), allow(dead_code))]
+
 pub mod launch;
 #[cfg(feature = "mpi")]
 mod mpi_transport;
@@ -93,6 +96,7 @@ impl World {
 
     /// Element-wise sum over all ranks, in place; every rank ends with the same bits (a reduce to
     /// rank 0 then a broadcast: MPI_Allreduce does not promise identical results on every rank).
+    #[cfg_attr(not(feature = "mpi"), allow(unused_variables))]
     pub fn sum_f32(&self, buf: &mut [f32]) {
         match &self.transport {
             Transport::Single => {}
@@ -102,6 +106,7 @@ impl World {
     }
 
     /// [`World::sum_f32`] for f64 values (losses, counts, diagnostics).
+    #[cfg_attr(not(feature = "mpi"), allow(unused_variables))]
     pub fn sum_f64(&self, buf: &mut [f64]) {
         match &self.transport {
             Transport::Single => {}
@@ -111,11 +116,10 @@ impl World {
     }
 
     /// Replaces `bytes` on every rank with rank `root`'s.
+    #[cfg_attr(not(feature = "mpi"), allow(unused_variables))]
     pub fn broadcast(&self, bytes: &mut Vec<u8>, root: usize) {
         match &self.transport {
-            Transport::Single => {
-                let _ = root;
-            }
+            Transport::Single => {}
             #[cfg(feature = "mpi")]
             Transport::Mpi(comm) => self.guarded("broadcast", || comm.lock().unwrap_or_else(|p| p.into_inner()).broadcast(bytes, root)),
         }
@@ -152,7 +156,6 @@ impl World {
     }
 
     /// Runs one collective under the watchdog's eye.
-    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     fn guarded<T>(&self, what: &'static str, run: impl FnOnce() -> T) -> T {
         let watch = WATCH.get();
         if let Some(w) = watch {
@@ -270,6 +273,8 @@ pub fn init() -> Result<Session, DistError> {
 /// [`init`] reading the environment through `var`.
 pub fn init_from(var: &dyn Fn(&str) -> Option<String>) -> Result<Session, DistError> {
     let launch = launch::read_launch(var)?;
+    // Checked in every build, so a bad value is reported even where it would not be used.
+    #[cfg_attr(not(feature = "mpi"), allow(unused_variables))]
     let timeout = timeout_from(var(RLHF_DIST_TIMEOUT))?;
     let claimed = launch.identity();
     let source = launch.claims.first().map(|c| c.source);
@@ -314,7 +319,6 @@ static SAVED_STDERR: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32
 
 /// Points stderr at /dev/null (the other ranks' progress repeats rank 0's) until
 /// [`restore_stderr`]; a panic restores it first, so its message is seen.
-#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
 fn quiet_stderr() {
     #[cfg(unix)]
     // SAFETY: plain descriptor calls on this process's own stderr; failures leave it as it was.
